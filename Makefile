@@ -1,0 +1,23 @@
+# Quickstart: `make demo` runs the whole pipeline on the bundled synthetic corpus; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+# torch is pinned here (a CPU wheel that lies on disk) and left unpinned in setup.py, so users choose their build.
+$(INSTALLED): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf runs

@@ -1,0 +1,31 @@
+"""bert-xml: BERT-XML (Zhang, Liu, Razavian, ClinicalNLP 2020) for ICD-10 coding of long clinical notes."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="bert-xml",
+    version="0.1.0",
+    description="Train an ICD-10 coding model (BERT-XML) on a hospital's own clinical notes, Hugging Face-native.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["modeling_bertxml", "modeling_bertxml.*", "tokenizer_training"]),
+    py_modules=["pretrain", "train"],
+    python_requires=">=3.11",
+    install_requires=[
+        "transformers>=5",
+        "tokenizers",
+        "datasets",
+        "accelerate",
+        "evaluate",
+        "huggingface-hub",
+        "safetensors",
+        "peft",
+        "torch>=2.4",
+        "simple-icd-10-cm",
+        "numpy",
+        "scikit-learn",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={"dev": ["pytest", "pytest-timeout", "tensorboard", "parameterized"]},
+)
