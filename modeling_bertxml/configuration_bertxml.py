@@ -1,0 +1,54 @@
+"""BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head."""
+
+from transformers import BertConfig
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_bertxml.BertXMLConfig",
+    "AutoModel": "modeling_bertxml.BertXMLForMultiLabelCoding",
+    "AutoModelForSequenceClassification": "modeling_bertxml.BertXMLForMultiLabelCoding",
+    "AutoModelForMaskedLM": "modeling_bertxml.BertXMLForMaskedLM",
+}
+
+
+class BertXMLConfig(BertConfig):
+    r"""
+    Configuration of a BERT-XML model. Every [`BertConfig`] argument keeps its meaning; the additions are:
+
+    Args:
+        max_chunks (`int`, defaults to 8):
+            A note of up to `max_chunks * max_position_embeddings` tokens is coded whole: the encoder splits it into
+            chunks of `max_position_embeddings` tokens and concatenates their token states.
+        label_attention_dim (`int`, *optional*):
+            LAAT's `d_a`: token states are projected to this size (`tanh(W h)`) before the per-code queries score
+            them. `None` scores the token states directly, as BERT-XML does.
+        label_block_size (`int`, defaults to 2048):
+            Codes are scored in blocks of this many so that memory stays bounded for the full ICD-10-CM code set;
+            the logits do not depend on it.
+        threshold (`float`, defaults to 0.5):
+            Decision threshold on the sigmoid scores, tuned on the validation split by `train.py`.
+    """
+
+    model_type = "bertxml"
+
+    max_chunks: int = 8
+    label_attention_dim: int | None = None
+    label_block_size: int = 2048
+    threshold: float = 0.5
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.problem_type is None:
+            self.problem_type = "multi_label_classification"
+        if self.problem_type != "multi_label_classification":
+            raise ValueError(f"BERT-XML codes notes with multi-hot labels; got problem_type={self.problem_type!r}")
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        if self.max_chunks < 1 or self.label_block_size < 1:
+            raise ValueError("max_chunks and label_block_size must be positive")
+
+    @property
+    def max_note_length(self) -> int:
+        """The longest note, in tokens, that the model codes without truncation."""
+        return self.max_chunks * self.max_position_embeddings
+
+
+__all__ = ["BertXMLConfig"]

@@ -1,0 +1,291 @@
+"""BERT-XML (Zhang, Liu and Razavian, ClinicalNLP 2020): BERT for multi-label ICD coding of whole clinical notes.
+
+Everything that is not listed here is transformers' BERT, module for module (embeddings, SDPA self-attention, layers,
+MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What BERT-XML changes:
+
+1. Long notes (`BertXMLModel`): `input_ids` of up to `max_chunks * max_position_embeddings` tokens are split into
+   chunks of `max_position_embeddings` (positions restart in every chunk), all chunks of the batch are encoded as one
+   batch, and the token states are concatenated back into one sequence per note (segment pooling, as BERT-XML and
+   PLM-ICD). Chunks that hold only padding are not encoded.
+2. Label attention (`BertXMLForMultiLabelCoding`): one learned query per code attends over all tokens of the note,
+   with padding masked out (PLM-ICD's released code forgets the mask), in float32 so fp16/bf16 cannot overflow the
+   softmax. Each code's document vector goes through its own output weight and bias. Codes are processed in blocks
+   of `label_block_size`, so the (batch, codes, tokens) score tensor never exists whole: the full ICD-10-CM set
+   (74,736 codes) fits in bounded memory. An optional LAAT projection (`label_attention_dim`) scores `tanh(W h)`.
+3. There is no pooler and no next-sentence head.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertEncoder,
+    BertOnlyMLMHead,
+    BertPreTrainedModel,
+)
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_bertxml import BertXMLConfig
+
+
+@dataclass
+class MultiLabelCodingOutput(SequenceClassifierOutput):
+    r"""
+    label_attentions (`torch.FloatTensor` of shape `(batch_size, num_labels, sequence_length)`, *optional*):
+        Each code's attention over the note's tokens (rows sum to 1, padding gets exactly 0): the evidence for the
+        code. Returned when `output_label_attentions=True`.
+    """
+
+    label_attentions: torch.FloatTensor | None = None
+
+
+def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> torch.Tensor | None:
+    """(batch, length, ...) -> (batch * num_chunks, chunk_length, ...), padding the last chunk with `fill`."""
+    if tensor is None:
+        return None
+    pad = -tensor.shape[1] % chunk_length
+    if pad:
+        tensor = torch.cat([tensor, tensor.new_full((tensor.shape[0], pad, *tensor.shape[2:]), fill)], dim=1)
+    return tensor.reshape(-1, chunk_length, *tensor.shape[2:])
+
+
+class BertXMLLabelWiseHead(nn.Module):
+    """Per-code attention over token states, then a per-code linear output (BERT-XML's multi-label head)."""
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__()
+        self.block_size = config.label_block_size
+        query_size = config.label_attention_dim or config.hidden_size
+        self.projection = nn.Linear(config.hidden_size, query_size) if config.label_attention_dim else None
+        self.queries = nn.Parameter(torch.empty(config.num_labels, query_size))
+        self.output_weight = nn.Parameter(torch.empty(config.num_labels, config.hidden_size))
+        self.output_bias = nn.Parameter(torch.empty(config.num_labels))
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states (batch, tokens, hidden), attention_mask (batch, tokens) -> logits (batch, codes)."""
+        keep = attention_mask.bool()
+        # Padded states are zeroed with `where` (not a product) so that NaN from an all-padding chunk cannot leak.
+        hidden_states = torch.where(keep[..., None], hidden_states, torch.zeros_like(hidden_states))
+        keys = torch.tanh(self.projection(hidden_states)) if self.projection is not None else hidden_states
+        padding = ~keep[:, None, :]
+        logits, attentions = [], []
+        for start in range(0, self.queries.shape[0], self.block_size):
+            block = slice(start, start + self.block_size)
+            scores = torch.matmul(self.queries[block], keys.transpose(1, 2)).float()  # (batch, block, tokens)
+            weights = scores.masked_fill(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
+            documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block, hidden)
+            logits.append((documents * self.output_weight[block]).sum(-1) + self.output_bias[block])
+            if output_attentions:
+                attentions.append(weights)
+        return torch.cat(logits, dim=-1), torch.cat(attentions, dim=1) if output_attentions else None
+
+
+class BertXMLPreTrainedModel(BertPreTrainedModel):
+    config: BertXMLConfig
+    config_class = BertXMLConfig
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, BertXMLLabelWiseHead):
+            init.normal_(module.queries, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.output_weight, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.output_bias)
+
+
+class BertXMLModel(BertXMLPreTrainedModel):
+    """BERT encoder that reads notes longer than `max_position_embeddings` by encoding them in chunks."""
+
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: TransformersKwargs,
+    ) -> BaseModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids of whole notes; `sequence_length` may be up to `max_chunks * max_position_embeddings`.
+        position_ids (`torch.LongTensor`, *optional*):
+            Only for notes of one chunk; chunked notes restart positions at 0 in every chunk.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        reference = input_ids if input_ids is not None else inputs_embeds
+        batch_size, length = reference.shape[:2]
+        if length > self.config.max_note_length:
+            raise ValueError(
+                f"Got {length} tokens but the model reads at most max_chunks * max_position_embeddings = "
+                f"{self.config.max_note_length}; truncate when tokenising (the tokenizer's model_max_length)."
+            )
+        chunk_length = min(length, self.config.max_position_embeddings)
+        if position_ids is not None and length > chunk_length:
+            raise ValueError("position_ids are only supported for notes of a single chunk")
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=reference.device)
+
+        chunk_mask = _to_chunks(attention_mask, chunk_length, 0)
+        # Always encode a note's first chunk (an empty note still gets states); skip chunks that are all padding.
+        encode = chunk_mask.bool().any(-1)
+        encode.view(batch_size, -1)[:, 0] = True
+        embeddings = self.embeddings(
+            input_ids=_to_chunks(input_ids, chunk_length, self.config.pad_token_id or 0)[encode]
+            if input_ids is not None
+            else None,
+            token_type_ids=_to_chunks(token_type_ids, chunk_length, 0)[encode] if token_type_ids is not None else None,
+            position_ids=position_ids,
+            inputs_embeds=_to_chunks(inputs_embeds, chunk_length, 0.0)[encode] if inputs_embeds is not None else None,
+        )
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=embeddings, attention_mask=chunk_mask[encode]
+        )
+        encoded = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
+        states = encoded.new_zeros(encode.shape[0], chunk_length, encoded.shape[-1])
+        states[encode] = encoded
+        return BaseModelOutput(last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length])
+
+
+class BertXMLForMaskedLM(BertXMLPreTrainedModel):
+    """BERT-XML encoder with BERT's masked-language-modelling head, for pretraining from scratch on notes."""
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__(config)
+        self.bert = BertXMLModel(config)
+        self.cls = BertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: TransformersKwargs,
+    ) -> MaskedLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids to predict at masked positions; -100 elsewhere.
+        """
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.cls(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
+    """BERT-XML: the chunked encoder with a label-wise attention head that assigns codes to whole notes."""
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertXMLModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.label_head = BertXMLLabelWiseHead(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_label_attentions: bool = False,
+        **kwargs: TransformersKwargs,
+    ) -> MultiLabelCodingOutput:
+        r"""
+        labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            Multi-hot targets: 1 where the note carries the code, 0 elsewhere. Gives a binary cross-entropy loss.
+        output_label_attentions (`bool`, defaults to `False`):
+            Also return each code's attention over the tokens (`label_attentions`), the evidence for the code.
+        """
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if attention_mask is None:
+            attention_mask = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.long)
+        logits, label_attentions = self.label_head(
+            self.dropout(hidden_states), attention_mask, output_attentions=output_label_attentions
+        )
+        loss = None
+        if labels is not None:
+            loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+        return MultiLabelCodingOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            label_attentions=label_attentions,
+        )
+
+
+__all__ = [
+    "BertXMLForMaskedLM",
+    "BertXMLForMultiLabelCoding",
+    "BertXMLLabelWiseHead",
+    "BertXMLModel",
+    "BertXMLPreTrainedModel",
+    "MultiLabelCodingOutput",
+]
