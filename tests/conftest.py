@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny BERT-XML configs and a tiny WordPiece tokenizer, built offline in each test session."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from modeling_bertxml import BertXMLConfig
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "patient denies chest pain history of type 2 diabetes mellitus without complications hypertension essential "
+    "no evidence of pneumonia ruled out acute kidney injury family history heart failure admitted discharged "
+    "with stable vitals blood pressure glucose insulin metformin lisinopril the a and of to in on for was is"
+).split()
+
+
+def tiny_config(**overrides) -> BertXMLConfig:
+    """A 2-layer, 32-wide BERT-XML with 16-token chunks: fast enough for every test, small enough to chunk often."""
+    values = dict(
+        vocab_size=len(SPECIAL_TOKENS) + len(set(WORDS)) + 10,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        max_chunks=4,
+        num_labels=6,
+        label_block_size=4,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    values.update(overrides)
+    values.setdefault("id2label", {i: f"C{i:02d}.{i}" for i in range(values["num_labels"])})
+    return BertXMLConfig(**values)
+
+
+def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer over a fixed word list, with BERT's normaliser and [CLS] ... [SEP] template."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(set(WORDS)))}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+    )
+
+
+@pytest.fixture
+def config() -> BertXMLConfig:
+    return tiny_config()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
