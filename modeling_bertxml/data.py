@@ -5,6 +5,7 @@ tokenizer trainer and MLM pretraining read exactly the same corpora and fail wit
 """
 
 import glob
+import itertools
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -85,7 +86,7 @@ def _is_note(row: dict, index: int, source: str) -> bool:
     if text is None:
         return False
     if not isinstance(text, str):
-        raise ValueError(f"{source}: row {index}: text is {type(text).__name__} ({text!r}), not a string")
+        raise ValueError(f"{source}: row {index + 1}: text is {type(text).__name__} ({text!r}), not a string")
     return bool(text.strip())
 
 
@@ -108,10 +109,9 @@ def load_text_dataset(
         columns = _column_names(dataset)
         if not columns:
             continue  # an empty file: only an empty corpus as a whole is an error
-        if text_column not in columns and kind not in ("text", "document"):
-            raise ValueError(f"{name}: no text column {text_column!r} (columns: {', '.join(columns)}); "
-                             "pass --text_column")
-        column = text_column if kind not in ("text", "document") else "text"
+        column = "text" if kind in ("text", "document") else text_column
+        if column not in columns:
+            raise ValueError(f"{name}: no text column {column!r} (columns: {', '.join(columns)}); set --text_column")
         dataset = dataset.select_columns([column])
         if column != "text":
             dataset = dataset.rename_column(column, "text")
@@ -126,10 +126,5 @@ def load_text_dataset(
 def iter_texts(dataset: datasets.Dataset | datasets.IterableDataset, max_notes: int | None = None,
                batch_size: int = 1000) -> Iterator[str]:
     """Yield the notes of a `load_text_dataset` result, stopping after `max_notes`; reads in batches for speed."""
-    count = 0
-    for batch in dataset.iter(batch_size=batch_size):
-        for text in batch["text"]:
-            if max_notes is not None and count >= max_notes:
-                return
-            yield text
-            count += 1
+    texts = (text for batch in dataset.iter(batch_size=batch_size) for text in batch["text"])
+    yield from itertools.islice(texts, max_notes)

@@ -98,5 +98,5 @@ def test_missing_split_and_non_string_text_are_named(tmp_path):
     with pytest.raises(ValueError, match=re.escape("dict: no split 'test' (splits: train)")):
         load_text_dataset([str(tmp_path / "dict")], split="test")
     path = write_table(tmp_path / "codes.jsonl", {"text": [NOTES[0]], "code": [11]})
-    with pytest.raises(ValueError, match=re.escape("codes.jsonl: row 0: text is int (11), not a string")):
+    with pytest.raises(ValueError, match=re.escape("codes.jsonl: row 1: text is int (11), not a string")):
         list(iter_texts(load_text_dataset([path], text_column="code", streaming=True)))
