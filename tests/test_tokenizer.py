@@ -7,7 +7,9 @@ import re
 
 import pytest
 from tokenizers import Tokenizer, trainers
-from transformers import AutoTokenizer, BertConfig
+from transformers import AutoTokenizer
+
+from modeling_bertxml import BertXMLConfig
 
 from tokenizer_training.train_tokenizer import (
     SPECIAL_TOKENS,
@@ -91,7 +93,7 @@ def test_special_token_ids_match_bert_config(trained):
     _, _, output_dir = trained
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == [0, 1, 2, 3, 4]
-    assert tokenizer.pad_token_id == BertConfig().pad_token_id  # BertXMLConfig inherits BERT's default
+    assert tokenizer.pad_token_id == BertXMLConfig().pad_token_id
     ids = tokenizer("chest pain").input_ids
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert tokenizer.mask_token_id == 4 and tokenizer.unk_token_id == 1
