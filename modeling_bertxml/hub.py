@@ -66,7 +66,9 @@ IDENTIFIER_RULES: tuple[_Rule, ...] = (
     ),
     _Rule(
         "date of birth",
-        re.compile(r"\b(?:dob|d\.o\.b\.?|date\s+of\s+birth|birth\s*date|born(?:\s+on)?)" + _AFTER_LABEL + _DATE, re.I),
+        re.compile(
+            r"\b(?:dob|d\.o\.b\.?|date\s+of\s+birth|birth\s*date|born(?:\s+on)?)" + _AFTER_LABEL + _DATE, re.IGNORECASE
+        ),
     ),
     _Rule(TOKEN_KIND, re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
 )
