@@ -8,10 +8,11 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    batch, and the token states are concatenated back into one sequence per note (segment pooling, as BERT-XML and
    PLM-ICD). Chunks that hold only padding are not encoded.
 2. Label attention (`BertXMLForMultiLabelCoding`): one learned query per code attends over all tokens of the note,
-   with padding masked out (PLM-ICD's released code forgets the mask), in float32 so fp16/bf16 cannot overflow the
-   softmax. Each code's document vector goes through its own output weight and bias. Codes are processed in blocks
-   of `label_block_size`, so the (batch, codes, tokens) score tensor never exists whole: the full ICD-10-CM set
-   (74,736 codes) fits in bounded memory. An optional LAAT projection (`label_attention_dim`) scores `tanh(W h)`.
+   with padding masked out (PLM-ICD's released code forgets the mask), with float32 scores so fp16/bf16 cannot
+   overflow the softmax. Each code's document vector goes through its own output weight and bias. Codes are
+   processed in blocks of `label_block_size` by a fused attention kernel, so the (batch, codes, tokens) score tensor
+   never exists whole: the full ICD-10-CM set (74,736 codes) fits in bounded memory. An optional LAAT projection
+   (`label_attention_dim`) scores `tanh(W h)`.
 3. There is no pooler and no next-sentence head.
 """
 
@@ -57,7 +58,14 @@ def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> t
 
 
 class BertXMLLabelWiseHead(nn.Module):
-    """Per-code attention over token states, then a per-code linear output (BERT-XML's multi-label head)."""
+    """Per-code attention over token states, then a per-code linear output (BERT-XML's multi-label head).
+
+    Exactly 4 * codes * hidden_size FLOPs per token (scores, then weighted states), so the win is in how they run:
+    without `label_attention_dim` and returned attentions, each block of codes is one fused
+    `scaled_dot_product_attention` call (queries = codes, keys = values = token states, scale 1) whose kernels keep
+    the scores in float32 accumulators and store no (batch, codes, tokens) tensor, not even for the backward pass.
+    Otherwise one block's scores are formed explicitly and soft-maxed in float32.
+    """
 
     def __init__(self, config: BertXMLConfig):
         super().__init__()
@@ -75,18 +83,39 @@ class BertXMLLabelWiseHead(nn.Module):
         keep = attention_mask.bool()
         # Padded states are zeroed with `where` (not a product) so that NaN from an all-padding chunk cannot leak.
         hidden_states = torch.where(keep[..., None], hidden_states, torch.zeros_like(hidden_states))
+        if self.projection is None and not output_attentions:
+            return self._fused_logits(hidden_states, keep), None
         keys = torch.tanh(self.projection(hidden_states)) if self.projection is not None else hidden_states
         padding = ~keep[:, None, :]
         logits, attentions = [], []
-        for start in range(0, self.queries.shape[0], self.block_size):
-            block = slice(start, start + self.block_size)
+        for block in self._blocks():
             scores = torch.matmul(self.queries[block], keys.transpose(1, 2)).float()  # (batch, block, tokens)
             weights = scores.masked_fill(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
             documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block, hidden)
-            logits.append((documents * self.output_weight[block]).sum(-1) + self.output_bias[block])
+            logits.append(self._block_logits(documents, block))
             if output_attentions:
                 attentions.append(weights)
         return torch.cat(logits, dim=-1), torch.cat(attentions, dim=1) if output_attentions else None
+
+    def _fused_logits(self, hidden_states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        # A note without tokens attends to all its (zeroed) states, as in the explicit path, so that no kernel meets
+        # a row with nothing to attend to (some return NaN there).
+        keep = keep | ~keep.any(dim=-1, keepdim=True)
+        states = hidden_states[:, None]  # one "head": (batch, 1, tokens, hidden)
+        logits = []
+        for block in self._blocks():
+            queries = self.queries[block].expand(states.shape[0], 1, -1, -1)
+            documents = nn.functional.scaled_dot_product_attention(
+                queries, states, states, attn_mask=keep[:, None, None, :], scale=1.0
+            )
+            logits.append(self._block_logits(documents[:, 0], block))
+        return torch.cat(logits, dim=-1)
+
+    def _blocks(self) -> list[slice]:
+        return [slice(start, start + self.block_size) for start in range(0, self.queries.shape[0], self.block_size)]
+
+    def _block_logits(self, documents: torch.Tensor, block: slice) -> torch.Tensor:
+        return (documents * self.output_weight[block]).sum(-1) + self.output_bias[block]
 
 
 class BertXMLPreTrainedModel(BertPreTrainedModel):

@@ -168,7 +168,8 @@ def test_auto_classes_resolve_to_the_coding_model(tmp_path: Path, config: BertXM
         for auto in (AutoModel, AutoModelForSequenceClassification):
             reloaded = auto.from_pretrained(tmp_path).eval()
             assert isinstance(reloaded, BertXMLForMultiLabelCoding)
-            assert torch.equal(reloaded(ids).logits, expected)
+            # Weights mmapped from safetensors have another alignment, so the kernels may round differently.
+            torch.testing.assert_close(reloaded(ids).logits, expected, atol=ATOL, rtol=0)
 
 
 REMOTE_CODE_SCRIPT = textwrap.dedent(

@@ -1,0 +1,116 @@
+"""The fast label-attention head computes exactly what the naive one does, in bounded memory, also under autocast."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.naive_head import naive_label_attention
+from modeling_bertxml import BertXMLLabelWiseHead
+from tests.conftest import tiny_config
+
+BATCH, TOKENS, CODES, BLOCK = 3, 50, 37, 8
+
+
+def random_head(
+    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES
+) -> BertXMLLabelWiseHead:
+    """A head with unit-scale weights, so that attention is peaked and a wrong mask or block visibly moves logits."""
+    config = tiny_config(num_labels=codes, label_block_size=block, label_attention_dim=label_attention_dim)
+    head = BertXMLLabelWiseHead(config)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.normal_()
+    return head
+
+
+def random_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Notes of random lengths, one of them empty, with garbage (even NaN) in the padded states."""
+    states = torch.randn(BATCH, TOKENS, 32)
+    lengths = torch.tensor([TOKENS, 0, 17])
+    mask = (torch.arange(TOKENS) < lengths[:, None]).long()
+    states[mask == 0] = float("nan")
+    return states, mask
+
+
+@pytest.mark.parametrize("label_attention_dim", [None, 8])
+@pytest.mark.parametrize("block", [1, BLOCK, CODES, 64])
+def test_head_matches_naive_head_in_fp32(label_attention_dim: int | None, block: int) -> None:
+    head = random_head(label_attention_dim, block)
+    states, mask = random_batch()
+    with torch.no_grad():
+        expected = naive_label_attention(head, states, mask)
+        logits, _ = head(states, mask)
+        explicit, attentions = head(states, mask, output_attentions=True)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(explicit, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[1], head.output_bias.detach())  # the empty note: bias only
+    assert torch.all(attentions[2, :, 17:] == 0)
+
+
+@pytest.mark.parametrize("label_attention_dim", [None, 8])
+def test_head_gradients_match_naive_head(label_attention_dim: int | None) -> None:
+    head = random_head(label_attention_dim)
+    states, mask = random_batch()
+    states = states.nan_to_num(0.0).requires_grad_()
+    gradients = []
+    for forward in (lambda: head(states, mask)[0], lambda: naive_label_attention(head, states, mask)):
+        head.zero_grad()
+        states.grad = None
+        forward().square().sum().backward()
+        gradients.append([states.grad] + [parameter.grad for parameter in head.parameters()])
+    for fast, naive in zip(*gradients):
+        torch.testing.assert_close(fast, naive, atol=1e-4, rtol=1e-4)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any operator returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.numel = max(self.numel, tensor.numel())
+        return out
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fused_head_never_forms_a_codes_by_tokens_tensor(training: bool) -> None:
+    codes, block = 100, 40  # one block of scores (batch x 40 x tokens) outweighs the states (batch x tokens x 32)
+    head = random_head(block=block, codes=codes)
+    states, mask = random_batch()
+    states = states.nan_to_num(0.0).requires_grad_(training)
+    with torch.set_grad_enabled(training), LargestTensor() as largest:
+        logits, _ = head(states, mask)
+        if training:
+            logits.sum().backward()
+    # The largest legitimate tensors are the states and their gradient (batch x tokens x hidden).
+    assert largest.numel <= BATCH * TOKENS * 32 < BATCH * block * TOKENS
+
+
+@pytest.mark.parametrize("label_attention_dim", [None, 8])
+def test_bf16_autocast_stays_close_to_fp32(label_attention_dim: int | None) -> None:
+    head = random_head(label_attention_dim)
+    states, mask = random_batch()
+    with torch.no_grad():
+        expected = naive_label_attention(head, states, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = head(states, mask)
+    assert logits.dtype == torch.float32  # the per-code output runs against the float32 output weights
+    # bf16 keeps 8 bits of mantissa: allow a few of its roundings (2**-8) on logits of size ~ sqrt(hidden).
+    torch.testing.assert_close(logits, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
+
+
+def test_half_precision_scores_beyond_fp16_range_stay_finite() -> None:
+    head = random_head()
+    states, mask = random_batch()
+    with torch.no_grad():
+        head.queries.mul_(1e4)  # scores of ~1e4 * sqrt(hidden): beyond fp16's 65,504
+        assert torch.isinf(head.queries.half() @ states[0].half().T).any()  # a half-precision product overflows
+        with torch.autocast("cpu", dtype=torch.float16):
+            logits, _ = head(states, mask)
+    assert torch.isfinite(logits).all()
