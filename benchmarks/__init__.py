@@ -1,1 +1,1 @@
-"""Speed and memory benchmarks for BERT-XML; run them as modules from the repository root (`python -m benchmarks.X`)."""
+"""Speed and memory benchmarks for BERT-XML; run them from the repository root as `python -m benchmarks.X`."""

@@ -92,6 +92,15 @@ def test_fused_head_never_forms_a_codes_by_tokens_tensor(training: bool) -> None
     assert largest.numel <= BATCH * TOKENS * 32 < BATCH * block * TOKENS
 
 
+def test_bf16_inference_on_cpu_forms_one_block_of_scores_at_most() -> None:
+    codes, block = 100, 40
+    head = random_head(block=block, codes=codes)
+    states, mask = random_batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), LargestTensor() as largest:
+        head(states, mask)
+    assert largest.numel == BATCH * block * TOKENS < BATCH * codes * TOKENS
+
+
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
 def test_bf16_autocast_stays_close_to_fp32(label_attention_dim: int | None) -> None:
     head = random_head(label_attention_dim)

@@ -1,0 +1,116 @@
+"""Timing and peak-memory measurement that stays meaningful on shared CPUs, plus the analytic FLOP counts.
+
+- Time: the median of runs repeated until they add up to the budget (at most 15, at least 1); the first run is a
+  warm-up unless it alone takes a quarter of the budget. On CPU the time is the process's CPU time divided by its
+  threads: about the wall time on cores nobody else uses (a little less where Python runs on one thread), because
+  other jobs on shared cores inflate wall time, not CPU time. bench_model.py sets OMP_WAIT_POLICY=PASSIVE so that
+  threads waiting for a descheduled peer sleep instead of spinning, which would count as CPU time. Wall time is
+  recorded too.
+- Memory: the extra peak over what was allocated before the call. CUDA: `max_memory_allocated`. CPU (Linux): the
+  peak resident set (VmHWM, reset through /proc/self/clear_refs), with glibc told to return every block over 64 KiB
+  to the system when it is freed, so that the peak is not hidden by memory kept from earlier cases.
+"""
+
+import ctypes
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from modeling_bertxml import BertXMLConfig
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MAX_RUNS = 15
+
+
+@dataclass
+class Measurement:
+    seconds: float  # median; CPU: CPU time / threads
+    wall_seconds: float
+    runs: int
+    peak_bytes: int
+
+
+class Meter:
+    """Times and measures the peak memory of callables on one device."""
+
+    def __init__(self, device: torch.device, budget_s: float):
+        self.device, self.budget_s = device, budget_s
+        if device.type == "cpu":
+            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
+
+    def measure(self, step: Callable[[], object]) -> Measurement:
+        before = self._reset_peak()
+        first = self._run(step)
+        peak = self._peak() - before
+        runs = [first] if first[0] * 4 > self.budget_s else []  # otherwise the first run was a warm-up
+        while not runs or (len(runs) < MAX_RUNS and sum(run[0] for run in runs) < self.budget_s):
+            runs.append(self._run(step))
+        return Measurement(
+            seconds=statistics.median(run[0] for run in runs),
+            wall_seconds=statistics.median(run[1] for run in runs),
+            runs=len(runs),
+            peak_bytes=max(peak, 0),
+        )
+
+    def _run(self, step: Callable[[], object]) -> tuple[float, float]:
+        self._synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        self._synchronize()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return (cpu / torch.get_num_threads() if self.device.type == "cpu" else wall), wall
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _reset_peak(self) -> int:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM to the current resident set
+        return _proc_status("VmRSS")
+
+    def _peak(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return _proc_status("VmHWM")
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def matmul_peak(meter: Meter, dtype: torch.dtype, size: int = 4096) -> float:
+    """FLOP/s of one large square matmul: the practical peak every other figure is a fraction of."""
+    a = torch.randn(size, size, device=meter.device).to(dtype)
+    b = torch.randn(size, size, device=meter.device).to(dtype)
+    return 2 * size**3 / meter.measure(lambda: a @ b).seconds
+
+
+def encoder_flops(config: BertXMLConfig, tokens: int) -> int:
+    """Forward FLOPs of the chunked encoder: per token and layer, 4 D x D and 2 D x I products plus chunk attention."""
+    hidden, chunk = config.hidden_size, min(tokens, config.max_position_embeddings)
+    per_token_layer = 8 * hidden**2 + 4 * hidden * config.intermediate_size + 4 * chunk * hidden
+    return tokens * config.num_hidden_layers * per_token_layer
+
+
+def head_flops(config: BertXMLConfig, tokens: int) -> int:
+    """Forward FLOPs of label attention: scores (codes x query size) and weighted states (codes x hidden) per token."""
+    query_size = config.label_attention_dim or config.hidden_size
+    projection = 2 * config.hidden_size * config.label_attention_dim if config.label_attention_dim else 0
+    return tokens * (2 * config.num_labels * (query_size + config.hidden_size) + projection)
+
+
+TRAINING_FLOPS_FACTOR = 3  # backward costs about twice the forward

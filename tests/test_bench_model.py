@@ -1,0 +1,27 @@
+"""The model benchmark runs as documented and prints every table; its exact head variants match the naive head."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_benchmark_prints_tables_and_writes_json(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    command = [sys.executable, "-m", "benchmarks.bench_model", "--configs", "tiny", "--lengths", "32", "64"]
+    command += ["--codes", "20", "300", "--budget", "0.01", "--whole_codes", "20", "--variant_codes", "20"]
+    command += ["--naive_training_max_scores", "10000", "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for title in ("Encoder alone", "head vs the naive head", "End to end", "Ways to run the head", "GFLOP/s"):
+        assert title in done.stdout
+
+    results = json.loads(output.read_text())
+    assert len(results["encoder"]) == 4 and len(results["head"]) == 8 and len(results["whole"]) == 1
+    assert all(row["seconds"] > 0 and row["peak_mb"] >= 0 for row in results["encoder"] + results["head"])
+    skipped = [row for row in results["head"] if row["naive_seconds"] is None]
+    assert {(row["mode"], row["tokens"], row["codes"]) for row in skipped} == {("training", 64, 300)}
+    errors = {row["variant"]: row["max_abs_error"] for row in results["variants"]}
+    exact_fp32 = [error for variant, error in errors.items() if variant.startswith("exact") and "bf16" not in variant]
+    assert len(exact_fp32) == 3 and max(exact_fp32) < 1e-5
+    assert results["peak_flops"]["fp32"] > 1e9
