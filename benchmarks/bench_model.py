@@ -103,8 +103,11 @@ class Bench:
             self.peak[args.autocast] = matmul_peak(self.meter, self.dtype)
 
     def autocast(self, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
+        """Autocast to `dtype` (default: the run's); float32 or no dtype: none."""
         dtype = dtype or self.dtype
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        if dtype in (None, torch.float32):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def ids(self, tokens: int) -> torch.Tensor:
         return torch.randint(5, 30_000, (self.args.batch_size, tokens), device=self.device)
@@ -225,7 +228,9 @@ def variants(bench: Bench) -> list[Variant]:
         Variant("LAAT d_a=128: explicit blocks", 128),
         Variant("LAAT d_a=256: explicit blocks", 256),
     ]
-    if bench.dtype is None:
+    if bench.dtype is not None:
+        chosen.append(Variant("exact, fp32 (no autocast), default: fused SDPA", dtype=torch.float32))
+    else:
         path = "explicit bf16 blocks" if bench.device.type == "cpu" else "fused SDPA"
         chosen.append(Variant(f"exact, bf16 autocast, default: {path}", dtype=torch.bfloat16))
         if bench.device.type == "cpu":

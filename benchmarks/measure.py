@@ -1,11 +1,11 @@
 """Timing and peak-memory measurement that stays meaningful on shared CPUs, plus the analytic FLOP counts.
 
 - Time: the median of runs repeated until they add up to the budget (at most 15, at least 1); the first run is a
-  warm-up unless it alone takes a quarter of the budget. On CPU the time is the process's CPU time divided by its
-  threads: about the wall time on cores nobody else uses (a little less where Python runs on one thread), because
-  other jobs on shared cores inflate wall time, not CPU time. bench_model.py sets OMP_WAIT_POLICY=PASSIVE so that
-  threads waiting for a descheduled peer sleep instead of spinning, which would count as CPU time. Wall time is
-  recorded too.
+  warm-up unless it alone takes a quarter of the budget. On CPU the time is CPU time, because other jobs on shared
+  cores inflate wall time, not CPU time: the larger of the process's CPU time divided by its threads (parallel work)
+  and the calling thread's own CPU time (which also runs every serial step), i.e. about the wall time on cores nobody
+  else uses. bench_model.py sets OMP_WAIT_POLICY=PASSIVE so that threads waiting for a descheduled peer sleep
+  instead of spinning, which would count as CPU time. Wall time is recorded too.
 - Memory: the extra peak over what was allocated before the call. CUDA: `max_memory_allocated`. CPU (Linux): the
   peak resident set (VmHWM, reset through /proc/self/clear_refs), with glibc told to return every block over 64 KiB
   to the system when it is freed, so that the peak is not hidden by memory kept from earlier cases.
@@ -28,7 +28,7 @@ MAX_RUNS = 15
 
 @dataclass
 class Measurement:
-    seconds: float  # median; CPU: CPU time / threads
+    seconds: float  # median; CPU: CPU time (see above)
     wall_seconds: float
     runs: int
     peak_bytes: int
@@ -58,11 +58,11 @@ class Meter:
 
     def _run(self, step: Callable[[], object]) -> tuple[float, float]:
         self._synchronize()
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, process, thread = time.perf_counter(), time.process_time(), time.thread_time()
         step()
         self._synchronize()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        return (cpu / torch.get_num_threads() if self.device.type == "cpu" else wall), wall
+        wall, process, thread = time.perf_counter() - wall, time.process_time() - process, time.thread_time() - thread
+        return (max(process / torch.get_num_threads(), thread) if self.device.type == "cpu" else wall), wall
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

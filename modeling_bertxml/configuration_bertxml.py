@@ -21,7 +21,7 @@ class BertXMLConfig(BertConfig):
         label_attention_dim (`int`, *optional*):
             LAAT's `d_a`: token states are projected to this size (`tanh(W h)`) before the per-code queries score
             them. `None` scores the token states directly, as BERT-XML does.
-        label_block_size (`int`, defaults to 2048):
+        label_block_size (`int`, defaults to 1024):
             Codes are scored in blocks of this many so that memory stays bounded for the full ICD-10-CM code set;
             the logits do not depend on it.
         threshold (`float`, defaults to 0.5):
@@ -32,7 +32,7 @@ class BertXMLConfig(BertConfig):
 
     max_chunks: int = 8
     label_attention_dim: int | None = None
-    label_block_size: int = 2048
+    label_block_size: int = 1024
     threshold: float = 0.5
 
     def __post_init__(self, **kwargs):

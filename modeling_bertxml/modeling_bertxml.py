@@ -88,13 +88,12 @@ class BertXMLLabelWiseHead(nn.Module):
         keys = torch.tanh(self.projection(hidden_states)) if self.projection is not None else hidden_states
         padding = ~keep[:, None, :]
         logits, attentions = [], []
-        for block in self._blocks():
+        for queries, output_weight, output_bias in self._blocks():
             # Batched queries, so that the scores come out (batch, block, tokens) without a transposing copy.
-            queries = self.queries[block].expand(keys.shape[0], -1, -1)
-            scores = torch.matmul(queries, keys.transpose(1, 2)).float()
+            scores = torch.matmul(queries.expand(keys.shape[0], -1, -1), keys.transpose(1, 2)).float()
             weights = scores.masked_fill_(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
             documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block, hidden)
-            logits.append(self._block_logits(documents, block))
+            logits.append((documents * output_weight).sum(-1) + output_bias)
             if output_attentions:
                 attentions.append(weights)
         return torch.cat(logits, dim=-1), torch.cat(attentions, dim=1) if output_attentions else None
@@ -117,19 +116,18 @@ class BertXMLLabelWiseHead(nn.Module):
         keep = keep | ~keep.any(dim=-1, keepdim=True)
         states = hidden_states[:, None]  # one "head": (batch, 1, tokens, hidden)
         logits = []
-        for block in self._blocks():
-            queries = self.queries[block].expand(states.shape[0], 1, -1, -1)
+        for queries, output_weight, output_bias in self._blocks():
             documents = nn.functional.scaled_dot_product_attention(
-                queries, states, states, attn_mask=keep[:, None, None, :], scale=1.0
+                queries.expand(states.shape[0], 1, -1, -1), states, states, attn_mask=keep[:, None, None, :], scale=1.0
             )
-            logits.append(self._block_logits(documents[:, 0], block))
+            logits.append((documents[:, 0] * output_weight).sum(-1) + output_bias)
         return torch.cat(logits, dim=-1)
 
-    def _blocks(self) -> list[slice]:
-        return [slice(start, start + self.block_size) for start in range(0, self.queries.shape[0], self.block_size)]
-
-    def _block_logits(self, documents: torch.Tensor, block: slice) -> torch.Tensor:
-        return (documents * self.output_weight[block]).sum(-1) + self.output_bias[block]
+    def _blocks(self) -> zip:
+        """(queries, output weight, output bias) per block of codes. `split`, not indexing: the backward pass then
+        assembles each parameter's gradient once, instead of zero-filling a full-size gradient for every block."""
+        parameters = (self.queries, self.output_weight, self.output_bias)
+        return zip(*(parameter.split(self.block_size) for parameter in parameters))
 
 
 class BertXMLPreTrainedModel(BertPreTrainedModel):

@@ -64,17 +64,20 @@ def test_head_gradients_match_naive_head(label_attention_dim: int | None) -> Non
 
 
 class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any operator returns."""
+    """Records the sizes of the tensors that operators create (views aside); `numel` is the largest."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.numel = 0
+        self.sizes: list[int] = []
+
+    @property
+    def numel(self) -> int:
+        return max(self.sizes, default=0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for tensor in torch.utils._pytree.tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self.numel = max(self.numel, tensor.numel())
+        if not func.is_view:
+            self.sizes += [leaf.numel() for leaf in torch.utils._pytree.tree_leaves(out) if isinstance(leaf, torch.Tensor)]
         return out
 
 
@@ -90,6 +93,17 @@ def test_fused_head_never_forms_a_codes_by_tokens_tensor(training: bool) -> None
             logits.sum().backward()
     # The largest legitimate tensors are the states and their gradient (batch x tokens x hidden).
     assert largest.numel <= BATCH * TOKENS * 32 < BATCH * block * TOKENS
+
+
+@pytest.mark.parametrize("label_attention_dim", [None, 8])
+def test_backward_builds_each_parameter_gradient_once_not_once_per_block(label_attention_dim: int | None) -> None:
+    head = random_head(label_attention_dim)  # 37 codes in blocks of 8: 5 blocks
+    states, mask = random_batch()
+    logits, _ = head(states.nan_to_num(0.0), mask)
+    with LargestTensor() as created:
+        logits.sum().backward()
+    full_size = head.queries.numel(), head.output_weight.numel()
+    assert sum(size in full_size for size in created.sizes) == 2  # one gradient each for queries and output weights
 
 
 def test_bf16_inference_on_cpu_forms_one_block_of_scores_at_most() -> None:
