@@ -77,7 +77,8 @@ class LargestTensor(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not func.is_view:
-            self.sizes += [leaf.numel() for leaf in torch.utils._pytree.tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+            leaves = torch.utils._pytree.tree_leaves(out)
+            self.sizes += [leaf.numel() for leaf in leaves if isinstance(leaf, torch.Tensor)]
         return out
 
 
