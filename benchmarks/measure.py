@@ -7,8 +7,9 @@
   else uses. bench_model.py sets OMP_WAIT_POLICY=PASSIVE so that threads waiting for a descheduled peer sleep
   instead of spinning, which would count as CPU time. Wall time is recorded too.
 - Memory: the extra peak over what was allocated before the call. CUDA: `max_memory_allocated`. CPU (Linux): the
-  peak resident set (VmHWM, reset through /proc/self/clear_refs), with glibc told to return every block over 64 KiB
-  to the system when it is freed, so that the peak is not hidden by memory kept from earlier cases.
+  peak resident set (VmHWM, reset through /proc/self/clear_refs) after `malloc_trim` has returned the free memory
+  that earlier cases left to the system. glibc is set as a long-running process settles (blocks from 32 MiB up are
+  mapped and unmapped, smaller ones reused), so that no case pays page faults a real training loop would not.
 """
 
 import ctypes
@@ -22,7 +23,7 @@ import torch
 
 from modeling_bertxml import BertXMLConfig
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 MAX_RUNS = 15
 
 
@@ -40,7 +41,9 @@ class Meter:
     def __init__(self, device: torch.device, budget_s: float):
         self.device, self.budget_s = device, budget_s
         if device.type == "cpu":
-            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
+            self.libc = ctypes.CDLL("libc.so.6")
+            self.libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's dynamic threshold stops growing there
+            self.libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
     def measure(self, step: Callable[[], object]) -> Measurement:
         before = self._reset_peak()
@@ -74,6 +77,7 @@ class Meter:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             return torch.cuda.memory_allocated(self.device)
+        self.libc.malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # resets VmHWM to the current resident set
         return _proc_status("VmRSS")
