@@ -4,8 +4,6 @@ checked on a tiny model trained on synthetic notes (tests/synthetic_coding.py)."
 import json
 import os
 import random
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from modeling_bertxml import pipeline_bertxml
 from modeling_bertxml.pipeline_bertxml import code_attention, evidence_spans, select_codes
 from modeling_bertxml.pipeline_folder import make_pipeline_ready
 from modeling_bertxml.predict import main as predict_main
-from tests.conftest import tiny_config
+from tests.conftest import run_in_fresh_interpreter, tiny_config
 from tests.synthetic_coding import CODES, DESCRIPTIONS, synthetic_note, trained_coder
 
 
@@ -244,18 +242,8 @@ def test_pipeline_runs_from_the_saved_folder_without_the_package(
     coder: ICDCodingPipeline, model_folder: Path, test_notes: list
 ) -> None:
     notes = [text for text, *_ in test_notes[:3]]
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", FRESH_INTERPRETER, str(model_folder), json.dumps(notes)],
-        capture_output=True,
-        text=True,
-        cwd=model_folder.parent,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert_same_coding(json.loads(out.stdout.strip().splitlines()[-1]), coder(notes, batch_size=2))
+    remote = run_in_fresh_interpreter(FRESH_INTERPRETER, str(model_folder), json.dumps(notes), cwd=model_folder.parent)
+    assert_same_coding(remote, coder(notes, batch_size=2))
 
 
 def test_predict_cli_writes_one_line_per_note_keeping_ids(
