@@ -195,7 +195,7 @@ class ICDCodingPipeline(Pipeline):
     def handle_request(self, data: dict) -> list:
         """An Inference Endpoints request, `{"inputs": note or [notes], "parameters": {...}}` -> the pipeline output.
 
-        `handler.py`'s `EndpointHandler.__call__` is this method, so the endpoint answers exactly as the pipeline.
+        An Inference Endpoints `handler.py` calls this, so the endpoint answers exactly as the pipeline does.
         """
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError('The request needs "inputs": a note or a list of notes')
