@@ -27,12 +27,12 @@ import datasets
 import numpy as np
 import torch
 
-from .icd10 import normalize_code
+from .icd10 import CodeReport, check_codes, normalize_code
 
 logger = logging.getLogger(__name__)
 
 CSV_LABEL_SEPARATOR = ";"
-MAX_LISTED = 5  # how many examples (codes, locations) a report line names
+MAX_LISTED = 5  # how many codes a report line names
 
 
 class NotesError(ValueError):
@@ -53,15 +53,9 @@ class NotesReport:
     """What was wrong with a split but not fatal, for one summary per split instead of a warning per note."""
 
     empty_notes: int = 0
-    malformed_codes: Counter = field(default_factory=Counter)
-    malformed_at: list[str] = field(default_factory=list)
+    codes: CodeReport = field(default_factory=CodeReport)
     outside_label_space: Counter = field(default_factory=Counter)
     truncated_notes: int = 0
-
-    def add_malformed(self, code: str, where: str) -> None:
-        self.malformed_codes[code] += 1
-        if len(self.malformed_at) < MAX_LISTED:
-            self.malformed_at.append(where)
 
 
 @dataclass
@@ -90,12 +84,9 @@ def log_report(notes: Notes, max_length: int | None = None) -> None:
     logger.info(f"{notes.split} ({notes.source}): {len(notes):,} notes")
     if report.empty_notes:
         logger.warning(f"{notes.split}: {report.empty_notes:,} empty notes, kept (they are coded as no codes)")
-    if report.malformed_codes:
-        logger.warning(
-            f"{notes.split}: dropped {sum(report.malformed_codes.values()):,} malformed ICD-10 codes "
-            f"({_listed(report.malformed_codes)}), first at {', '.join(report.malformed_at)}; "
-            "--strict_codes makes them an error"
-        )
+    if not report.codes.ok:
+        logger.warning(f"{notes.split}: {report.codes}\nMalformed codes are dropped, the others kept; "
+                       "--strict_codes makes any of them an error")
     if report.outside_label_space:
         consequence = "dropped from the training targets" if notes.split == "train" else "counted as misses"
         logger.warning(
@@ -113,12 +104,24 @@ def log_report(notes: Notes, max_length: int | None = None) -> None:
 # --- reading rows ------------------------------------------------------------------------------------------------
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+@dataclass(frozen=True)
+class Location:
+    """Where a row is: a line of a JSON Lines or CSV file (where the row starts), or a row of a table."""
+
+    file: str
+    number: int
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.number}" if self.unit == "line" else f"{self.file}: row {self.number}"
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[Location, dict]]:
     with path.open(encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
+            where = Location(str(path), number)
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
@@ -128,37 +131,42 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             yield where, row
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def _csv_rows(path: Path) -> Iterator[tuple[Location, dict]]:
     with path.open(encoding="utf-8", newline="") as file:
         reader = csv.DictReader(file)
-        for number, row in enumerate(reader, start=1):
+        reader.fieldnames  # reads the header, so line_num below is where each record starts
+        previous = reader.line_num
+        for row in reader:
+            where = Location(str(path), previous + 1)
             if None in row:  # more cells than header names
-                raise NotesError(f"{path}: row {number} (line {reader.line_num}): more cells than columns")
-            yield f"{path}: row {number}", row
+                raise NotesError(f"{where}: more cells than columns")
+            yield where, row
+            previous = reader.line_num  # a quoted note may span several lines
 
 
-def _table_rows(table: Iterator[list[dict]], name: str) -> Iterator[tuple[str, dict]]:
+def _table_rows(batches: Iterator[list[dict]], name: str) -> Iterator[tuple[Location, dict]]:
     number = 0
-    for batch in table:
+    for batch in batches:
         for row in batch:
             number += 1
-            yield f"{name}: row {number}", row
+            yield Location(name, number, unit="row"), row
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def _parquet_rows(path: Path) -> Iterator[tuple[Location, dict]]:
     import pyarrow.parquet as pq
 
     batches = pq.ParquetFile(path).iter_batches(batch_size=1000)
     yield from _table_rows((batch.to_pylist() for batch in batches), str(path))
 
 
-def _saved_dataset_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
+def _saved_dataset_rows(path: Path, split: str) -> Iterator[tuple[Location, dict]]:
     dataset = datasets.load_from_disk(str(path))
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise NotesError(f"{path}: no split {split!r} in this saved DatasetDict (splits: {', '.join(dataset)})")
         dataset = dataset[split]
-    yield from _table_rows(dataset.iter(batch_size=1000), str(path))
+    rows = ([dict(zip(batch, values)) for values in zip(*batch.values())] for batch in dataset.iter(batch_size=1000))
+    yield from _table_rows(rows, str(path))
 
 
 _READERS = {".jsonl": _jsonl_rows, ".json": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
@@ -181,7 +189,7 @@ def _columns_of(path: Path, split: str) -> list[str] | None:
     return None
 
 
-def iter_rows(path: str | Path, split: str = "train") -> Iterator[tuple[str, dict]]:
+def iter_rows(path: str | Path, split: str = "train") -> Iterator[tuple[Location, dict]]:
     """(location, row) for every row of a JSON Lines, CSV or Parquet file or a `save_to_disk` folder."""
     path = Path(path)
     if not path.exists():
@@ -197,7 +205,7 @@ def iter_rows(path: str | Path, split: str = "train") -> Iterator[tuple[str, dic
 # --- validating rows ---------------------------------------------------------------------------------------------
 
 
-def _raw_labels(value: object, where: str, column: str, is_csv: bool) -> list:
+def _raw_labels(value: object, where: Location, column: str, is_csv: bool) -> list:
     """The row's label list; CSV cells are `;`-separated (a written Python/JSON list is also understood)."""
     if value is None:
         return []
@@ -218,22 +226,25 @@ def _raw_labels(value: object, where: str, column: str, is_csv: bool) -> list:
     return list(value)
 
 
-def _codes(raw: list, where: str, column: str, report: NotesReport, strict: bool) -> list[str]:
-    codes: dict[str, None] = {}  # ordered set: first-seen order, duplicates in a note counted once
+def _check_code_types(raw: list, where: Location, column: str) -> list[str]:
     for item in raw:
         if not isinstance(item, str):
             raise NotesError(f"{where}: field {column!r}: code {item!r} is a {type(item).__name__}, not a string")
+    return raw
+
+
+def _normalized(raw: list[str]) -> list[str]:
+    """Normalised codes of one note, malformed ones dropped (reported by `check_codes`), duplicates once."""
+    codes: dict[str, None] = {}
+    for item in raw:
         try:
             codes[normalize_code(item)] = None
         except ValueError:
-            if strict:
-                raise NotesError(f"{where}: field {column!r}: {item!r} is not an ICD-10-CM code "
-                                 "(drop --strict_codes to skip malformed codes with a count)") from None
-            report.add_malformed(item, where)
+            pass
     return list(codes)
 
 
-def _text(value: object, where: str, column: str, report: NotesReport) -> str:
+def _text(value: object, where: Location, column: str, report: NotesReport) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         report.empty_notes += 1
         return ""
@@ -242,7 +253,7 @@ def _text(value: object, where: str, column: str, report: NotesReport) -> str:
     return value
 
 
-def _require(row: dict, name: str, flag: str, where: str) -> object:
+def _require(row: dict, name: str, flag: str, where: Location) -> object:
     if name not in row:
         raise NotesError(f"{where}: no field {name!r} (fields: {', '.join(map(str, row))}); pass {flag}")
     return row[name]
@@ -258,40 +269,51 @@ def _check_columns(path: Path, split: str, columns: NoteColumns) -> None:
 
 
 def read_notes(
-    files: str | Sequence[str], split: str, columns: NoteColumns = NoteColumns(), strict_codes: bool = False
+    files: str | Sequence[str],
+    split: str,
+    columns: NoteColumns = NoteColumns(),
+    strict_codes: bool = False,
+    allow_non_billable: bool = False,
 ) -> Notes:
     """Read and validate one split from one or more files (rows concatenated in order).
 
     Raises `NotesError` naming file, line/row and field for anything that cannot be a labelled note; see the
-    module docstring for what is only counted.
+    module docstring for what is only counted. Codes are checked against the CMS list (`icd10.check_codes`):
+    malformed ones are dropped, unknown or non-billable ones kept; with `strict_codes` any of them is an error.
     """
     files = [files] if isinstance(files, (str, Path)) else list(files)
     report = NotesReport()
-    ids, texts, codes = [], [], []
-    first_seen: dict[str, str] = {}
+    ids, texts, raw_codes, locations = [], [], [], []
+    first_seen: dict[str, Location] = {}
     for path in map(Path, files):
         rows = iter_rows(path, split)
         _check_columns(path, split, columns)
         for where, row in rows:
-            text = _text(_require(row, columns.text, "--text_column", where), where, columns.text, report)
+            texts.append(_text(_require(row, columns.text, "--text_column", where), where, columns.text, report))
             raw = _raw_labels(_require(row, columns.labels, "--label_column", where), where, columns.labels,
                               is_csv=path.suffix == ".csv")
-            note_id = row.get(columns.id)
-            if note_id is not None and note_id != "":
-                note_id = str(note_id)
-                if note_id in first_seen:
-                    raise NotesError(f"{where}: field {columns.id!r}: duplicate note id {note_id!r} "
-                                     f"(first at {first_seen[note_id]})")
-                first_seen[note_id] = where
-            else:
-                note_id = None
-            ids.append(note_id)
-            texts.append(text)
-            codes.append(_codes(raw, where, columns.labels, report, strict_codes))
+            raw_codes.append(_check_code_types(raw, where, columns.labels))
+            ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
+            locations.append(where)
     source = ", ".join(map(str, files))
     if not texts:
         raise NotesError(f"{source}: no notes in the {split} split")
-    return Notes(split, source, ids, texts, codes, report)
+    report.codes = check_codes(
+        ((where.file, where.number, raw) for where, raw in zip(locations, raw_codes)), allow_non_billable
+    )
+    if strict_codes and not report.codes.ok:
+        raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
+    return Notes(split, source, ids, texts, [_normalized(raw) for raw in raw_codes], report)
+
+
+def _note_id(value: object, where: Location, column: str, first_seen: dict[str, Location]) -> str | None:
+    if value is None or value == "":
+        return None
+    note_id = str(value)
+    if note_id in first_seen:
+        raise NotesError(f"{where}: field {column!r}: duplicate note id {note_id!r} (first at {first_seen[note_id]})")
+    first_seen[note_id] = where
+    return note_id
 
 
 def check_disjoint(*splits: Notes) -> None:
@@ -352,18 +374,12 @@ def label_indices(notes: Notes, label2id: dict[str, int]) -> list[list[int]]:
     return indices
 
 
-def target_matrix(notes: Notes, label2id: dict[str, int]) -> tuple[np.ndarray, list[str]]:
-    """Dense 0/1 targets for evaluation: the label space's columns, then one column per code outside it.
-
-    The extra columns are codes the model can never predict; keeping them makes them misses in every metric instead
-    of silently dropping them. Returns the matrix and the names of the extra columns.
-    """
-    extra = sorted({code for note_codes in notes.codes for code in note_codes if code not in label2id})
-    columns = {**label2id, **{code: len(label2id) + i for i, code in enumerate(extra)}}
-    targets = np.zeros((len(notes), len(columns)), dtype=np.int8)
-    for row, note_codes in enumerate(notes.codes):
-        targets[row, [columns[code] for code in note_codes]] = 1
-    return targets, extra
+def multi_hot(label_ids: Sequence[Sequence[int]], num_labels: int) -> np.ndarray:
+    """Dense 0/1 targets for one evaluation split (evaluation needs its probabilities dense anyway)."""
+    targets = np.zeros((len(label_ids), num_labels), dtype=np.int8)
+    for row, indices in enumerate(label_ids):
+        targets[row, list(indices)] = 1
+    return targets
 
 
 # --- tokenising and batching -------------------------------------------------------------------------------------
@@ -384,12 +400,11 @@ def _tokenize_batch(batch: dict, tokenizer, max_length: int) -> dict:
 def tokenize_notes(
     notes: Notes, label2id: dict[str, int], tokenizer, max_length: int, num_proc: int | None = None
 ) -> datasets.Dataset:
-    """A dataset of `index`, `input_ids` (at most `max_length`) and `label_ids`; counts truncated notes."""
+    """A dataset of `input_ids` (at most `max_length`) and `label_ids`, in file order; counts truncated notes."""
     dataset = datasets.Dataset.from_dict(
-        {"index": list(range(len(notes))), "text": notes.texts, "label_ids": label_indices(notes, label2id)},
+        {"text": notes.texts, "label_ids": label_indices(notes, label2id)},
         features=datasets.Features(
             {
-                "index": datasets.Value("int64"),
                 "text": datasets.Value("string"),
                 "label_ids": datasets.Sequence(datasets.Value("int32")),
             }
@@ -424,10 +439,7 @@ class MultiLabelCollator:
             input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
             labels[row, list(feature["label_ids"])] = 1.0
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if "index" in features[0]:
-            batch["index"] = torch.tensor([feature["index"] for feature in features])
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 __all__ = [
@@ -436,6 +448,7 @@ __all__ = [
     "Notes",
     "NotesError",
     "NotesReport",
+    "Location",
     "build_label_space",
     "check_disjoint",
     "iter_rows",
@@ -443,6 +456,6 @@ __all__ = [
     "log_report",
     "read_label_file",
     "read_notes",
-    "target_matrix",
+    "multi_hot",
     "tokenize_notes",
 ]
