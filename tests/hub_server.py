@@ -1,0 +1,279 @@
+"""A loopback Hugging Face Hub for push tests: the real `huggingface_hub` client talks to it over HTTP.
+
+No pip-installable local Hub accepts uploads, so this implements just what `create_repo`, `update_repo_settings`,
+`model_info`, `upload_folder` (xet disabled, every file answered "regular" at preupload, so it arrives base64 in the
+NDJSON commit) and `hf_hub_download` / `from_pretrained` use. Private repos behave as on the Hub: without the right
+bearer token they answer 404 `RepoNotFound`, so a test can check that privacy is enforced, not just recorded.
+
+Use the `loopback_hub` fixture: it starts the server on a free 127.0.0.1 port and points the process (environment
+and the `huggingface_hub.constants` read at import time) at it, with a temporary HF_HOME and no stored login.
+"""
+
+import base64
+import hashlib
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from huggingface_hub import constants
+
+USER = "loopback-user"
+EMPTY_TREE_SHA = "0" * 40
+REPO = r"(?P<repo>[^/]+/[^/]+)"
+
+
+def git_blob_sha1(content: bytes) -> str:
+    """The oid the Hub reports for a regular file (the client compares it to skip unchanged files)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+@dataclass
+class Repo:
+    private: bool
+    commits: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def head(self) -> str:
+        return self.commits[-1] if self.commits else EMPTY_TREE_SHA
+
+
+class HubError(Exception):
+    """An HTTP error answered the way the Hub does, with the X-Error-Code the client maps to its exceptions."""
+
+    def __init__(
+        self, status: int, message: str, code: str | None = None, repo: Repo | None = None, **extra: object
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code, self.repo, self.extra = status, message, code, repo, extra
+
+
+class LoopbackHub(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, token: str):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.token = token
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+
+    def authorized(self, header: str | None) -> bool:
+        if header is None:
+            return False
+        if header != f"Bearer {self.token}":
+            raise HubError(401, "Invalid credentials in Authorization header")
+        return True
+
+    def repo(self, repo_id: str, header: str | None) -> Repo:
+        repo = self.repos.get(repo_id)
+        if repo is None or (repo.private and not self.authorized(header)):
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        return repo
+
+    def writable_repo(self, repo_id: str, header: str | None) -> Repo:
+        if not self.authorized(header):
+            raise HubError(401, "You must be authenticated to write", "RepoNotFound")
+        return self.repo(repo_id, header)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects; every answer carries Content-Length
+    server: LoopbackHub
+
+    def log_message(self, format: str, *args) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch(_GET_ROUTES)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(_GET_ROUTES)
+
+    def do_POST(self) -> None:
+        self._dispatch(_POST_ROUTES)
+
+    def do_PUT(self) -> None:
+        self._dispatch(_PUT_ROUTES)
+
+    def _dispatch(self, routes: list[tuple[re.Pattern, str]]) -> None:
+        path = urlsplit(self.path).path
+        self.server.requests.append(f"{self.command} {path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            for pattern, method in routes:
+                if match := pattern.fullmatch(path):
+                    with self.server.lock:
+                        getattr(self, method)(body, **{k: unquote(v) for k, v in match.groupdict().items()})
+                    return
+            raise HubError(404, f"Loopback Hub does not implement {self.command} {path}")
+        except HubError as err:
+            headers = {"X-Error-Message": err.message}
+            if err.code:
+                headers["X-Error-Code"] = err.code
+            if err.repo is not None:
+                headers["X-Repo-Commit"] = err.repo.head
+            self._send(err.status, json.dumps({"error": err.message, **err.extra}).encode(), headers)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, payload: object) -> None:
+        self._send(200, json.dumps(payload).encode())
+
+    @property
+    def _auth(self) -> str | None:
+        return self.headers.get("Authorization")
+
+    # -- API ---------------------------------------------------------------------------------------------------
+
+    def create_repo(self, body: bytes) -> None:
+        request = json.loads(body)
+        if not self.server.authorized(self._auth):
+            raise HubError(401, "You must be authenticated to create a repo")
+        if request.get("type", "model") != "model":
+            raise HubError(400, "Loopback Hub only hosts model repos")
+        repo_id = f"{request.get('organization') or USER}/{request['name']}"
+        url = f"{self.server.endpoint}/{repo_id}"
+        if repo_id in self.server.repos:
+            raise HubError(409, "You already created this model repo", url=url)  # the client reads `url` even here
+        # Like the Hub: no visibility in the request means public.
+        self.server.repos[repo_id] = Repo(private=request.get("visibility") == "private")
+        self._json({"url": url, "name": repo_id})
+
+    def update_settings(self, body: bytes, repo: str) -> None:
+        settings = json.loads(body)
+        if "visibility" in settings:
+            self.server.writable_repo(repo, self._auth).private = settings["visibility"] == "private"
+        self._json({})
+
+    def repo_info(self, body: bytes, repo: str, revision: str = "main") -> None:
+        info = self.server.repo(repo, self._auth)
+        sha = self._resolve(info, revision)
+        siblings = [{"rfilename": name} for name in sorted(info.files)]
+        self._json({"id": repo, "private": info.private, "sha": sha, "siblings": siblings})
+
+    def validate_yaml(self, body: bytes) -> None:
+        self._json({"errors": [], "warnings": []})
+
+    def preupload(self, body: bytes, repo: str, revision: str) -> None:
+        info = self.server.writable_repo(repo, self._auth)
+        answers = []
+        for file in json.loads(body)["files"]:
+            existing = info.files.get(file["path"])
+            oid = git_blob_sha1(existing) if existing is not None else None
+            answers.append({"path": file["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+        self._json({"files": answers})
+
+    def commit(self, body: bytes, repo: str, revision: str) -> None:
+        info = self.server.writable_repo(repo, self._auth)
+        if revision != "main":
+            raise HubError(400, "Loopback Hub commits to main only")
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        if not lines or lines[0]["key"] != "header":
+            raise HubError(400, "Commit payload must start with a header line")
+        for line in lines[1:]:
+            value = line["value"]
+            if line["key"] != "file" or value.get("encoding") != "base64":
+                raise HubError(400, f"Loopback Hub accepts base64 regular files only, got {line['key']}")
+            info.files[value["path"]] = base64.b64decode(value["content"])
+        state = json.dumps([info.head, lines[0]["value"], sorted(map(git_blob_sha1, info.files.values()))])
+        info.commits.append(hashlib.sha1(state.encode()).hexdigest())
+        url = f"{self.server.endpoint}/{repo}/commit/{info.head}"
+        self._json({"commitUrl": url, "commitOid": info.head, "pullRequestUrl": None})
+
+    def resolve(self, body: bytes, repo: str, revision: str, filename: str) -> None:
+        info = self.server.repo(repo, self._auth)
+        sha = self._resolve(info, revision)
+        if filename not in info.files:
+            raise HubError(404, f"Entry {filename} not found", "EntryNotFound", repo=info)
+        content = info.files[filename]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("ETag", f'"{git_blob_sha1(content)}"')
+        self.send_header("X-Repo-Commit", sha)
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(content)
+
+    @staticmethod
+    def _resolve(info: Repo, revision: str) -> str:
+        """Only the latest commit is kept, so the valid revisions are `main` and its sha."""
+        if revision not in ("main", info.head):
+            raise HubError(404, f"Revision {revision} not found", "RevisionNotFound", repo=info)
+        return info.head
+
+
+def _routes(*pairs: tuple[str, str]) -> list[tuple[re.Pattern, str]]:
+    return [(re.compile(pattern), method) for pattern, method in pairs]
+
+
+_GET_ROUTES = _routes(
+    (rf"/api/models/{REPO}", "repo_info"),
+    (rf"/api/models/{REPO}/revision/(?P<revision>[^/]+)", "repo_info"),
+    (rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<filename>.+)", "resolve"),
+)
+_POST_ROUTES = _routes(
+    (r"/api/repos/create", "create_repo"),
+    (r"/api/validate-yaml", "validate_yaml"),
+    (rf"/api/models/{REPO}/preupload/(?P<revision>[^/]+)", "preupload"),
+    (rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)", "commit"),
+)
+_PUT_ROUTES = _routes((rf"/api/models/{REPO}/settings", "update_settings"))
+
+
+def closed_port_endpoint() -> str:
+    """An endpoint on a port nothing listens on: what a push sees on a machine without network."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def point_hub_client_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: Path) -> None:
+    """Aim `huggingface_hub` (already imported, so its constants too) and child processes at `endpoint`."""
+    env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(hf_home)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    patched = {
+        "ENDPOINT": endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HUB_OFFLINE": False,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_TOKEN_PATH": str(hf_home / "token"),  # no stored login: only explicit tokens authenticate
+        "HF_STORED_TOKENS_PATH": str(hf_home / "stored_tokens"),
+    }
+    for name, value in patched.items():
+        monkeypatch.setattr(constants, name, value)
+
+
+@pytest.fixture
+def loopback_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A running `LoopbackHub` (token `hub.token`) that this process and its children use as the Hub."""
+    hub = LoopbackHub(token="hf_loopbackFAKEtoken0123456789abcdefghij")
+    thread = threading.Thread(target=hub.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    point_hub_client_at(monkeypatch, hub.endpoint, tmp_path / "hf_home")
+    yield hub
+    hub.shutdown()
+    hub.server_close()
+    thread.join()

@@ -1,0 +1,223 @@
+"""Hub push: private by default, refused when files look like they hold patient identifiers, clear when offline.
+
+Pushes go through the real `huggingface_hub` client to the loopback Hub in `tests/hub_server.py`.
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import RepositoryNotFoundError
+from safetensors.torch import save_file
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+from modeling_bertxml.hub import (
+    Finding,
+    HubPushError,
+    IdentifiersFoundError,
+    add_hub_args,
+    main,
+    push_folder,
+    push_from_args,
+    scan_for_identifiers,
+)
+from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
+
+REPO_ID = "hospital/bert-xml-icd10"
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """Any folder written by `save_pretrained` will do: a 2-layer, 32-wide BERT classifier stands in for BERT-XML."""
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Tiny coder\n\nmicro_f1: 0.8123456\n")
+    (folder / "eval_results.json").write_text(json.dumps({"micro_f1": 0.8123456, "num_notes": 1234567}, indent=2))
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def logits(model_id: str | Path, **kwargs) -> torch.Tensor:
+    model = AutoModelForSequenceClassification.from_pretrained(model_id, **kwargs).eval()
+    with torch.no_grad():
+        return model(torch.tensor([[2, 7, 11, 3, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1, 0]])).logits
+
+
+def kinds(folder: Path) -> list[str]:
+    return [finding.kind for finding in scan_for_identifiers(folder)]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("MRN: 1234567", ["MRN"]),
+        ("mr# A12345", ["MRN"]),
+        ("Medical record number 00123456", ["MRN"]),
+        ("Patient 12345678 seen in clinic", ["MRN"]),
+        ("call (212) 555-0199 after discharge", ["phone number"]),
+        ("phone 212-555-0199", ["phone number"]),
+        ("+1 212.555.0199", ["phone number"]),
+        ("DOB 01/02/1960", ["date of birth"]),
+        ("date of birth: 1960-01-02", ["date of birth"]),
+        ("born on March 3, 1960", ["date of birth"]),
+        ("D.O.B. 3 Mar 1960", ["date of birth"]),
+        # Not identifiers: metrics, versions, floats, hashes, sizes, codes, release dates, mRNA.
+        ("micro_f1 0.8123456 and 1.2345678e-05", []),
+        ("transformers 5.24.0, torch 2.13.0, 74,736 codes", []),
+        ("commit 9b6da5d60123456789e4fcdd, sha256 7081234567ab", []),
+        ("E11.9 Z79.4 S72.001A", []),
+        ("trained 2026-04-01 on notes from 2019", []),
+        ("mRNA 123456789012345", []),
+    ],
+)
+def test_identifier_patterns(tmp_path: Path, text: str, expected: list[str]) -> None:
+    (tmp_path / "README.md").write_text(f"# Card\n{text}\n")
+    assert kinds(tmp_path) == expected
+
+
+def test_json_numbers_are_metadata_but_json_text_is_scanned(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps({"vocab_size": 250002, "num_notes": 1234567, "micro_f1": 0.8123456, "mrn": 7654321}, indent=2)
+    )
+    (tmp_path / "tokenizer.json").write_text(
+        json.dumps({"model": {"vocab": {"[PAD]": 0, "diabetes": 100000, "1234567": 100001}}}, indent=2)
+    )
+    (tmp_path / "widget.json").write_text(json.dumps({"text": "seen at 212 555 0199, dob: 1960-01-02"}))
+    assert scan_for_identifiers(tmp_path) == [
+        Finding("config.json", 5, "MRN"),  # labelled, so a number value still counts
+        Finding("tokenizer.json", 6, "MRN"),  # a learned 7-digit token: the vocabulary memorised a number
+        Finding("widget.json", 1, "date of birth"),
+        Finding("widget.json", 1, "phone number"),
+    ]
+
+
+def test_saved_model_folder_is_clean_and_binaries_are_skipped(tmp_path: Path) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    save_file({"w": torch.arange(1234567, 1234567 + 64, dtype=torch.int64)}, folder / "extra.safetensors")
+    (folder / "optimizer.bin").write_bytes(b"\0\x01MRN: 1234567")
+    assert scan_for_identifiers(folder) == []
+
+
+def test_push_is_private_and_loads_with_the_same_logits(loopback_hub, tmp_path: Path) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    (folder / "step_10").mkdir()
+    (folder / "step_10" / "notes.txt").write_text("MRN: 1234567\n")  # a checkpoint the caller leaves out
+
+    url = push_folder(folder, REPO_ID, token=loopback_hub.token, ignore_patterns=["step_*"])
+
+    assert url == f"{loopback_hub.endpoint}/{REPO_ID}"
+    assert HfApi().model_info(REPO_ID, token=loopback_hub.token).private
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info(REPO_ID, token=False)
+    assert sorted(loopback_hub.repos[REPO_ID].files) == sorted(set(snapshot(folder)) - {"step_10/notes.txt"})
+    cache = tmp_path / "cache"
+    assert torch.equal(logits(REPO_ID, token=loopback_hub.token, cache_dir=cache), logits(folder))
+    assert (cache / "models--hospital--bert-xml-icd10").is_dir()  # really loaded from the Hub, not from disk
+
+
+@pytest.mark.parametrize(
+    "existing, private, expected_private",
+    [(None, True, True), (False, True, True), (True, True, True), (None, False, False)],
+    ids=["new", "existing-public-made-private", "existing-private", "hub_public-opt-out"],
+)
+def test_repo_visibility(loopback_hub, tmp_path: Path, existing, private: bool, expected_private: bool) -> None:
+    if existing is not None:
+        HfApi().create_repo(REPO_ID, private=existing, token=loopback_hub.token)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    push_folder(folder, REPO_ID, token=loopback_hub.token, private=private)
+    assert HfApi().model_info(REPO_ID, token=loopback_hub.token).private is expected_private
+
+
+def test_identifiers_refuse_the_push_until_overridden(loopback_hub, tmp_path: Path) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    (folder / "README.md").write_text("# Card\n\nExample note: MRN: 1234567, DOB 01/02/1960.\n")
+    before = snapshot(folder)
+
+    with pytest.raises(IdentifiersFoundError) as refused:
+        push_folder(folder, REPO_ID, token=loopback_hub.token)
+
+    message = str(refused.value)
+    assert "README.md:3: MRN" in message and "README.md:3: date of birth" in message
+    assert "--hub_allow_phi" in message
+    assert "1234567" not in message and "01/02/1960" not in message
+    assert loopback_hub.requests == [] and snapshot(folder) == before
+
+    push_folder(folder, REPO_ID, token=loopback_hub.token, allow_phi=True)
+    assert loopback_hub.repos[REPO_ID].files["README.md"] == before["README.md"]
+
+
+def test_token_in_files_is_refused_even_with_override(loopback_hub, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "training_args.json").write_text(json.dumps({"hub_token": loopback_hub.token}))
+    with pytest.raises(IdentifiersFoundError) as refused:
+        push_folder(folder, REPO_ID, token=loopback_hub.token, allow_phi=True)
+    assert "training_args.json:1: access token" in str(refused.value)
+    assert loopback_hub.token not in str(refused.value)
+    assert loopback_hub.repos == {}
+
+
+def go_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "hf_home")
+
+
+@pytest.mark.parametrize("cut_network", [unreachable_endpoint, go_offline])
+def test_no_network_gives_one_clear_error_and_leaves_the_folder(
+    loopback_hub, tmp_path: Path, monkeypatch, caplog, capfd, cut_network
+) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    before = snapshot(folder)
+    caplog.set_level(logging.DEBUG)
+    with monkeypatch.context() as offline:
+        cut_network(offline, tmp_path)
+        with pytest.raises(HubPushError) as failed:
+            push_folder(folder, REPO_ID, token=loopback_hub.token)
+
+    message = str(failed.value)
+    assert "intact" in message and str(folder.resolve()) in message
+    assert f"python -m modeling_bertxml.hub {folder} --hub_model_id {REPO_ID}" in message
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    assert snapshot(folder) == before
+    captured = capfd.readouterr()
+    assert loopback_hub.token not in message + caplog.text + captured.out + captured.err
+
+    # Back online, the command from the message pushes the untouched folder.
+    main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
+    assert loopback_hub.repos[REPO_ID].private
+    assert set(loopback_hub.repos[REPO_ID].files) == set(before)
+
+
+def test_train_args_push_and_never_show_the_token(loopback_hub, tmp_path: Path, caplog, capfd) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", type=Path)
+    add_hub_args(parser)
+    folder = save_tiny_model(tmp_path / "bert-xml-run")
+    args = parser.parse_args(["--output_dir", str(folder), "--hub_token", loopback_hub.token])
+    assert push_from_args(args, folder) is None  # no --push_to_hub, no push
+    assert loopback_hub.requests == []
+
+    args = parser.parse_args(["--output_dir", str(folder), "--push_to_hub", "--hub_token", loopback_hub.token])
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("train").info("args: %s", args)
+    url = push_from_args(args, folder)
+
+    assert url == f"{loopback_hub.endpoint}/loopback-user/bert-xml-run"  # default name, under the token's account
+    assert loopback_hub.repos["loopback-user/bert-xml-run"].private
+    captured = capfd.readouterr()
+    shown = str(args) + json.dumps(vars(args), default=str) + caplog.text + captured.out + captured.err
+    assert "Request" in caplog.text  # the client's debug log was captured, and still holds no token
+    assert loopback_hub.token not in shown
