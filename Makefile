@@ -19,5 +19,9 @@ install: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest tests
 
+# Sizes are in configs/demo.yaml; finished stages are reused on the next run (`make clean` starts over).
+demo: $(INSTALLED)
+	$(BIN)/python demo.py --config configs/demo.yaml
+
 clean:
 	rm -rf runs

@@ -17,7 +17,7 @@ setup(
         "datasets",
         "accelerate",
         "evaluate",
-        "huggingface-hub",
+        "huggingface-hub>=2.4",  # httpx2-based client (modeling_bertxml.hub catches its errors)
         "safetensors",
         "peft",
         "torch>=2.4",

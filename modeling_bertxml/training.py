@@ -19,7 +19,7 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, get_scheduler
 
 from .configuration_bertxml import BertXMLConfig
@@ -40,6 +40,7 @@ RESUMABLE_ARG_CHANGES = frozenset(
         "max_train_steps",
         "num_train_epochs",
         "per_device_eval_batch_size",
+        "output_dir",
     }
 )
 
@@ -134,6 +135,7 @@ def setup_accelerator(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
     )
     logger.info(accelerator.state, main_process_only=False)
+    check_synchronised(accelerator.state)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()
@@ -148,6 +150,18 @@ def setup_accelerator(
     return accelerator
 
 
+def check_synchronised(state: PartialState) -> None:
+    """Refuse a multi-process launch whose processes did not join one process group: each would train (and save)
+    its own model. This is what `accelerate launch --multi_gpu` does on a CPU-only machine without ACCELERATE_USE_CPU=1.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > state.num_processes:
+        raise RuntimeError(
+            f"{launched} processes were launched but they are not synchronised (each sees {state.num_processes}): "
+            "on a CPU-only machine set ACCELERATE_USE_CPU=1 for a multi-process launch"
+        )
+
+
 def _run_args(args: argparse.Namespace) -> dict:
     return json.loads(json.dumps(vars(args), default=str))
 
@@ -159,7 +173,10 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
     only when resuming the run recorded in its `run_args.json`, or with --overwrite_output_dir (which removes the old
     run's checkpoints so that "latest" can never resume the other run).
     """
-    state = PartialState()
+    # The first state made fixes the process group for the run: read ACCELERATE_USE_CPU as Accelerator would, or
+    # CPU ranks launched with it would come up unsynchronised.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    check_synchronised(state)
     output_dir = Path(args.output_dir)
     run_args, recorded = _run_args(args), output_dir / RUN_ARGS_FILE
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:

@@ -1,0 +1,1 @@
+"""Training a WordPiece vocabulary on a hospital's own notes (see train_tokenizer.py)."""
