@@ -1,14 +1,16 @@
 """Notes with ICD-10 codes for fine-tuning and evaluation (not remote code): read, validate, label space, batches.
 
-Hospital exports are messy, so every problem is reported with the file, line (JSON Lines) or row (CSV, Parquet,
+Hospital exports are messy, so every problem is reported with the file, line (JSON Lines, CSV) or row (Parquet,
 saved datasets) and field, and never with the note's text (notes are PHI). What is fatal and what is counted:
 
 - fatal (`NotesError`): a line that is not JSON, a missing `text`/`labels` column, a note that is not a string, a
   label list that is not a list (only CSV writes codes as one `;`-separated string), a code that is not a string,
   the same note id twice (within a split or across splits: a note in both train and test inflates the metrics);
-- counted and reported: empty notes (kept: coded as "no codes"), malformed codes (dropped; fatal with
-  `strict_codes`), codes outside the label space (dropped from training targets; in validation/test they stay in the
-  targets as misses, so the metrics are not flattered), notes longer than the model reads (truncated, one warning).
+- counted and reported: empty notes (kept, not a crash; the Endpoint handler answers them with no codes); codes that
+  are malformed (dropped), unknown to the CMS list or not billable (kept), each with its count and first location
+  (`icd10.check_codes`), all fatal with `strict_codes`; codes outside the label space (dropped from the training
+  targets; in validation/test reported and passed to the metrics as misses, never silently dropped); notes longer
+  than the model reads (truncated, one warning).
 
 Labels are kept as lists of code indices; `MultiLabelCollator` turns them into a multi-hot matrix per batch (a dense
 matrix of 8k codes x 1M notes would take ~32 GB).
@@ -83,7 +85,7 @@ def log_report(notes: Notes, max_length: int | None = None) -> None:
     report = notes.report
     logger.info(f"{notes.split} ({notes.source}): {len(notes):,} notes")
     if report.empty_notes:
-        logger.warning(f"{notes.split}: {report.empty_notes:,} empty notes, kept (they are coded as no codes)")
+        logger.warning(f"{notes.split}: {report.empty_notes:,} empty notes, kept as notes without text")
     if not report.codes.ok:
         logger.warning(f"{notes.split}: {report.codes}\nMalformed codes are dropped, the others kept; "
                        "--strict_codes makes any of them an error")

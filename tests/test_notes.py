@@ -77,16 +77,19 @@ def test_csv_cell_written_as_a_list_is_understood(tmp_path: Path) -> None:
 BAD_INPUTS = [
     ("bad.jsonl", [ROWS[0], '{"text": "x", "labels": [}'], r"bad\.jsonl:2: not valid JSON"),
     ("bad.jsonl", [ROWS[0], '["a list"]'], r"bad\.jsonl:2: expected a JSON object"),
-    ("bad.jsonl", [{"note": SECRET, "labels": []}], r"bad\.jsonl:1: no field 'text' \(fields: note, labels\).*--text_column"),
+    ("bad.jsonl", [{"note": SECRET, "labels": []}],
+     r"bad\.jsonl:1: no field 'text' \(fields: note, labels\).*--text_column"),
     ("bad.jsonl", [{"text": SECRET}], r"bad\.jsonl:1: no field 'labels'.*--label_column"),
     ("bad.jsonl", [ROWS[1], {"text": 12345, "labels": []}], r"bad\.jsonl:2: field 'text': the note is a int"),
-    ("bad.jsonl", [{"text": SECRET, "labels": "E11.9;I10"}], r"bad\.jsonl:1: field 'labels': a string, expected a list"),
+    ("bad.jsonl", [{"text": SECRET, "labels": "E11.9;I10"}],
+     r"bad\.jsonl:1: field 'labels': a string, expected a list"),
     ("bad.jsonl", [{"text": SECRET, "labels": {"E11.9": 1}}], r"bad\.jsonl:1: field 'labels': expected a list .*dict"),
     ("bad.jsonl", [{"text": SECRET, "labels": [250]}], r"bad\.jsonl:1: field 'labels': code 250 is a int"),
     ("bad.jsonl", [ROWS[0], ROWS[1], {**ROWS[2], "id": "n1"}],
      r"bad\.jsonl:3: field 'id': duplicate note id 'n1' \(first at .*bad\.jsonl:1\)"),
     ("bad.csv", "notes,labels\nx,I10\n", r"bad\.csv: no column 'text' \(columns: notes, labels\).*--text_column"),
-    ("bad.csv", f'text,labels\n"{SECRET}\nline two",I10\nx,"[E11.9"\n', r"bad\.csv:4: field 'labels': starts with '\['"),
+    ("bad.csv", f'text,labels\n"{SECRET}\nline two",I10\nx,"[E11.9"\n',
+     r"bad\.csv:4: field 'labels': starts with '\['"),  # the quoted note spans lines 2-3
     ("bad.csv", "text,labels\nx,I10,extra\n", r"bad\.csv:2: more cells than columns"),
     ("bad.txt", "x\n", r"bad\.txt: unknown file type '\.txt'"),
 ]
