@@ -184,7 +184,7 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
         logger.info("Training a new model from scratch")
         model = BertXMLForMaskedLM(config)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     logger.info(f"Model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, config {config.to_diff_dict()}")
     return model
 
