@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import sys
 import textwrap
@@ -301,10 +302,13 @@ def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Pat
 def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path) -> None:
     output_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
-               *train_args(data, output_dir, "--num_train_epochs", "1")]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+               "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO_ROOT / "train.py"), *train_args(data, output_dir, "--num_train_epochs", "1")]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "Num processes: 2" in out.stdout + out.stderr
     results = json.loads((output_dir / "eval_results.json").read_text())
