@@ -18,6 +18,7 @@ setup(
         "accelerate",
         "evaluate",
         "huggingface-hub>=2.4",  # httpx2-based client (modeling_bertxml.hub catches its errors)
+        "jinja2",  # huggingface_hub.ModelCard.from_template renders train.py's model card
         "safetensors",
         "peft",
         "torch>=2.4",
