@@ -8,7 +8,7 @@ epoch (or --eval_steps) the validation split is scored; the model with the best 
 stops after --early_stopping_patience evaluations without improvement. One global threshold is then tuned on the
 validation split (micro F1, grid of 100) and applied unchanged to the test split. The output folder is Hub-ready:
 weights, config (labels, threshold, auto_map), tokenizer, remote code, README.md model card, handler.py for Inference
-Endpoints, code_descriptions.json, eval_results.json and test_results.json.
+Endpoints (answering as the `icd-coding` pipeline), eval_results.json and test_results.json.
 """
 
 import argparse
@@ -27,7 +27,6 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from modeling_bertxml import icd10
 from modeling_bertxml.finetuning import (
     add_lora,
     build_coding_model,
@@ -38,6 +37,7 @@ from modeling_bertxml.finetuning import (
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
 from modeling_bertxml.model_card import render_model_card
+from modeling_bertxml.pipeline_folder import make_pipeline_ready
 from modeling_bertxml.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -91,6 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
     coding.add_argument("--head_learning_rate", type=float, default=1e-3, help="Learning rate of the new head.")
+    coding.add_argument(
+        "--init_label_queries_from_descriptions", action="store_true",
+        help="Start each code's attention query and output weight from the encoder's embedding of its ICD-10-CM "
+        "description and inclusion terms (helps rare codes).",
+    )
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
         help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
@@ -319,8 +324,7 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
     for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
         if split in results:
             (output_dir / name).write_text(json.dumps(results[split], indent=2) + "\n")
-    descriptions = {code: icd10.description(code) for code in splits.labels if icd10.is_valid(code)}
-    (output_dir / "code_descriptions.json").write_text(json.dumps(descriptions, indent=2) + "\n")
+    make_pipeline_ready(output_dir)  # the icd-coding pipeline and the codes' descriptions travel with the model
     shutil.copyfile(HANDLER_SOURCE, output_dir / "handler.py")
     config = coding_config(accelerator.unwrap_model(model))
     card = render_model_card(

@@ -16,6 +16,7 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
 from .configuration_bertxml import BertXMLConfig
+from .label_init import code_descriptions, init_label_queries_from_descriptions
 from .modeling_bertxml import BertXMLForMultiLabelCoding
 from .training import load_config, save_model
 
@@ -38,11 +39,16 @@ def build_coding_model(
     config = load_config(args, tokenizer, id2label=id2label, label2id={code: i for i, code in id2label.items()})
     if args.model_name_or_path is None:
         logger.warning("No --model_name_or_path: the encoder starts from random weights (no pretraining)")
-        return BertXMLForMultiLabelCoding(config)
-    # ignore_mismatched_sizes: a checkpoint that already has a head for another label space gets a new one.
-    return BertXMLForMultiLabelCoding.from_pretrained(
-        args.model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
-    )
+        model = BertXMLForMultiLabelCoding(config)
+    else:
+        # ignore_mismatched_sizes: a checkpoint that already has a head for another label space gets a new one.
+        model = BertXMLForMultiLabelCoding.from_pretrained(
+            args.model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
+        )
+    if args.init_label_queries_from_descriptions:
+        initialised = init_label_queries_from_descriptions(model, tokenizer, code_descriptions(labels))
+        logger.info(f"{len(initialised)} of {len(labels)} label queries start from their ICD-10-CM descriptions")
+    return model
 
 
 def add_lora(

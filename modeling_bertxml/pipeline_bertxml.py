@@ -173,6 +173,8 @@ class ICDCodingPipeline(Pipeline):
         }
 
     def postprocess(self, model_outputs: dict, num_evidence_spans: int = 3) -> list[dict]:
+        if not model_outputs["text"].strip():
+            return []  # an empty note is coded as "no codes", whatever the bias alone would score
         config = self.model.config
         descriptions = getattr(config, "label_descriptions", None) or {}
         offsets, word_ids = model_outputs["offset_mapping"][0], model_outputs["word_ids"][0]

@@ -185,6 +185,7 @@ def test_scores_thresholds_and_batching(coder: ICDCodingPipeline, test_notes: li
     assert sum(map(len, default)) < sum(map(len, batched))
     descriptions = {item["code"]: item["description"] for result in batched for item in result}
     assert descriptions == {code: DESCRIPTIONS.get(code) for code in CODES}
+    assert coder(["", "  \n"], threshold=0.0) == [[], []]  # an empty note is coded as "no codes"
 
 
 def test_bad_parameters_and_inputs_are_refused(coder: ICDCodingPipeline) -> None:

@@ -167,7 +167,7 @@ def test_output_folder_is_hub_ready(data: Path, trained) -> None:
     output_dir, _ = trained
     expected = {
         "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "configuration_bertxml.py",
-        "modeling_bertxml.py", "README.md", "handler.py", "code_descriptions.json", "eval_results.json",
+        "modeling_bertxml.py", "pipeline_bertxml.py", "README.md", "handler.py", "eval_results.json",
         "test_results.json",
     }  # fmt: skip
     assert expected <= {path.name for path in output_dir.iterdir()}
@@ -184,8 +184,7 @@ def test_output_folder_is_hub_ready(data: Path, trained) -> None:
     training_texts = [json.loads(line)["text"] for line in (data / "train.jsonl").read_text().splitlines()]
     widget_texts = [example["text"] for example in metadata["widget"]]
     assert widget_texts and not any(text in card or text in widget_texts for text in training_texts)
-    descriptions = json.loads((output_dir / "code_descriptions.json").read_text())
-    assert descriptions["E11.9"] == "Type 2 diabetes mellitus without complications"
+    assert config["label_descriptions"]["E11.9"] == "Type 2 diabetes mellitus without complications"
 
 
 FRESH_INTERPRETER = textwrap.dedent(
@@ -346,3 +345,20 @@ def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
         main([*args, "--output_dir", str(tmp_path / "offline"), "--num_train_epochs", "1"])
     assert (tmp_path / "offline" / "model.safetensors").is_file()
     assert before == {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
+
+
+def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:
+    from modeling_bertxml.finetuning import build_coding_model
+    from train import parse_args
+
+    labels = ["E11.9", "I10", "LOCAL1"]  # LOCAL1: a hospital's own code, not in ICD-10-CM
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
+    plain = parse_args(train_args(data, tmp_path / "plain"))
+    described = parse_args(train_args(data, tmp_path / "described", "--init_label_queries_from_descriptions"))
+    torch.manual_seed(0)
+    random_queries = build_coding_model(plain, labels, tokenizer).label_head.queries
+    torch.manual_seed(0)
+    queries = build_coding_model(described, labels, tokenizer).label_head.queries
+    torch.testing.assert_close(queries.norm(dim=-1)[:2], torch.ones(2))  # unit-norm description embeddings
+    assert not torch.allclose(queries[:2], random_queries[:2])
+    torch.testing.assert_close(queries[2], random_queries[2])  # no description: keeps its random query
