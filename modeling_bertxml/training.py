@@ -18,13 +18,13 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, get_scheduler
 
 from .configuration_bertxml import BertXMLConfig
 
-logger = get_logger(__name__)
+# A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
+logger = logging.getLogger(__name__)
 
 RUN_ARGS_FILE = "run_args.json"
 # Arguments that may change between a run and its resumption without making it a different run.
@@ -134,7 +134,7 @@ def setup_accelerator(
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
     )
-    logger.info(accelerator.state, main_process_only=False)
+    logger.info(accelerator.state)  # every rank: its own rank, device and the process count
     check_synchronised(accelerator.state)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
