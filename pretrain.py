@@ -185,7 +185,7 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
         model = BertXMLForMaskedLM(config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    logger.info(f"Model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, config {config.to_diff_dict()}")
+    logger.info(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters")
     return model
 
 
@@ -340,6 +340,7 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
         "train_tokens": progress.tokens,
         "train_runtime": runtime,
         "tokens_per_second": progress.tokens / runtime if runtime else 0.0,
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "num_processes": accelerator.num_processes,
         "ranks_identical": agree,
         **progress.metrics,

@@ -220,3 +220,16 @@ def test_masks_cover_whole_words_and_depend_only_on_seed_epoch_and_tokens():
     assert first.any() and torch.equal(first[starts], first[pieces])
     assert torch.equal(masks(0), first), "same seed, epoch and tokens: same masks (what an exact resume needs)"
     assert not torch.equal(masks(1), first), "a new epoch masks anew"
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, machines",
+    [("multi_gpu", "MULTI_GPU", 1), ("fsdp", "FSDP", 1), ("deepspeed_zero2", "DEEPSPEED", 1), ("two_nodes", "MULTI_GPU", 2)],
+)
+def test_example_accelerate_configs_load_and_are_documented(name, distributed_type, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = f"configs/accelerate/{name}.yaml"
+    config = load_config_from_file(str(REPO / path))
+    assert (config.distributed_type.name, config.num_machines) == (distributed_type, machines)
+    assert path in (REPO / "README.md").read_text()
