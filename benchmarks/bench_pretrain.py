@@ -58,7 +58,8 @@ def run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     if args.mixed_precision:
         command += ["--mixed_precision", args.mixed_precision]
     env = {**os.environ, "HF_DATASETS_CACHE": str(workdir / "hf_cache")}
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if args.quiet else None)
+    logs = subprocess.DEVNULL if args.quiet else None
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=logs)
     results = json.loads((output_dir / "train_results.json").read_text())
     return {"config": name, "seq_len": seq_len, "batch": batch, **results}
 

@@ -49,7 +49,9 @@ RESUMABLE_ARG_CHANGES = frozenset(
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model_name_or_path", help="Continue from this checkpoint (a folder or Hub id).")
-    group.add_argument("--config_name", help="Config (folder, config.json or Hub id) for a model trained from scratch.")
+    group.add_argument(
+        "--config_name", help="Config (folder, config.json or Hub id) for a model trained from scratch."
+    )
     group.add_argument(
         "--config_overrides",
         help='Override config values for a model trained from scratch, e.g. "hidden_size=128,num_hidden_layers=2".',
@@ -152,7 +154,7 @@ def setup_accelerator(
 
 def check_synchronised(state: PartialState) -> None:
     """Refuse a multi-process launch whose processes did not join one process group: each would train (and save)
-    its own model. This is what `accelerate launch --multi_gpu` does on a CPU-only machine without ACCELERATE_USE_CPU=1.
+    its own model. `accelerate launch --multi_gpu` does this on a CPU-only machine without ACCELERATE_USE_CPU=1.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > state.num_processes:
@@ -181,23 +183,13 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
     run_args, recorded = _run_args(args), output_dir / RUN_ARGS_FILE
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
         if not args.resume_from_checkpoint:
+            contents = ", ".join(sorted(path.name for path in output_dir.iterdir()))
             raise FileExistsError(
-                f"--output_dir {output_dir} already holds a run ({', '.join(sorted(p.name for p in output_dir.iterdir()))}); "
-                "pass --resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+                f"--output_dir {output_dir} already holds a run ({contents}); pass --resume_from_checkpoint latest "
+                "to continue it or --overwrite_output_dir to start over"
             )
         if recorded.is_file():
-            previous = json.loads(recorded.read_text())
-            changed = sorted(
-                key
-                for key in set(previous) | set(run_args)
-                if key not in RESUMABLE_ARG_CHANGES and previous.get(key) != run_args.get(key)
-            )
-            if changed:
-                details = "; ".join(f"--{k}: {previous.get(k)!r} -> {run_args.get(k)!r}" for k in changed)
-                raise ValueError(
-                    f"--output_dir {output_dir} holds a different run ({recorded} differs: {details}); resume with "
-                    "the same arguments, or pass --overwrite_output_dir"
-                )
+            _check_same_run(recorded, run_args)
     _check_writable(output_dir, state.process_index)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -207,6 +199,22 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
     state.wait_for_everyone()
 
 
+def _check_same_run(recorded: Path, run_args: dict) -> None:
+    """A resumed run must be the recorded one: other data or hyperparameters would silently make a different model."""
+    previous = json.loads(recorded.read_text())
+    changed = sorted(
+        key
+        for key in set(previous) | set(run_args)
+        if key not in RESUMABLE_ARG_CHANGES and previous.get(key) != run_args.get(key)
+    )
+    if changed:
+        details = "; ".join(f"--{key}: {previous.get(key)!r} -> {run_args.get(key)!r}" for key in changed)
+        raise ValueError(
+            f"--output_dir {recorded.parent} holds a different run ({recorded} differs: {details}); resume with "
+            "the same arguments, or pass --overwrite_output_dir"
+        )
+
+
 def _check_writable(output_dir: Path, rank: int) -> None:
     probe = output_dir / f".write_test_{rank}"
     try:
@@ -214,7 +222,9 @@ def _check_writable(output_dir: Path, rank: int) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})") from error
+        raise PermissionError(
+            f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})"
+        ) from error
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -463,6 +473,7 @@ __all__ = [
     "add_model_args",
     "add_optimization_args",
     "check_finite",
+    "check_synchronised",
     "check_tokenizer_matches_config",
     "create_optimizer",
     "create_scheduler",

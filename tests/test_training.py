@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
@@ -75,8 +74,10 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkey
             (checkpoints.root / ".step_2.tmp" / "model.safetensors").write_bytes(b"half a file")
         raise KeyboardInterrupt  # what a kill looks like from inside: the save never returns
 
-    target = (accelerator, "save_state") if crash_in == "save_state" else ("modeling_bertxml.training._write_json_atomic",)
-    monkeypatch.setattr(*target, die)
+    if crash_in == "save_state":
+        monkeypatch.setattr(accelerator, "save_state", die)
+    else:
+        monkeypatch.setattr("modeling_bertxml.training._write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save(accelerator, step=2, epoch=0, extra={"batches_in_epoch": 2})
 
@@ -148,7 +149,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
 
 def test_a_launch_whose_processes_did_not_join_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # what each process of an unsynchronised 2-process launch sees
-    with pytest.raises(RuntimeError, match="2 processes were launched but they are not synchronised.*ACCELERATE_USE_CPU=1"):
+    with pytest.raises(RuntimeError, match="2 processes were launched but they are not synchronised.*USE_CPU=1"):
         prepare_output_dir(parse("--output_dir", str(tmp_path / "run")))
 
 
@@ -158,12 +159,14 @@ def test_tokenizer_and_config_must_belong_together(tmp_path):
     scratch = load_config(parse("--output_dir", "x", "--tokenizer_name", str(tmp_path / "tok")), tokenizer=tokenizer)
     assert (scratch.vocab_size, scratch.pad_token_id) == (len(tokenizer), tokenizer.pad_token_id)
 
-    too_small = parse("--output_dir", "x", "--tokenizer_name", str(tmp_path / "tok"), "--config_overrides", "vocab_size=20")
-    with pytest.raises(ValueError, match=rf"tokenizer \S+tok has {len(tokenizer)} tokens but the config's vocab_size is 20"):
+    tok = str(tmp_path / "tok")
+    too_small = parse("--output_dir", "x", "--tokenizer_name", tok, "--config_overrides", "vocab_size=20")
+    message = rf"tokenizer \S+tok has {len(tokenizer)} tokens but the config's vocab_size is 20"
+    with pytest.raises(ValueError, match=message):
         load_config(too_small, tokenizer=tokenizer)
 
     tiny_config(vocab_size=len(tokenizer), pad_token_id=3).save_pretrained(tmp_path / "model")
-    args = parse("--output_dir", "x", "--tokenizer_name", str(tmp_path / "tok"), "--config_name", str(tmp_path / "model"))
+    args = parse("--output_dir", "x", "--tokenizer_name", tok, "--config_name", str(tmp_path / "model"))
     with pytest.raises(ValueError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
         load_tokenizer(args, load_config(args))
 
