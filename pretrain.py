@@ -244,7 +244,7 @@ def maybe_resume(args, accelerator: Accelerator, checkpoints: CheckpointManager)
 def save_checkpoint(accelerator: Accelerator, checkpoints: CheckpointManager, progress: Progress, end_of_epoch: bool):
     # A checkpoint taken on an epoch's last batch resumes at the start of the next epoch.
     epoch, batches = (progress.epoch + 1, 0) if end_of_epoch else (progress.epoch, progress.batches_in_epoch)
-    checkpoints.save(accelerator, progress.step, epoch, {"batches_in_epoch": batches, "tokens": progress.tokens})
+    checkpoints.save(accelerator, progress.step, epoch, {"tokens": progress.tokens}, batches_in_epoch=batches)
 
 
 def after_step(args, accelerator, model, eval_loader, checkpoints, progress: Progress, bar: tqdm) -> None:

@@ -356,8 +356,11 @@ class CheckpointManager:
     def is_complete(self, path: Path) -> bool:
         return (path / self.state_file).is_file()
 
-    def save(self, accelerator: Accelerator, step: int, epoch: int, extra: dict | None = None) -> Path:
-        """Save the full training state after optimizer step `step`; `extra` goes back to the caller on `load`."""
+    def save(
+        self, accelerator: Accelerator, step: int, epoch: int, extra: dict | None = None, batches_in_epoch: int = 0
+    ) -> Path:
+        """Save the full training state after optimizer step `step`, `batches_in_epoch` dataloader batches into
+        `epoch` (what `resume_dataloader` skips); `extra` (JSON) comes back from `load` too."""
         final, temporary = self.root / f"step_{step}", self.root / f".step_{step}.tmp"
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
@@ -366,7 +369,8 @@ class CheckpointManager:
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_json_atomic(temporary / self.state_file, {"step": step, "epoch": epoch, **(extra or {})})
+            state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, **(extra or {})}
+            _write_json_atomic(temporary / self.state_file, state)
             if final.exists():  # a rerun that reached the same step: replace, never merge
                 stale = self.root / f".step_{step}.old"
                 os.replace(final, stale)
@@ -397,7 +401,8 @@ class CheckpointManager:
         return path
 
     def load(self, accelerator: Accelerator, path: Path) -> dict:
-        """Restore model, optimizer, scheduler and RNG states; return what `save` recorded (step, epoch, extra)."""
+        """Restore model, optimizer, scheduler and RNG states; return what `save` recorded (step, epoch,
+        batches_in_epoch and the keys of extra)."""
         accelerator.load_state(str(path))
         state = json.loads((path / self.state_file).read_text())
         logger.info(f"Resumed from {path} at step {state['step']} (epoch {state['epoch']})")
@@ -414,7 +419,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def resume_dataloader(accelerator: Accelerator, dataloader, batches_done: int):
-    """The dataloader of the resumed epoch, without the `batches_done` batches the checkpoint had already seen."""
+    """The dataloader of the resumed epoch, without the `batches_done` batches the checkpoint had already seen.
+
+    Call `set_epoch(epoch)` on the result as on the original. For a bit-exact resume, also give the `DataLoader` its
+    own `generator`: otherwise starting the epoch draws from the global RNG (dropout's), which the resumed run has just
+    restored to the checkpoint's state while the uninterrupted run drew it before the checkpoint.
+    """
     if batches_done <= 0:
         return dataloader
     return accelerator.skip_first_batches(dataloader, batches_done)

@@ -66,7 +66,7 @@ def train_step(model, optimizer) -> None:
 def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkeypatch, crash_in):
     accelerator, model, optimizer, checkpoints = trained
     train_step(model, optimizer)
-    good = checkpoints.save(accelerator, step=1, epoch=0, extra={"batches_in_epoch": 1})
+    good = checkpoints.save(accelerator, step=1, epoch=0, extra={"tokens": 16}, batches_in_epoch=1)
     train_step(model, optimizer)
 
     def die(*args, **kwargs):
@@ -79,11 +79,11 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkey
     else:
         monkeypatch.setattr("modeling_bertxml.training._write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.save(accelerator, step=2, epoch=0, extra={"batches_in_epoch": 2})
+        checkpoints.save(accelerator, step=2, epoch=0, batches_in_epoch=2)
 
     assert not (checkpoints.root / "step_2").exists()
     assert checkpoints.resolve("latest") == good
-    assert checkpoints.load(accelerator, good) == {"step": 1, "epoch": 0, "batches_in_epoch": 1}
+    assert checkpoints.load(accelerator, good) == {"step": 1, "epoch": 0, "batches_in_epoch": 1, "tokens": 16}
 
 
 def test_resolve_refuses_an_incomplete_folder_and_latest_picks_the_newest_complete(trained):
