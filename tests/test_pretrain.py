@@ -7,6 +7,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,11 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
 
 def test_two_gloo_ranks_train_one_model(corpus, tmp_path):
     out = tmp_path / "ddp"
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", port]
     args = base_args(corpus, out, "--max_train_steps", "6", "--checkpointing_steps", "3")
     log = run_cli([*launch, "pretrain.py", *args], tmp_path, ACCELERATE_USE_CPU="1")
 
