@@ -131,13 +131,16 @@ def load_blocks(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Notes from `files` as packed blocks, cached by `datasets` (built once, on the main process first)."""
     raw = load_text_dataset(files, text_column=args.text_column, streaming=args.streaming)
-    map_kwargs = dict(batched=True, remove_columns=["text"], fn_kwargs=dict(tokenizer=tokenizer, block_size=block_size))
+    map_kwargs = dict(
+        batched=True, remove_columns=["text"], fn_kwargs=dict(tokenizer=tokenizer, block_size=block_size)
+    )
     if args.streaming:
         if train:
             raw = raw.shuffle(seed=args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
         return raw.map(pack_notes, **map_kwargs)
     blocks = raw.map(
-        pack_notes, num_proc=args.preprocessing_num_workers, desc=f"Tokenising and packing {files[0]}", **map_kwargs
+        pack_notes, num_proc=args.preprocessing_num_workers, desc=f"Tokenising and packing {files[0]}",
+        **map_kwargs,
     )
     if len(blocks) == 0:
         raise ValueError(
@@ -160,7 +163,11 @@ def build_dataloaders(
 ) -> tuple[DataLoader, DataLoader | None]:
     with accelerator.main_process_first():
         train = load_blocks(args, args.train_file, tokenizer, block_size, train=True)
-        validation = load_blocks(args, args.validation_file, tokenizer, block_size, False) if args.validation_file else None
+        validation = (
+            load_blocks(args, args.validation_file, tokenizer, block_size, train=False)
+            if args.validation_file
+            else None
+        )
     # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
     # resumed run, which starts its epoch after restoring that stream, would drop out differently.
     train_loader = DataLoader(
@@ -169,7 +176,9 @@ def build_dataloaders(
     )
     # A collator of its own whose epoch never moves: every evaluation sees the same masks, so losses compare.
     eval_loader = (
-        DataLoader(validation, collate_fn=masking_collator(args, tokenizer), batch_size=args.per_device_eval_batch_size)
+        DataLoader(
+            validation, collate_fn=masking_collator(args, tokenizer), batch_size=args.per_device_eval_batch_size
+        )
         if validation
         else None
     )
@@ -185,7 +194,7 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
         model = BertXMLForMaskedLM(config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    logger.info(f"Model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, config {config.to_diff_dict()}")
+    logger.info(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters")
     return model
 
 
@@ -235,7 +244,7 @@ def maybe_resume(args, accelerator: Accelerator, checkpoints: CheckpointManager)
 def save_checkpoint(accelerator: Accelerator, checkpoints: CheckpointManager, progress: Progress, end_of_epoch: bool):
     # A checkpoint taken on an epoch's last batch resumes at the start of the next epoch.
     epoch, batches = (progress.epoch + 1, 0) if end_of_epoch else (progress.epoch, progress.batches_in_epoch)
-    checkpoints.save(accelerator, progress.step, epoch, {"batches_in_epoch": batches, "tokens": progress.tokens})
+    checkpoints.save(accelerator, progress.step, epoch, {"tokens": progress.tokens}, batches_in_epoch=batches)
 
 
 def after_step(args, accelerator, model, eval_loader, checkpoints, progress: Progress, bar: tqdm) -> None:
@@ -254,7 +263,8 @@ def after_step(args, accelerator, model, eval_loader, checkpoints, progress: Pro
 
 
 def log_eval(args, accelerator: Accelerator, metrics: dict[str, float], progress: Progress) -> None:
-    logger.info(f"step {progress.step} (epoch {progress.epoch}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+    logger.info(f"step {progress.step} (epoch {progress.epoch}): {values}")
     progress.metrics = {**metrics, "eval_step": progress.step}
     if args.with_tracking:
         accelerator.log(metrics, step=progress.step)
@@ -340,6 +350,7 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
         "train_tokens": progress.tokens,
         "train_runtime": runtime,
         "tokens_per_second": progress.tokens / runtime if runtime else 0.0,
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "num_processes": accelerator.num_processes,
         "ranks_identical": agree,
         **progress.metrics,
@@ -354,11 +365,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     prepare_output_dir(args)
     # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there).
-    loader_config = DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=False if args.streaming else None)
+    loader_config = DataLoaderConfiguration(
+        use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
+    )
     accelerator = setup_accelerator(args, "bertxml_pretraining", loader_config)
     tokenizer = load_tokenizer(args)
     config = load_config(args, tokenizer=tokenizer)
-    train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size_for(args, tokenizer, config))
+    block_size = block_size_for(args, tokenizer, config)
+    train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
     model = build_model(args, config)
     # The schedule needs the per-process length, known once the dataloader is prepared (sharded).
     train_loader = accelerator.prepare(train_loader)

@@ -18,13 +18,13 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, get_scheduler
 
 from .configuration_bertxml import BertXMLConfig
 
-logger = get_logger(__name__)
+# A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
+logger = logging.getLogger(__name__)
 
 RUN_ARGS_FILE = "run_args.json"
 # Arguments that may change between a run and its resumption without making it a different run.
@@ -49,7 +49,9 @@ RESUMABLE_ARG_CHANGES = frozenset(
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model_name_or_path", help="Continue from this checkpoint (a folder or Hub id).")
-    group.add_argument("--config_name", help="Config (folder, config.json or Hub id) for a model trained from scratch.")
+    group.add_argument(
+        "--config_name", help="Config (folder, config.json or Hub id) for a model trained from scratch."
+    )
     group.add_argument(
         "--config_overrides",
         help='Override config values for a model trained from scratch, e.g. "hidden_size=128,num_hidden_layers=2".',
@@ -134,7 +136,7 @@ def setup_accelerator(
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
     )
-    logger.info(accelerator.state, main_process_only=False)
+    logger.info(accelerator.state)  # every rank: its own rank, device and the process count
     check_synchronised(accelerator.state)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
@@ -152,7 +154,7 @@ def setup_accelerator(
 
 def check_synchronised(state: PartialState) -> None:
     """Refuse a multi-process launch whose processes did not join one process group: each would train (and save)
-    its own model. This is what `accelerate launch --multi_gpu` does on a CPU-only machine without ACCELERATE_USE_CPU=1.
+    its own model. `accelerate launch --multi_gpu` does this on a CPU-only machine without ACCELERATE_USE_CPU=1.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > state.num_processes:
@@ -181,23 +183,13 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
     run_args, recorded = _run_args(args), output_dir / RUN_ARGS_FILE
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
         if not args.resume_from_checkpoint:
+            contents = ", ".join(sorted(path.name for path in output_dir.iterdir()))
             raise FileExistsError(
-                f"--output_dir {output_dir} already holds a run ({', '.join(sorted(p.name for p in output_dir.iterdir()))}); "
-                "pass --resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+                f"--output_dir {output_dir} already holds a run ({contents}); pass --resume_from_checkpoint latest "
+                "to continue it or --overwrite_output_dir to start over"
             )
         if recorded.is_file():
-            previous = json.loads(recorded.read_text())
-            changed = sorted(
-                key
-                for key in set(previous) | set(run_args)
-                if key not in RESUMABLE_ARG_CHANGES and previous.get(key) != run_args.get(key)
-            )
-            if changed:
-                details = "; ".join(f"--{k}: {previous.get(k)!r} -> {run_args.get(k)!r}" for k in changed)
-                raise ValueError(
-                    f"--output_dir {output_dir} holds a different run ({recorded} differs: {details}); resume with "
-                    "the same arguments, or pass --overwrite_output_dir"
-                )
+            _check_same_run(recorded, run_args)
     _check_writable(output_dir, state.process_index)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -207,6 +199,22 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
     state.wait_for_everyone()
 
 
+def _check_same_run(recorded: Path, run_args: dict) -> None:
+    """A resumed run must be the recorded one: other data or hyperparameters would silently make a different model."""
+    previous = json.loads(recorded.read_text())
+    changed = sorted(
+        key
+        for key in set(previous) | set(run_args)
+        if key not in RESUMABLE_ARG_CHANGES and previous.get(key) != run_args.get(key)
+    )
+    if changed:
+        details = "; ".join(f"--{key}: {previous.get(key)!r} -> {run_args.get(key)!r}" for key in changed)
+        raise ValueError(
+            f"--output_dir {recorded.parent} holds a different run ({recorded} differs: {details}); resume with "
+            "the same arguments, or pass --overwrite_output_dir"
+        )
+
+
 def _check_writable(output_dir: Path, rank: int) -> None:
     probe = output_dir / f".write_test_{rank}"
     try:
@@ -214,7 +222,9 @@ def _check_writable(output_dir: Path, rank: int) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})") from error
+        raise PermissionError(
+            f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})"
+        ) from error
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -346,8 +356,11 @@ class CheckpointManager:
     def is_complete(self, path: Path) -> bool:
         return (path / self.state_file).is_file()
 
-    def save(self, accelerator: Accelerator, step: int, epoch: int, extra: dict | None = None) -> Path:
-        """Save the full training state after optimizer step `step`; `extra` goes back to the caller on `load`."""
+    def save(
+        self, accelerator: Accelerator, step: int, epoch: int, extra: dict | None = None, batches_in_epoch: int = 0
+    ) -> Path:
+        """Save the full training state after optimizer step `step`, `batches_in_epoch` dataloader batches into
+        `epoch` (what `resume_dataloader` skips); `extra` (JSON) comes back from `load` too."""
         final, temporary = self.root / f"step_{step}", self.root / f".step_{step}.tmp"
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
@@ -356,7 +369,8 @@ class CheckpointManager:
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_json_atomic(temporary / self.state_file, {"step": step, "epoch": epoch, **(extra or {})})
+            state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, **(extra or {})}
+            _write_json_atomic(temporary / self.state_file, state)
             if final.exists():  # a rerun that reached the same step: replace, never merge
                 stale = self.root / f".step_{step}.old"
                 os.replace(final, stale)
@@ -387,7 +401,8 @@ class CheckpointManager:
         return path
 
     def load(self, accelerator: Accelerator, path: Path) -> dict:
-        """Restore model, optimizer, scheduler and RNG states; return what `save` recorded (step, epoch, extra)."""
+        """Restore model, optimizer, scheduler and RNG states; return what `save` recorded (step, epoch,
+        batches_in_epoch and the keys of extra)."""
         accelerator.load_state(str(path))
         state = json.loads((path / self.state_file).read_text())
         logger.info(f"Resumed from {path} at step {state['step']} (epoch {state['epoch']})")
@@ -404,7 +419,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def resume_dataloader(accelerator: Accelerator, dataloader, batches_done: int):
-    """The dataloader of the resumed epoch, without the `batches_done` batches the checkpoint had already seen."""
+    """The dataloader of the resumed epoch, without the `batches_done` batches the checkpoint had already seen.
+
+    Call `set_epoch(epoch)` on the result as on the original. For a bit-exact resume, also give the `DataLoader` its
+    own `generator`: otherwise starting the epoch draws from the global RNG (dropout's), which the resumed run has just
+    restored to the checkpoint's state while the uninterrupted run drew it before the checkpoint.
+    """
     if batches_done <= 0:
         return dataloader
     return accelerator.skip_first_batches(dataloader, batches_done)
@@ -463,6 +483,7 @@ __all__ = [
     "add_model_args",
     "add_optimization_args",
     "check_finite",
+    "check_synchronised",
     "check_tokenizer_matches_config",
     "create_optimizer",
     "create_scheduler",

@@ -7,6 +7,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,10 @@ from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from conftest import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,max_position_embeddings=16,max_chunks=4"
+TINY = (
+    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,max_position_embeddings=16,"
+    "max_chunks=4"
+)
 PHRASES = [
     "patient denies chest pain",
     "history of type 2 diabetes mellitus without complications",
@@ -112,7 +116,11 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
 
 def test_two_gloo_ranks_train_one_model(corpus, tmp_path):
     out = tmp_path / "ddp"
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", port]
     args = base_args(corpus, out, "--max_train_steps", "6", "--checkpointing_steps", "3")
     log = run_cli([*launch, "pretrain.py", *args], tmp_path, ACCELERATE_USE_CPU="1")
 
@@ -163,7 +171,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         run_main(base_args(corpus, out, "--learning_rate", "1e6", "--max_train_steps", "20",
                            "--checkpointing_steps", "1"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
-    assert torch.isfinite(torch.cat([t.flatten() for t in load_file(out / "checkpoints/step_1/model.safetensors").values()])).all()
+    kept = load_file(out / "checkpoints" / "step_1" / "model.safetensors")
+    assert all(torch.isfinite(weight).all() for weight in kept.values())
     assert not (out / "model.safetensors").exists()
 
 
@@ -197,7 +206,9 @@ def subword_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
 
@@ -206,12 +217,16 @@ def test_masks_cover_whole_words_and_depend_only_on_seed_epoch_and_tokens():
     tokenizer = subword_tokenizer()
     text = "hypertension diabetes no pain hypertension diabetes pain no"
     examples = pretrain.pack_notes({"text": [text] * 8}, tokenizer, block_size=14)
-    args = pretrain.parse_args(["--train_file", "x", "--tokenizer_name", "x", "--output_dir", "x", "--mlm_probability", "0.5"])
+    args = pretrain.parse_args(
+        ["--train_file", "x", "--tokenizer_name", "x", "--output_dir", "x", "--mlm_probability", "0.5"]
+    )
+
+    rows = [dict(zip(examples, values)) for values in zip(*examples.values())]
 
     def masks(epoch: int) -> torch.Tensor:
         collator = pretrain.masking_collator(args, tokenizer)
         collator.epoch = epoch
-        return collator([dict(e) for e in (dict(zip(examples, v)) for v in zip(*examples.values()))])["labels"] != -100
+        return collator([dict(row) for row in rows])["labels"] != -100
 
     first = masks(0)
     ids = torch.tensor(examples["input_ids"])
@@ -220,3 +235,21 @@ def test_masks_cover_whole_words_and_depend_only_on_seed_epoch_and_tokens():
     assert first.any() and torch.equal(first[starts], first[pieces])
     assert torch.equal(masks(0), first), "same seed, epoch and tokens: same masks (what an exact resume needs)"
     assert not torch.equal(masks(1), first), "a new epoch masks anew"
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, machines",
+    [
+        ("multi_gpu", "MULTI_GPU", 1),
+        ("fsdp", "FSDP", 1),
+        ("deepspeed_zero2", "DEEPSPEED", 1),
+        ("two_nodes", "MULTI_GPU", 2),
+    ],
+)
+def test_example_accelerate_configs_load_and_are_documented(name, distributed_type, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = f"configs/accelerate/{name}.yaml"
+    config = load_config_from_file(str(REPO / path))
+    assert (config.distributed_type.name, config.num_machines) == (distributed_type, machines)
+    assert path in (REPO / "README.md").read_text()
