@@ -150,7 +150,12 @@ def build_dataloaders(
             continue
         dataset = tokenize_notes(notes, label2id, tokenizer, max_length, args.preprocessing_num_workers)
         batch_size = args.per_device_train_batch_size if name == "train" else args.per_device_eval_batch_size
-        loaders[name] = DataLoader(dataset, batch_size=batch_size, shuffle=name == "train", collate_fn=collator)
+        # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
+        # resumed run would not continue exactly (see training.resume_dataloader).
+        generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
+        loaders[name] = DataLoader(
+            dataset, batch_size=batch_size, shuffle=name == "train", collate_fn=collator, generator=generator
+        )
     return loaders
 
 
