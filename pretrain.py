@@ -37,6 +37,7 @@ from modeling_bertxml.data import load_text_dataset
 from modeling_bertxml.training import (
     CheckpointManager,
     NonFiniteLossError,
+    OutputWriteError,
     add_checkpoint_args,
     add_data_args,
     add_model_args,
@@ -385,10 +386,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         progress = train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress)
-    except NonFiniteLossError as error:
+        finish(args, accelerator, model, tokenizer, progress, time.perf_counter() - start)
+    except (NonFiniteLossError, OutputWriteError) as error:
         accelerator.end_training()
         raise SystemExit(f"error: {error}") from None
-    finish(args, accelerator, model, tokenizer, progress, time.perf_counter() - start)
     accelerator.end_training()
 
 

@@ -52,6 +52,7 @@ from modeling_bertxml.notes import (
 from modeling_bertxml.training import (
     CheckpointManager,
     NonFiniteLossError,
+    OutputWriteError,
     add_checkpoint_args,
     add_data_args,
     add_model_args,
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         run(args)
-    except (NotesError, NonFiniteLossError, HubPushError, IdentifiersFoundError) as error:
+    except (NotesError, NonFiniteLossError, OutputWriteError, HubPushError, IdentifiersFoundError) as error:
         # Expected failures of a run: the message (file, line, field; or what to do), not a traceback.
         sys.exit(f"error: {error}")
 

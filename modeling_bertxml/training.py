@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -339,6 +340,22 @@ def create_scheduler(
 
 
 # ------------------------------------------------------------------------------------------ checkpoints and resume
+class OutputWriteError(RuntimeError):
+    """Writing a checkpoint or model failed (disk full, permissions): what is already on disk is left as it was."""
+
+
+@contextmanager
+def _writing(target: Path, temporary: Path):
+    """Turn an OSError while writing `temporary` (meant to become `target`) into one clear `OutputWriteError`."""
+    try:
+        yield
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise OutputWriteError(
+            f"{target}: could not be written ({error.strerror or error}); nothing already saved there was changed"
+        ) from None
+
+
 class CheckpointManager:
     """Atomic, resumable checkpoints in `output_dir/checkpoints/step_{N}`.
 
@@ -366,11 +383,13 @@ class CheckpointManager:
             shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
+        with _writing(final, temporary):
+            accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, **(extra or {})}
-            _write_json_atomic(temporary / self.state_file, state)
+            with _writing(final, temporary):
+                _write_json_atomic(temporary / self.state_file, state)
             if final.exists():  # a rerun that reached the same step: replace, never merge
                 stale = self.root / f".step_{step}.old"
                 os.replace(final, stale)
@@ -463,10 +482,11 @@ def save_model(
     if accelerator.is_main_process:
         output, temporary = Path(output_dir), Path(output_dir) / ".model.tmp"
         shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(
-            temporary, state_dict=state_dict, save_function=accelerator.save
-        )
-        tokenizer.save_pretrained(temporary)
+        with _writing(output, temporary):
+            accelerator.unwrap_model(model).save_pretrained(
+                temporary, state_dict=state_dict, save_function=accelerator.save
+            )
+            tokenizer.save_pretrained(temporary)
         files = sorted(temporary.iterdir(), key=lambda p: p.name == "config.json")
         for file in files:
             os.replace(file, output / file.name)
@@ -478,6 +498,7 @@ def save_model(
 __all__ = [
     "CheckpointManager",
     "NonFiniteLossError",
+    "OutputWriteError",
     "add_checkpoint_args",
     "add_data_args",
     "add_model_args",

@@ -163,6 +163,16 @@ def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(tra
     assert any("test: 1 of 16 notes are longer than 32 tokens and were truncated" in line for line in lines)
 
 
+def test_no_note_text_reaches_the_logs_or_the_output_folder(data: Path, trained) -> None:
+    output_dir, lines = trained
+    log = "\n".join(lines)
+    written = "\n".join(path.read_text() for path in output_dir.iterdir() if path.suffix in (".md", ".json"))
+    for split in ("train", "validation", "test"):
+        for line in (data / f"{split}.jsonl").read_text().splitlines():
+            text = json.loads(line)["text"]
+            assert text not in log and text not in written
+
+
 def test_output_folder_is_hub_ready(data: Path, trained) -> None:
     output_dir, _ = trained
     expected = {

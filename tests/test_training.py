@@ -1,6 +1,7 @@
 """The shared training module: atomic checkpoints, output-dir and tokenizer/config guards, optimizer groups."""
 
 import argparse
+import errno
 import json
 import os
 
@@ -13,6 +14,7 @@ from modeling_bertxml import BertXMLForMaskedLM
 from modeling_bertxml.training import (
     CheckpointManager,
     NonFiniteLossError,
+    OutputWriteError,
     add_checkpoint_args,
     add_data_args,
     add_model_args,
@@ -84,6 +86,27 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkey
     assert not (checkpoints.root / "step_2").exists()
     assert checkpoints.resolve("latest") == good
     assert checkpoints.load(accelerator, good) == {"step": 1, "epoch": 0, "batches_in_epoch": 1, "tokens": 16}
+
+
+def test_disk_full_is_one_clear_error_and_keeps_what_was_saved(trained, tmp_path, monkeypatch):
+    accelerator, model, optimizer, checkpoints = trained
+    good = checkpoints.save(accelerator, step=1, epoch=0)
+    tokenizer, output_dir = tiny_tokenizer(), tmp_path / "run"
+    save_model(accelerator, model, tokenizer, str(output_dir))
+    saved = load_file(output_dir / "model.safetensors")
+    train_step(model, optimizer)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", disk_full)
+    with pytest.raises(OutputWriteError, match=r"step_2: could not be written \(No space left on device\)"):
+        checkpoints.save(accelerator, step=2, epoch=0)
+    with pytest.raises(OutputWriteError, match="No space left on device"):
+        save_model(accelerator, model, tokenizer, str(output_dir))
+    assert checkpoints.resolve("latest") == good and not list(checkpoints.root.glob(".step_*"))
+    assert all(torch.equal(saved[k], v) for k, v in load_file(output_dir / "model.safetensors").items())
 
 
 def test_resolve_refuses_an_incomplete_folder_and_latest_picks_the_newest_complete(trained):
