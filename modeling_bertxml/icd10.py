@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-_CODE = re.compile(r"^([A-Z][0-9][0-9A-Z])\.?([0-9A-Z]{0,4})$")
+# A letter, then two letters or digits (the April 2026 list added QA0), then up to four more after the dot.
+_CODE = re.compile(r"^([A-Z][0-9A-Z][0-9A-Z])\.?([0-9A-Z]{0,4})$")
 
 
 def normalize_code(code: str) -> str:
@@ -177,7 +178,8 @@ class CodeReport:
         ]
         for problem in self.problems[:max_rows]:
             lines.append(
-                f"  {problem.file}:{problem.line}: {problem.code!r} {problem.reason} ({problem.count} occurrences)"
+                f"  {problem.file}:{problem.line}: {problem.code!r} {problem.reason} "
+                f"({problem.count} occurrence{'s' if problem.count > 1 else ''})"
             )
         if len(self.problems) > max_rows:
             lines.append(f"  ... and {len(self.problems) - max_rows} more")
