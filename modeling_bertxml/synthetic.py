@@ -140,7 +140,8 @@ SEX_SPECIFIC = {"N40.0": "M", "C61": "M", "C50.919": "F"}
 # congenital, injury, external causes or health-status codes, whose notes read very differently.
 TAIL_LETTERS = "ABCDEFGHIJKLMNR"
 _SEX_WORDS = re.compile(
-    r"\b(female|male|prostate|ovar\w*|uter\w*|testi\w*|breast|pregnan\w*|vulva|vagin\w*|penis|fallopian|cervix|scrot\w*)\b"
+    r"\b(female|male|prostate|ovar\w*|uter\w*|testi\w*|breast|pregnan\w*|vulva|vagin\w*|penis|fallopian|cervix"
+    r"|scrot\w*)\b"
 )
 
 # Late evidence: the discharge diagnoses start after this many words, so after token 512 for any WordPiece tokenizer.
@@ -187,7 +188,11 @@ TEMPLATES: dict[tuple[str, str], list[str]] = {
         "There was initial concern for {x}, but this was ruled out.",
         "# {X}: no evidence of this on repeat studies; no treatment needed.",
     ],
-    ("plan", "positive"): ["{X}: continue current management.", "{X}, stable. Follow up as outpatient.", "{X}: active."],
+    ("plan", "positive"): [
+        "{X}: continue current management.",
+        "{X}, stable. Follow up as outpatient.",
+        "{X}: active.",
+    ],
     ("plan", "negated"): ["{X}: ruled out, no further workup.", "Low suspicion for {x}; monitor clinically."],
     ("discharge", "positive"): ["{X}"],
     ("discharge", "negated"): ["{X}, ruled out"],
@@ -327,7 +332,9 @@ class SyntheticCode:
 def clean_term(term: str) -> str:
     """A CMS term as a clinician would write it: no "NOS", no bracketed qualifiers, no leading or trailing
     "unspecified" clauses (`Pneumonia, unspecified organism` -> `Pneumonia`)."""
-    term = re.sub(r"\[[^]]*\]|\([^)]*\)|\bNOS\b|^Unspecified |, (unspecified|site not specified|not elsewhere classified)\b.*$", "", term)
+    qualifiers = r"\[[^]]*\]|\([^)]*\)|\bNOS\b|^Unspecified "
+    trailing = r", (unspecified|site not specified|not elsewhere classified)\b.*$"
+    term = re.sub(f"{qualifiers}|{trailing}", "", term)
     return re.sub(r"\s+([,.])", r"\1", re.sub(r"\s+", " ", term)).strip(" ,")
 
 
@@ -388,7 +395,9 @@ _FIELDS = {  # placeholder -> random value; capitalised placeholders ({Pro}) cap
     "pos": lambda rng, patient: "her" if patient.sex == "F" else "his",
     "relative": lambda rng, patient: rng.choice(RELATIVES),
     "drug": lambda rng, patient: rng.choice(DRUGS),
-    "companion": lambda rng, patient: rng.choice(["daughter", "son", "partner", "wife" if patient.sex == "M" else "husband"]),
+    "companion": lambda rng, patient: rng.choice(
+        ["daughter", "son", "partner", "wife" if patient.sex == "M" else "husband"]
+    ),
     "prophylaxis": lambda rng, patient: rng.choice(["heparin 5000 units SC TID", "enoxaparin 40 mg SC daily"]),
     "analgesic": lambda rng, patient: rng.choice(["acetaminophen 650 mg PO Q6H PRN", "oxycodone 5 mg PO Q4H PRN"]),
     "laxative": lambda rng, patient: rng.choice(["senna 8.6 mg PO BID", "polyethylene glycol 17 g PO daily"]),
@@ -501,7 +510,10 @@ def _section_lines(
     rng: random.Random, patient: _Patient, key: str, mentions: list[tuple[str, SyntheticCode]]
 ) -> list[str]:
     """The lines of one section before filler: its mentions (shuffled) and its fixed structure."""
-    lines = [_render(rng.choice(TEMPLATES[key, polarity]), rng, patient, rng.choice(code.forms)) for polarity, code in mentions]
+    lines = [
+        _render(rng.choice(TEMPLATES[key, polarity]), rng, patient, rng.choice(code.forms))
+        for polarity, code in mentions
+    ]
     if key == "discharge":
         return ["Primary:", lines[0], "Secondary:"] + [f"- {line}" for line in rng.sample(lines[1:], len(lines) - 1)]
     rng.shuffle(lines)
@@ -644,7 +656,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    paths = generate_corpus(**{key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()})
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()}
+    paths = generate_corpus(**options)
     seconds = time.perf_counter() - start
     for split in ("train", "validation", "test"):
         records = [json.loads(line) for line in paths[split].open(encoding="utf-8")]
