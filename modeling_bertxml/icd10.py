@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-# A letter, then two letters or digits (the April 2026 list added QA0), then up to four more after the dot.
-_CODE = re.compile(r"^([A-Z][0-9A-Z][0-9A-Z])\.?([0-9A-Z]{0,4})$")
+# A letter, a digit (or "A": the April 2026 list added category QA0), a digit or letter, then up to four more after
+# the dot. Strings such as "XYZ" stay malformed rather than unknown, so loaders can drop them.
+_CODE = re.compile(r"^([A-Z][0-9A][0-9A-Z])\.?([0-9A-Z]{0,4})$")
 
 
 def normalize_code(code: str) -> str:

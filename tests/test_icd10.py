@@ -20,7 +20,7 @@ def test_normalize_code(raw, expected):
     assert icd10.normalize_code(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["401.9", "", "E1", "E11.12345", "E11-9"])
+@pytest.mark.parametrize("raw", ["401.9", "", "E1", "E11.12345", "E11-9", "XYZ"])
 def test_normalize_code_rejects_non_icd10(raw):
     with pytest.raises(ValueError, match="not an ICD-10-CM code"):
         icd10.normalize_code(raw)
