@@ -18,6 +18,7 @@ import json
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,7 +339,7 @@ def clean_term(term: str) -> str:
     return re.sub(r"\s+([,.])", r"\1", re.sub(r"\s+", " ", term)).strip(" ,")
 
 
-def surface_forms(code: str, abbreviations: list[str] = ()) -> tuple[str, ...]:
+def surface_forms(code: str, abbreviations: Sequence[str] = ()) -> tuple[str, ...]:
     """The CMS description, then its cleaned form, short CMS inclusion terms and abbreviations (no repeats)."""
     terms = [clean_term(icd10.description(code))] + [clean_term(term) for term in icd10.inclusion_terms(code)][:3]
     forms = {icd10.description(code).lower(): icd10.description(code)}
