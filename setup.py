@@ -24,6 +24,7 @@ setup(
         "torch>=2.4",
         "simple-icd-10-cm",
         "numpy",
+        "pandas",  # data/prepare_mimic.py reads the MIMIC tables (pyarrow, via datasets, reads split .feather files)
         "scikit-learn",
         "pyyaml",
         "tqdm",

@@ -12,7 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-_CODE = re.compile(r"^([A-Z][0-9][0-9A-Z])\.?([0-9A-Z]{0,4})$")
+# A letter, a digit (or "A": the April 2026 list added category QA0), a digit or letter, then up to four more after
+# the dot. Strings such as "XYZ" stay malformed rather than unknown, so loaders can drop them.
+_CODE = re.compile(r"^([A-Z][0-9A][0-9A-Z])\.?([0-9A-Z]{0,4})$")
 
 
 def normalize_code(code: str) -> str:
@@ -177,7 +179,8 @@ class CodeReport:
         ]
         for problem in self.problems[:max_rows]:
             lines.append(
-                f"  {problem.file}:{problem.line}: {problem.code!r} {problem.reason} ({problem.count} occurrences)"
+                f"  {problem.file}:{problem.line}: {problem.code!r} {problem.reason} "
+                f"({problem.count} occurrence{'s' if problem.count > 1 else ''})"
             )
         if len(self.problems) > max_rows:
             lines.append(f"  ... and {len(self.problems) - max_rows} more")

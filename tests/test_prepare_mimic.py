@@ -65,9 +65,8 @@ def mimic4_dirs(tmp_path):
     pd.DataFrame(diagnoses, columns=["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]).to_csv(
         hosp / "diagnoses_icd.csv.gz", index=False
     )
-    pd.DataFrame(procedures, columns=["subject_id", "hadm_id", "seq_num", "chartdate", "icd_code", "icd_version"]).to_csv(
-        hosp / "procedures_icd.csv", index=False  # an unzipped table is found as well
-    )
+    procedure_columns = ["subject_id", "hadm_id", "seq_num", "chartdate", "icd_code", "icd_version"]
+    pd.DataFrame(procedures, columns=procedure_columns).to_csv(hosp / "procedures_icd.csv", index=False)  # unzipped
     columns = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
     pd.DataFrame(notes, columns=columns).to_csv(note / "discharge.csv.gz", index=False)
     split = ["train"] * 8 + ["val"] * 2 + ["test"] * 2 + ["train"] * 2
