@@ -58,7 +58,7 @@ def as_flags(options: dict | None) -> list[str]:
     for key, value in (options or {}).items():
         if value is True:
             flags.append(f"--{key}")
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # `0 in (False, None)` is True
             flags += [f"--{key}", str(value)]
     return flags
 
@@ -109,8 +109,7 @@ def compare(out: Path) -> None:
     from modeling_bertxml.metrics import format_table
 
     model = json.loads((out / "model" / "test_results.json").read_text())
-    baseline = json.loads((out / "baseline_results.json").read_text())
-    baseline = baseline.get("test", baseline)
+    baseline = json.loads((out / "baseline_results.json").read_text())["test"]
     keys = ["micro_f1", "macro_f1", "micro_precision", "micro_recall", "precision_at_5", "map", "micro_auc"]
     print("\nTest split:\n" + format_table({
         "BERT-XML (demo)": {key: model[key] for key in keys},

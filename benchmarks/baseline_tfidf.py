@@ -12,52 +12,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from datasets import load_dataset
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_fscore_support
 from sklearn.multiclass import OneVsRestClassifier
-from sklearn.preprocessing import MultiLabelBinarizer
 
-THRESHOLDS = np.linspace(0.01, 0.99, 100)
-
-
-def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """The headline metrics of DESIGN.md for multi-hot `labels` and probability `scores` (notes x codes).
-
-    Kept self-contained so it can be swapped for the shared metrics module; macro-F1 averages over the codes
-    present in the split (as Edin et al. 2023 do), precision@k over notes.
-    """
-    predictions = scores >= threshold
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, average="micro", zero_division=0)
-    present = labels.sum(axis=0) > 0
-    _, _, per_code_f1, _ = precision_recall_fscore_support(labels, predictions, average=None, zero_division=0)
-    ranked = np.argsort(-scores, axis=1)
-    metrics = {"micro_precision": precision, "micro_recall": recall, "micro_f1": f1}
-    metrics["macro_f1"] = float(per_code_f1[present].mean()) if present.any() else 0.0
-    for k in (5, 8, 15):
-        metrics[f"precision_at_{k}"] = float(np.take_along_axis(labels, ranked[:, :k], axis=1).sum(axis=1).mean() / k)
-    metrics.update(threshold=float(threshold), num_notes=len(labels), num_codes=int(present.sum()))
-    return {key: float(value) for key, value in metrics.items()}
-
-
-def tune_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The grid threshold with the best validation micro-F1."""
-    f1s = [compute_metrics(labels, scores, threshold)["micro_f1"] for threshold in THRESHOLDS]
-    return float(THRESHOLDS[int(np.argmax(f1s))])
-
-
-def _load(path: str, text_column: str, label_column: str) -> tuple[list[str], list[list[str]]]:
-    extension = Path(path).suffix.lstrip(".").replace("jsonl", "json")
-    dataset = load_dataset(extension, data_files=path, split="train")
-    for column in (text_column, label_column):
-        if column not in dataset.column_names:
-            raise ValueError(f"{path}: no column {column!r} (columns: {dataset.column_names})")
-    labels = dataset[label_column]
-    if labels and isinstance(labels[0], str):  # CSV stores the codes as one `;`-separated string
-        labels = [[code.strip() for code in value.split(";") if code.strip()] for value in labels]
-    return dataset[text_column], labels
+from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
+from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes
 
 
 def run_tfidf_baseline(
@@ -72,35 +32,27 @@ def run_tfidf_baseline(
 ) -> dict[str, dict[str, float]]:
     """Fit on train, tune the threshold on validation, return {"validation": metrics, "test": metrics}.
 
-    Codes that occur only in validation or test get a score of 0, so they count as misses rather than vanishing.
+    Notes are read, validated and normalised exactly as train.py reads them, and scored with the same metrics module;
+    codes that occur only in validation or test count as misses rather than vanishing.
     """
-    train_texts, train_labels = _load(train_file, text_column, label_column)
+    columns = NoteColumns(text=text_column, labels=label_column)
+    train = read_notes(train_file, "train", columns)
+    codes = sorted({code for note_codes in train.codes for code in note_codes})
+    label2id = {code: i for i, code in enumerate(codes)}
     vectorizer = TfidfVectorizer(ngram_range=(1, ngram_max), min_df=2, max_features=max_features, sublinear_tf=True)
-    features = vectorizer.fit_transform(train_texts)
-    train_codes = sorted({code for codes in train_labels for code in codes})
     classifier = OneVsRestClassifier(LogisticRegression(C=C, max_iter=1000, solver="liblinear"))
-    classifier.fit(features, MultiLabelBinarizer(classes=train_codes).fit_transform(train_labels))
+    classifier.fit(vectorizer.fit_transform(train.texts), multi_hot(label_indices(train, label2id), len(codes)))
 
     results, threshold = {}, None
     for split, path in (("validation", validation_file), ("test", test_file)):
-        texts, labels = _load(path, text_column, label_column)
-        unseen = sorted({code for codes in labels for code in codes} - set(train_codes))
-        scores = classifier.predict_proba(vectorizer.transform(texts))
-        scores = np.hstack([scores, np.zeros((len(texts), len(unseen)))])
-        multi_hot = MultiLabelBinarizer(classes=train_codes + unseen).fit_transform(labels)
+        notes = read_notes(path, split, columns)
+        targets = multi_hot(label_indices(notes, label2id), len(codes))
+        unseen = sum(notes.report.outside_label_space.values())
+        scores = classifier.predict_proba(vectorizer.transform(notes.texts))
         if threshold is None:
-            threshold = tune_threshold(multi_hot, scores)
-        results[split] = compute_metrics(multi_hot, scores, threshold)
+            threshold, _ = tune_threshold(scores, targets, num_unseen_positives=unseen)
+        results[split] = compute_metrics(scores, targets, threshold, num_unseen_positives=unseen)
     return results
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A markdown table: one row per metric, one column per split."""
-    splits = list(results)
-    keys = [key for key in results[splits[0]] if key not in ("num_notes", "num_codes")]
-    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    lines += [f"| {key} | " + " | ".join(f"{results[split][key]:.4f}" for split in splits) + " |" for key in keys]
-    return "\n".join(lines)
 
 
 def main() -> None:
