@@ -12,6 +12,7 @@ $(INSTALLED): setup.py
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python tests/fetch_transformers_tests.py  # transformers' common model tests, from its sdist
 	touch $(INSTALLED)
 
 install: $(INSTALLED)

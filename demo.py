@@ -33,13 +33,14 @@ def stage_commands(out: Path) -> dict[str, tuple[list[str], Path]]:
         ),
         "pretrain": (
             python + ["pretrain.py", "--tokenizer_name", str(out / "tokenizer"), "--train_file", splits["train"],
-                      "--validation_file", splits["validation"], "--output_dir", str(out / "pretrained")],
+                      "--validation_file", splits["validation"], "--output_dir", str(out / "pretrained"),
+                      "--overwrite_output_dir"],
             out / "pretrained" / "model.safetensors",
         ),
         "finetune": (
             python + ["train.py", "--model_name_or_path", str(out / "pretrained"), "--train_file", splits["train"],
                       "--validation_file", splits["validation"], "--test_file", splits["test"],
-                      "--output_dir", str(out / "model")],
+                      "--output_dir", str(out / "model"), "--overwrite_output_dir"],
             out / "model" / "test_results.json",
         ),
         "baseline": (
@@ -57,13 +58,16 @@ def as_flags(options: dict | None) -> list[str]:
     for key, value in (options or {}).items():
         if value is True:
             flags.append(f"--{key}")
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # `0 in (False, None)` is True
             flags += [f"--{key}", str(value)]
     return flags
 
 
 def run_stage(name: str, command: list[str], done: Path, out: Path) -> float:
-    """Run one stage unless its output exists from a run with the same command; returns seconds spent."""
+    """Run one stage unless its output exists from a run with the same command; returns seconds spent.
+
+    A stage that did not finish (or whose settings changed) starts over: its scripts get --overwrite_output_dir.
+    """
     stamp = out / f".{name}.done"
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == command:
         print(f"== {name}: reusing {done.parent}")
@@ -105,8 +109,7 @@ def compare(out: Path) -> None:
     from modeling_bertxml.metrics import format_table
 
     model = json.loads((out / "model" / "test_results.json").read_text())
-    baseline = json.loads((out / "baseline_results.json").read_text())
-    baseline = baseline.get("test", baseline)
+    baseline = json.loads((out / "baseline_results.json").read_text())["test"]
     keys = ["micro_f1", "macro_f1", "micro_precision", "micro_recall", "precision_at_5", "map", "micro_auc"]
     print("\nTest split:\n" + format_table({
         "BERT-XML (demo)": {key: model[key] for key in keys},

@@ -18,11 +18,13 @@ setup(
         "accelerate",
         "evaluate",
         "huggingface-hub>=2.4",  # httpx2-based client (modeling_bertxml.hub catches its errors)
+        "jinja2",  # huggingface_hub.ModelCard.from_template renders train.py's model card
         "safetensors",
         "peft",
         "torch>=2.4",
         "simple-icd-10-cm",
         "numpy",
+        "pandas",  # data/prepare_mimic.py reads the MIMIC tables (pyarrow, via datasets, reads split .feather files)
         "scikit-learn",
         "pyyaml",
         "tqdm",

@@ -2,7 +2,8 @@
 
 This module is the only place that registers: importing the package makes `AutoConfig`, `AutoModel`,
 `AutoModelForSequenceClassification` and `AutoModelForMaskedLM` resolve `model_type="bertxml"` without
-`trust_remote_code`, and makes `save_pretrained` copy the remote-code files next to the weights.
+`trust_remote_code`, makes `save_pretrained` copy the remote-code files next to the weights, and makes
+`pipeline("icd-coding", model=...)` build an `ICDCodingPipeline`.
 """
 
 from transformers import (
@@ -11,6 +12,7 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_bertxml import BertXMLConfig
 from .modeling_bertxml import (
@@ -21,6 +23,7 @@ from .modeling_bertxml import (
     BertXMLPreTrainedModel,
     MultiLabelCodingOutput,
 )
+from .pipeline_bertxml import ICDCodingPipeline
 
 AutoConfig.register(BertXMLConfig.model_type, BertXMLConfig)
 # `AutoModel` is the coding model: the product's entry point is AutoModel.from_pretrained("org/bert-xml-icd10").
@@ -34,6 +37,11 @@ BertXMLConfig.register_for_auto_class()
 BertXMLForMultiLabelCoding.register_for_auto_class("AutoModel")
 BertXMLForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 
+# The model loads through AutoModelForSequenceClassification, which a saved folder's `custom_pipelines` names by string.
+PIPELINE_REGISTRY.register_pipeline(
+    "icd-coding", pipeline_class=ICDCodingPipeline, pt_model=AutoModelForSequenceClassification, type="text"
+)
+
 __all__ = [
     "BertXMLConfig",
     "BertXMLForMaskedLM",
@@ -41,5 +49,6 @@ __all__ = [
     "BertXMLLabelWiseHead",
     "BertXMLModel",
     "BertXMLPreTrainedModel",
+    "ICDCodingPipeline",
     "MultiLabelCodingOutput",
 ]

@@ -26,6 +26,9 @@ class BertXMLConfig(BertConfig):
             the logits do not depend on it.
         threshold (`float`, defaults to 0.5):
             Decision threshold on the sigmoid scores, tuned on the validation split by `train.py`.
+        label_descriptions (`dict[str, str]`, *optional*):
+            The description of each code of the label space (ICD-10-CM's, from `simple-icd-10-cm`), stored with the
+            model so that the `icd-coding` pipeline can show them to users who do not have that package.
     """
 
     model_type = "bertxml"
@@ -34,6 +37,7 @@ class BertXMLConfig(BertConfig):
     label_attention_dim: int | None = None
     label_block_size: int = 1024
     threshold: float = 0.5
+    label_descriptions: dict[str, str] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

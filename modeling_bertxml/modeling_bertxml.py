@@ -30,6 +30,7 @@ from transformers.models.bert.modeling_bert import (
     BertOnlyMLMHead,
     BertPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -159,7 +160,9 @@ class BertXMLModel(BertXMLPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    @capture_outputs
+    # Untied: the per-layer outputs are per encoded chunk, and tying would swap the last one for the note-shaped
+    # last_hidden_state, leaving `hidden_states` with two layouts.
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -167,13 +170,17 @@ class BertXMLModel(BertXMLPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs: TransformersKwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Token ids of whole notes; `sequence_length` may be up to `max_chunks * max_position_embeddings`.
         position_ids (`torch.LongTensor`, *optional*):
             Only for notes of one chunk; chunked notes restart positions at 0 in every chunk.
+
+        `last_hidden_state` is note-shaped, (batch_size, sequence_length, hidden_size). `hidden_states` and `attentions`
+        (`output_hidden_states`/`output_attentions=True`) are per encoded chunk, (encoded_chunks, chunk_length, ...), as
+        the layers see them; a note of one chunk gives the usual BERT shapes.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -241,7 +248,7 @@ class BertXMLForMaskedLM(BertXMLPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs: TransformersKwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
@@ -287,7 +294,7 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_label_attentions: bool = False,
-        **kwargs: TransformersKwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MultiLabelCodingOutput:
         r"""
         labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):

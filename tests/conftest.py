@@ -1,5 +1,12 @@
 """Shared fixtures: tiny BERT-XML configs and a tiny WordPiece tokenizer, built offline in each test session."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -54,6 +61,20 @@ def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
         mask_token="[MASK]",
         model_max_length=model_max_length,
     )
+
+
+def run_in_fresh_interpreter(script: str, *args: str, cwd: Path) -> Any:
+    """Run `script` in a new Python, offline and without this checkout on the path; return its last stdout line as JSON.
+
+    The script itself sets `sys.modules["modeling_bertxml"] = None` when the package must not be importable.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding, BertXMLModel
-from tests.conftest import WORDS, tiny_config, tiny_tokenizer
+from tests.conftest import WORDS, run_in_fresh_interpreter, tiny_config, tiny_tokenizer
 
 ATOL = 1e-5
 
@@ -205,18 +203,8 @@ def test_remote_code_loads_without_the_package(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = model(**encoded).logits[0]
 
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path), note, json.dumps(encoded.input_ids.tolist())],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path.parent,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    ids = json.dumps(encoded.input_ids.tolist())
+    result = run_in_fresh_interpreter(REMOTE_CODE_SCRIPT, str(tmp_path), note, ids, cwd=tmp_path.parent)
     for name in ("AutoModel", "AutoModelForSequenceClassification"):
         torch.testing.assert_close(torch.tensor(result[name][0]), expected, atol=ATOL, rtol=0)
     scores = {item["label"]: item["score"] for item in result["pipeline"]}

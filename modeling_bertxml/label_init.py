@@ -1,0 +1,103 @@
+"""Description-initialised label queries (as HiLAT and CoLa): each code starts out attending to text like its own
+official description and inclusion terms, instead of a random direction.
+
+A code seen in a handful of notes cannot learn where to look from them alone; starting from its description gives it
+the right words before training. Used by `train.py --init_label_queries_from_descriptions`.
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from . import icd10
+from .modeling_bertxml import BertXMLForMultiLabelCoding
+
+logger = logging.get_logger(__name__)
+
+
+def code_descriptions(codes: Iterable[str], inclusion_terms: bool = True) -> dict[str, list[str]]:
+    """ICD-10-CM texts of each code: `[description, *inclusion terms]` (CMS list, `simple-icd-10-cm`).
+
+    Codes that are not in the CMS list (a hospital's local codes) are left out, so their queries stay random.
+    """
+    texts = {}
+    for code in codes:
+        if icd10.is_valid(code):
+            texts[code] = [icd10.description(code)] + (icd10.inclusion_terms(code) if inclusion_terms else [])
+    return texts
+
+
+@torch.no_grad()
+def embed_texts(
+    model: BertXMLForMultiLabelCoding, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 64
+) -> torch.Tensor:
+    """(len(texts), hidden_size): the mean of the encoder's states over each text's tokens, special tokens excluded."""
+    device = model.device
+    pooled = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=model.config.max_position_embeddings,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        ).to(device)
+        states = model.bert(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).last_hidden_state
+        keep = (encoded["attention_mask"].bool() & ~encoded["special_tokens_mask"].bool()).unsqueeze(-1)
+        pooled.append((states * keep).sum(1) / keep.sum(1).clamp(min=1))
+    return torch.cat(pooled).float()
+
+
+@torch.no_grad()
+def init_label_queries_from_descriptions(
+    model: BertXMLForMultiLabelCoding,
+    tokenizer: PreTrainedTokenizerBase,
+    descriptions: dict[str, str | list[str]],
+    init_output_weights: bool = True,
+    batch_size: int = 64,
+) -> list[str]:
+    """Set each code's attention query (and output weight) from the model's own embedding of its description(s).
+
+    A code's vector is the mean over its texts of `embed_texts`. Its query is that vector (through the LAAT projection
+    `tanh(W v)` when `label_attention_dim` is set, so it lives where the keys live) scaled to unit norm: scores are then
+    |key| x cosine, the temperature of scaled dot-product attention. With `init_output_weights`, the output weight
+    takes the vector's direction at the norm of the random initialisation, so a note that reads like the description
+    starts with a higher score. Codes without a description keep their random query (a warning counts them).
+
+    Returns the codes that were initialised.
+    """
+    head = model.label_head
+    codes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    known = [i for i, code in enumerate(codes) if descriptions.get(code)]
+    if len(known) < len(codes):
+        missing = [code for i, code in enumerate(codes) if not descriptions.get(code)]
+        logger.warning(f"{len(missing)} codes have no description and keep a random query, e.g. {missing[:5]}")
+    if not known:
+        return []
+    texts, owners = [], []
+    for slot, i in enumerate(known):
+        code_texts = descriptions[codes[i]]
+        code_texts = [code_texts] if isinstance(code_texts, str) else code_texts
+        texts.extend(code_texts)
+        owners.extend([slot] * len(code_texts))
+
+    was_training = model.training
+    model.eval()  # dropout would make the embedding of a description random
+    embeddings = embed_texts(model, tokenizer, texts, batch_size)
+    model.train(was_training)
+    owners = torch.tensor(owners, device=embeddings.device)
+    vectors = torch.zeros(len(known), embeddings.shape[1], device=embeddings.device).index_add_(0, owners, embeddings)
+    vectors /= torch.bincount(owners, minlength=len(known)).unsqueeze(-1)
+
+    index = torch.tensor(known, device=head.queries.device)
+    queries = torch.tanh(head.projection(vectors.to(head.queries.dtype))) if head.projection is not None else vectors
+    head.queries[index] = F.normalize(queries.float(), dim=-1).to(head.queries.dtype)
+    if init_output_weights:
+        norm = model.config.initializer_range * math.sqrt(model.config.hidden_size)
+        head.output_weight[index] = (F.normalize(vectors, dim=-1) * norm).to(head.output_weight.dtype)
+    return [codes[i] for i in known]

@@ -1,0 +1,463 @@
+"""Notes with ICD-10 codes for fine-tuning and evaluation (not remote code): read, validate, label space, batches.
+
+Hospital exports are messy, so every problem is reported with the file, line (JSON Lines, CSV) or row (Parquet,
+saved datasets) and field, and never with the note's text (notes are PHI). What is fatal and what is counted:
+
+- fatal (`NotesError`): a line that is not JSON, a missing `text`/`labels` column, a note that is not a string, a
+  label list that is not a list (only CSV writes codes as one `;`-separated string), a code that is not a string,
+  the same note id twice (within a split or across splits: a note in both train and test inflates the metrics);
+- counted and reported: empty notes (kept, not a crash; the Endpoint handler answers them with no codes); codes that
+  are malformed (dropped), unknown to the CMS list or not billable (kept), each with its count and first location
+  (`icd10.check_codes`), all fatal with `strict_codes`; codes outside the label space (dropped from the training
+  targets; in validation/test reported and passed to the metrics as misses, never silently dropped); notes longer
+  than the model reads (truncated, one warning).
+
+Labels are kept as lists of code indices; `MultiLabelCollator` turns them into a multi-hot matrix per batch (a dense
+matrix of 8k codes x 1M notes would take ~32 GB).
+"""
+
+import ast
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from .icd10 import CodeReport, check_codes, normalize_code
+
+logger = logging.getLogger(__name__)
+
+CSV_LABEL_SEPARATOR = ";"
+MAX_LISTED = 5  # how many codes a report line names
+
+
+class NotesError(ValueError):
+    """Bad input in a notes file; the message names the file, the line or row, and the field."""
+
+
+@dataclass(frozen=True)
+class NoteColumns:
+    """Names of the columns (JSON fields) that hold the note, its codes and its optional id."""
+
+    text: str = "text"
+    labels: str = "labels"
+    id: str = "id"
+
+
+@dataclass
+class NotesReport:
+    """What was wrong with a split but not fatal, for one summary per split instead of a warning per note."""
+
+    empty_notes: int = 0
+    codes: CodeReport = field(default_factory=CodeReport)
+    outside_label_space: Counter = field(default_factory=Counter)
+    truncated_notes: int = 0
+
+
+@dataclass
+class Notes:
+    """One split's notes in file order, after validation. `codes` are normalised (`E11.9`), unique per note."""
+
+    split: str
+    source: str
+    ids: list[str | None]
+    texts: list[str]
+    codes: list[list[str]]
+    report: NotesReport
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _listed(counter: Counter) -> str:
+    shown = ", ".join(f"{code} x{count}" for code, count in counter.most_common(MAX_LISTED))
+    return shown + (f" and {len(counter) - MAX_LISTED} more" if len(counter) > MAX_LISTED else "")
+
+
+def log_report(notes: Notes, max_length: int | None = None) -> None:
+    """Log one summary per split: counts and code names, never note text."""
+    report = notes.report
+    logger.info(f"{notes.split} ({notes.source}): {len(notes):,} notes")
+    if report.empty_notes:
+        logger.warning(f"{notes.split}: {report.empty_notes:,} empty notes, kept as notes without text")
+    if not report.codes.ok:
+        logger.warning(f"{notes.split}: {report.codes}\nMalformed codes are dropped, the others kept; "
+                       "--strict_codes makes any of them an error")
+    if report.outside_label_space:
+        consequence = "dropped from the training targets" if notes.split == "train" else "counted as misses"
+        logger.warning(
+            f"{notes.split}: {sum(report.outside_label_space.values()):,} code occurrences "
+            f"({len(report.outside_label_space):,} codes) are outside the label space, {consequence}: "
+            f"{_listed(report.outside_label_space)}"
+        )
+    if report.truncated_notes:
+        logger.warning(
+            f"{notes.split}: {report.truncated_notes:,} of {len(notes):,} notes are longer than {max_length:,} "
+            "tokens and were truncated (raise max_chunks to read more)"
+        )
+
+
+# --- reading rows ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a row is: a line of a JSON Lines or CSV file (where the row starts), or a row of a table."""
+
+    file: str
+    number: int
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.number}" if self.unit == "line" else f"{self.file}: row {self.number}"
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[Location, dict]]:
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            where = Location(str(path), number)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise NotesError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise NotesError(f"{where}: expected a JSON object with fields, got a {type(row).__name__}")
+            yield where, row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[Location, dict]]:
+    with path.open(encoding="utf-8", newline="") as file:
+        reader = csv.DictReader(file)
+        reader.fieldnames  # reads the header, so line_num below is where each record starts
+        previous = reader.line_num
+        for row in reader:
+            where = Location(str(path), previous + 1)
+            if None in row:  # more cells than header names
+                raise NotesError(f"{where}: more cells than columns")
+            yield where, row
+            previous = reader.line_num  # a quoted note may span several lines
+
+
+def _table_rows(batches: Iterator[list[dict]], name: str) -> Iterator[tuple[Location, dict]]:
+    number = 0
+    for batch in batches:
+        for row in batch:
+            number += 1
+            yield Location(name, number, unit="row"), row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[Location, dict]]:
+    import pyarrow.parquet as pq
+
+    batches = pq.ParquetFile(path).iter_batches(batch_size=1000)
+    yield from _table_rows((batch.to_pylist() for batch in batches), str(path))
+
+
+def _saved_dataset_rows(path: Path, split: str) -> Iterator[tuple[Location, dict]]:
+    dataset = datasets.load_from_disk(str(path))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise NotesError(f"{path}: no split {split!r} in this saved DatasetDict (splits: {', '.join(dataset)})")
+        dataset = dataset[split]
+    rows = ([dict(zip(batch, values)) for values in zip(*batch.values())] for batch in dataset.iter(batch_size=1000))
+    yield from _table_rows(rows, str(path))
+
+
+_READERS = {".jsonl": _jsonl_rows, ".json": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+
+
+def _columns_of(path: Path, split: str) -> list[str] | None:
+    """Header names of a tabular file, to refuse a missing column before reading any row (None for JSON Lines)."""
+    if path.is_dir():
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            return dataset[split].column_names if split in dataset else None  # the reader names the splits
+        return dataset.column_names
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as file:
+            return next(csv.reader(file), [])
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    return None
+
+
+def iter_rows(path: str | Path, split: str = "train") -> Iterator[tuple[Location, dict]]:
+    """(location, row) for every row of a JSON Lines, CSV or Parquet file or a `save_to_disk` folder."""
+    path = Path(path)
+    if not path.exists():
+        raise NotesError(f"{path}: no such file")
+    if path.is_dir():
+        return _saved_dataset_rows(path, split)
+    if path.suffix not in _READERS:
+        raise NotesError(f"{path}: unknown file type {path.suffix!r}; expected .jsonl, .json, .csv, .parquet "
+                         "or a folder written by datasets' save_to_disk")
+    return _READERS[path.suffix](path)
+
+
+# --- validating rows ---------------------------------------------------------------------------------------------
+
+
+def _raw_labels(value: object, where: Location, column: str, is_csv: bool) -> list:
+    """The row's label list; CSV cells are `;`-separated (a written Python/JSON list is also understood)."""
+    if value is None:
+        return []
+    if is_csv and isinstance(value, str):
+        value = value.strip()
+        if not value.startswith("["):
+            return [code for code in value.split(CSV_LABEL_SEPARATOR) if code.strip()]
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise NotesError(f"{where}: field {column!r}: starts with '[' but is not a list of codes; "
+                             f"write codes {CSV_LABEL_SEPARATOR!r}-separated, e.g. E11.9;I10") from None
+    if isinstance(value, str):
+        raise NotesError(f"{where}: field {column!r}: a string, expected a list of codes such as "
+                         '["E11.9", "I10"] (only CSV files write codes as one ";"-separated string)')
+    if not isinstance(value, (list, tuple)):
+        raise NotesError(f"{where}: field {column!r}: expected a list of codes, got {type(value).__name__}")
+    return list(value)
+
+
+def _check_code_types(raw: list, where: Location, column: str) -> list[str]:
+    for item in raw:
+        if not isinstance(item, str):
+            raise NotesError(f"{where}: field {column!r}: code {item!r} is a {type(item).__name__}, not a string")
+    return raw
+
+
+def _normalized(raw: list[str]) -> list[str]:
+    """Normalised codes of one note, malformed ones dropped (reported by `check_codes`), duplicates once."""
+    codes: dict[str, None] = {}
+    for item in raw:
+        try:
+            codes[normalize_code(item)] = None
+        except ValueError:
+            pass
+    return list(codes)
+
+
+def _text(value: object, where: Location, column: str, report: NotesReport) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        report.empty_notes += 1
+        return ""
+    if not isinstance(value, str):
+        raise NotesError(f"{where}: field {column!r}: the note is a {type(value).__name__}, not a string")
+    return value
+
+
+def _require(row: dict, name: str, flag: str, where: Location) -> object:
+    if name not in row:
+        raise NotesError(f"{where}: no field {name!r} (fields: {', '.join(map(str, row))}); pass {flag}")
+    return row[name]
+
+
+def _check_columns(path: Path, split: str, columns: NoteColumns) -> None:
+    names = _columns_of(path, split)
+    if names is None:
+        return
+    for name, flag in ((columns.text, "--text_column"), (columns.labels, "--label_column")):
+        if name not in names:
+            raise NotesError(f"{path}: no column {name!r} (columns: {', '.join(names)}); pass {flag}")
+
+
+def read_notes(
+    files: str | Sequence[str],
+    split: str,
+    columns: NoteColumns = NoteColumns(),
+    strict_codes: bool = False,
+    allow_non_billable: bool = False,
+) -> Notes:
+    """Read and validate one split from one or more files (rows concatenated in order).
+
+    Raises `NotesError` naming file, line/row and field for anything that cannot be a labelled note; see the
+    module docstring for what is only counted. Codes are checked against the CMS list (`icd10.check_codes`):
+    malformed ones are dropped, unknown or non-billable ones kept; with `strict_codes` any of them is an error.
+    """
+    files = [files] if isinstance(files, (str, Path)) else list(files)
+    report = NotesReport()
+    ids, texts, raw_codes, locations = [], [], [], []
+    first_seen: dict[str, Location] = {}
+    for path in map(Path, files):
+        rows = iter_rows(path, split)
+        _check_columns(path, split, columns)
+        for where, row in rows:
+            texts.append(_text(_require(row, columns.text, "--text_column", where), where, columns.text, report))
+            raw = _raw_labels(_require(row, columns.labels, "--label_column", where), where, columns.labels,
+                              is_csv=path.suffix == ".csv")
+            raw_codes.append(_check_code_types(raw, where, columns.labels))
+            ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
+            locations.append(where)
+    source = ", ".join(map(str, files))
+    if not texts:
+        raise NotesError(f"{source}: no notes in the {split} split")
+    report.codes = check_codes(
+        ((where.file, where.number, raw) for where, raw in zip(locations, raw_codes)), allow_non_billable
+    )
+    if strict_codes and not report.codes.ok:
+        raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
+    return Notes(split, source, ids, texts, [_normalized(raw) for raw in raw_codes], report)
+
+
+def _note_id(value: object, where: Location, column: str, first_seen: dict[str, Location]) -> str | None:
+    if value is None or value == "":
+        return None
+    note_id = str(value)
+    if note_id in first_seen:
+        raise NotesError(f"{where}: field {column!r}: duplicate note id {note_id!r} (first at {first_seen[note_id]})")
+    first_seen[note_id] = where
+    return note_id
+
+
+def check_disjoint(*splits: Notes) -> None:
+    """Refuse a note id that appears in two splits: a training note in the test set makes the metrics a lie."""
+    seen: dict[str, str] = {}
+    for notes in splits:
+        for note_id in notes.ids:
+            if note_id is None:
+                continue
+            if seen.get(note_id, notes.split) != notes.split:
+                raise NotesError(f"note id {note_id!r} is in both the {seen[note_id]} split and the {notes.split} "
+                                 f"split ({notes.source}); splits must not share notes")
+            seen[note_id] = notes.split
+
+
+# --- label space -------------------------------------------------------------------------------------------------
+
+
+def read_label_file(path: str | Path) -> list[str]:
+    """Codes from a file of one code per line (blank lines and `#` comments skipped), normalised, in file order."""
+    codes: dict[str, None] = {}
+    with Path(path).open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                codes[normalize_code(line)] = None
+            except ValueError:
+                raise NotesError(f"{path}:{number}: {line!r} is not an ICD-10-CM code") from None
+    if not codes:
+        raise NotesError(f"{path}: the label file holds no codes")
+    return list(codes)
+
+
+def build_label_space(train: Notes, min_code_count: int = 1, label_file: str | None = None) -> list[str]:
+    """The codes the model predicts: those of `label_file`, else the training codes seen `min_code_count` times."""
+    if label_file is not None:
+        return read_label_file(label_file)
+    counts = Counter(code for note_codes in train.codes for code in note_codes)
+    labels = sorted(code for code, count in counts.items() if count >= min_code_count)
+    if not labels:
+        raise NotesError(f"{train.source}: no code occurs at least {min_code_count} times in the training notes")
+    if len(labels) < len(counts):
+        logger.info(f"label space: {len(labels):,} codes; {len(counts) - len(labels):,} training codes seen fewer "
+                    f"than {min_code_count} times are left out (--min_code_count)")
+    return labels
+
+
+def label_indices(notes: Notes, label2id: dict[str, int]) -> list[list[int]]:
+    """Each note's codes as label indices; codes outside the label space are counted in the split's report."""
+    indices = []
+    outside = notes.report.outside_label_space
+    outside.clear()
+    for note_codes in notes.codes:
+        indices.append([label2id[code] for code in note_codes if code in label2id])
+        outside.update(code for code in note_codes if code not in label2id)
+    return indices
+
+
+def multi_hot(label_ids: Sequence[Sequence[int]], num_labels: int) -> np.ndarray:
+    """Dense 0/1 targets for one evaluation split (evaluation needs its probabilities dense anyway)."""
+    targets = np.zeros((len(label_ids), num_labels), dtype=np.int8)
+    for row, indices in enumerate(label_ids):
+        targets[row, list(indices)] = 1
+    return targets
+
+
+# --- tokenising and batching -------------------------------------------------------------------------------------
+
+
+def _tokenize_batch(batch: dict, tokenizer, max_length: int) -> dict:
+    # Overflowing windows tell exactly which notes the tokenizer truncated; only each note's first window is kept.
+    encoded = tokenizer(batch["text"], truncation=True, max_length=max_length, return_overflowing_tokens=True)
+    sample = encoded["overflow_to_sample_mapping"]
+    first = [i for i in range(len(sample)) if i == 0 or sample[i] != sample[i - 1]]
+    windows = Counter(sample)
+    return {
+        "input_ids": [encoded["input_ids"][i] for i in first],
+        "truncated": [windows[note] > 1 for note in range(len(batch["text"]))],
+    }
+
+
+def tokenize_notes(
+    notes: Notes, label2id: dict[str, int], tokenizer, max_length: int, num_proc: int | None = None
+) -> datasets.Dataset:
+    """A dataset of `input_ids` (at most `max_length`) and `label_ids`, in file order; counts truncated notes."""
+    dataset = datasets.Dataset.from_dict(
+        {"text": notes.texts, "label_ids": label_indices(notes, label2id)},
+        features=datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "label_ids": datasets.Sequence(datasets.Value("int32")),
+            }
+        ),
+    )
+    dataset = dataset.map(
+        _tokenize_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=["text"],
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+        desc=f"Tokenising {notes.split} notes",
+    )
+    notes.report.truncated_notes = int(np.sum(dataset["truncated"]))
+    return dataset.remove_columns("truncated")
+
+
+@dataclass
+class MultiLabelCollator:
+    """Pads `input_ids` and builds the batch's multi-hot `labels` from `label_ids` (never a dense dataset)."""
+
+    num_labels: int
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(feature["input_ids"]) for feature in features)
+        input_ids = torch.full((len(features), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), length), dtype=torch.long)
+        labels = torch.zeros((len(features), self.num_labels), dtype=torch.float)
+        for row, feature in enumerate(features):
+            ids = feature["input_ids"]
+            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+            labels[row, list(feature["label_ids"])] = 1.0
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+__all__ = [
+    "MultiLabelCollator",
+    "NoteColumns",
+    "Notes",
+    "NotesError",
+    "NotesReport",
+    "Location",
+    "build_label_space",
+    "check_disjoint",
+    "iter_rows",
+    "label_indices",
+    "log_report",
+    "read_label_file",
+    "read_notes",
+    "multi_hot",
+    "tokenize_notes",
+]

@@ -1,0 +1,208 @@
+"""The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
+
+A coder does not trust a bare list of codes, so every predicted code comes with its ICD-10-CM description and the
+spans of the note its label attention rests on, as exact character offsets into the original text:
+
+    [{"code": "E11.9", "description": "Type 2 diabetes mellitus without complications", "score": 0.97,
+      "evidence": [{"start": 18, "end": 42, "text": "type 2 diabetes mellitus", "attention": 0.81}]}]
+
+This file is remote code: it imports only torch and transformers and is saved next to the model, with
+`custom_pipelines` in config.json, so `pipeline("icd-coding", model=repo, trust_remote_code=True)` works for a user
+who never installed bert-xml. The model must be a `BertXMLForMultiLabelCoding` (it reads `model.bert` and
+`model.label_head`, so that attention is computed only for the predicted codes, never for the whole code set).
+"""
+
+import torch
+from transformers import Pipeline
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# A word is part of the evidence when it gets at least this share of the most-attended word's attention.
+EVIDENCE_RATIO = 0.1
+REQUEST_PARAMETERS = {"threshold", "top_k", "num_evidence_spans", "batch_size"}
+
+
+def evidence_spans(
+    text: str, offsets: torch.Tensor, word_ids: torch.Tensor, weights: torch.Tensor, num_spans: int
+) -> list[dict]:
+    """The `num_spans` phrases of `text` that hold most of one code's attention, heaviest first.
+
+    Token weights are summed per word (the tokenizer's pre-tokenisation, so sub-words never split a span), words with
+    at least `EVIDENCE_RATIO` of the heaviest word's weight are kept, and runs of consecutive kept words merge into one
+    phrase. A span runs from its first word's first character to its last word's last character, so
+    `text[start:end] == span["text"]` whatever the spacing, case or unicode of the note.
+
+    Args:
+        offsets: (tokens, 2) character offsets from the tokenizer; special tokens and padding have start == end.
+        word_ids: (tokens,) word index of each token, -1 for special tokens.
+        weights: (tokens,) the code's attention over the tokens.
+    """
+    words: dict[int, list] = {}  # word index -> [start, end, weight]
+    for (start, end), word, weight in zip(offsets.tolist(), word_ids.tolist(), weights.tolist()):
+        if word < 0 or end <= start:
+            continue
+        if word in words:
+            words[word][1] = max(words[word][1], end)
+            words[word][2] += weight
+        else:
+            words[word] = [start, end, weight]
+    if not words:
+        return []
+    peak = max(weight for _, _, weight in words.values())
+    phrases, previous = [], None
+    for word in sorted(words):
+        start, end, weight = words[word]
+        if weight < EVIDENCE_RATIO * peak:
+            continue
+        if previous is not None and word == previous + 1:
+            phrases[-1][1] = end
+            phrases[-1][2] += weight
+        else:
+            phrases.append([start, end, weight])
+        previous = word
+    phrases.sort(key=lambda phrase: -phrase[2])
+    return [{"start": s, "end": e, "text": text[s:e], "attention": w} for s, e, w in phrases[:num_spans]]
+
+
+def select_codes(
+    scores: torch.Tensor, threshold: float | None, top_k: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, codes) scores -> (batch, k) code ids, best first, -1 where a note has fewer codes, and their scores.
+
+    A code is kept when its score is above `threshold` (strictly, as the metrics count it) and among the `top_k` best;
+    `None` switches either rule off.
+    """
+    above = scores > threshold if threshold is not None else torch.ones_like(scores, dtype=torch.bool)
+    k = int(above.sum(-1).max())
+    if top_k is not None:
+        k = min(k, top_k)
+    top_scores, top_codes = scores.topk(k, dim=-1)
+    keep = top_scores > threshold if threshold is not None else torch.ones_like(top_scores, dtype=torch.bool)
+    return top_codes.masked_fill(~keep, -1), top_scores
+
+
+def code_attention(
+    label_head: torch.nn.Module, states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor
+) -> torch.Tensor:
+    """The label attention of `codes` (batch, k) over the tokens: (batch, k, tokens), as the model's head computes it
+    for all codes (`output_label_attentions=True`), but without the (batch, all codes, tokens) tensor."""
+    keys = torch.tanh(label_head.projection(states)) if label_head.projection is not None else states
+    scores = torch.matmul(label_head.queries[codes.clamp(min=0)], keys.transpose(1, 2)).float()
+    padding = ~attention_mask.bool()[:, None, :]
+    return scores.masked_fill(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
+
+
+class ICDCodingPipeline(Pipeline):
+    """ICD-10 codes for clinical notes, with descriptions and evidence spans.
+
+    Call it on a note or a list of notes (`batch_size=` batches them). Each note gives a list of codes, best first:
+    `{"code", "description", "score", "evidence": [{"start", "end", "text", "attention"}, ...]}`.
+
+    Parameters (at creation or per call):
+        threshold (`float`, *optional*): keep codes scoring above this; defaults to the model's tuned
+            `config.threshold`, or to no threshold when `top_k` is given.
+        top_k (`int`, *optional*): keep at most the `top_k` best codes.
+        num_evidence_spans (`int`, defaults to 3): evidence spans per code.
+
+    Notes longer than the model reads (`config.max_note_length` tokens) are truncated, with a warning.
+    """
+
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(
+        self, threshold: float | None = None, top_k: int | None = None, num_evidence_spans: int | None = None
+    ) -> tuple[dict, dict, dict]:
+        forward_params, postprocess_params = {}, {}
+        if threshold is not None:
+            if not 0.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+            forward_params["threshold"] = float(threshold)
+        if top_k is not None:
+            if not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+            forward_params["top_k"] = top_k
+        if num_evidence_spans is not None:
+            if not isinstance(num_evidence_spans, int) or num_evidence_spans < 0:
+                raise ValueError(f"num_evidence_spans must be a non-negative integer, got {num_evidence_spans!r}")
+            postprocess_params["num_evidence_spans"] = num_evidence_spans
+        return {}, forward_params, postprocess_params
+
+    def preprocess(self, text: str) -> dict:
+        if not isinstance(text, str):
+            raise TypeError(f"icd-coding takes a note (str) or a list of notes, got {type(text).__name__}")
+        encoded = self.tokenizer(
+            text,
+            truncation=True,
+            max_length=self.model.config.max_note_length,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        if encoded.encodings[0].overflowing:
+            logger.warning(
+                f"A note of {len(text)} characters is longer than the {self.model.config.max_note_length} tokens the "
+                "model reads: only its beginning is coded."
+            )
+        word_ids = [-1 if word is None else word for word in encoded.word_ids()]
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "offset_mapping": encoded["offset_mapping"],
+            "word_ids": torch.tensor([word_ids]),
+            "text": text,
+        }
+
+    def _forward(self, model_inputs: dict, threshold: float | None = None, top_k: int | None = None) -> dict:
+        if threshold is None and top_k is None:
+            threshold = self.model.config.threshold
+        attention_mask = model_inputs["attention_mask"]
+        states = self.model.bert(input_ids=model_inputs["input_ids"], attention_mask=attention_mask).last_hidden_state
+        logits, _ = self.model.label_head(states, attention_mask)
+        codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
+        return {
+            "codes": codes,
+            "scores": scores,
+            "attentions": code_attention(self.model.label_head, states, attention_mask, codes),
+            "offset_mapping": model_inputs["offset_mapping"],
+            "word_ids": model_inputs["word_ids"],
+            "text": model_inputs["text"],
+        }
+
+    def postprocess(self, model_outputs: dict, num_evidence_spans: int = 3) -> list[dict]:
+        if not model_outputs["text"].strip():
+            return []  # an empty note is coded as "no codes", whatever the bias alone would score
+        config = self.model.config
+        descriptions = getattr(config, "label_descriptions", None) or {}
+        offsets, word_ids = model_outputs["offset_mapping"][0], model_outputs["word_ids"][0]
+        results = []
+        for slot, code_id in enumerate(model_outputs["codes"][0].tolist()):
+            if code_id < 0:
+                break  # codes come best first; -1 pads notes with fewer codes than others in the batch
+            code = config.id2label[code_id]
+            weights = model_outputs["attentions"][0, slot]
+            results.append(
+                {
+                    "code": code,
+                    "description": descriptions.get(code),
+                    "score": float(model_outputs["scores"][0, slot]),
+                    "evidence": evidence_spans(model_outputs["text"], offsets, word_ids, weights, num_evidence_spans),
+                }
+            )
+        return results
+
+    def handle_request(self, data: dict) -> list:
+        """An Inference Endpoints request, `{"inputs": note or [notes], "parameters": {...}}` -> the pipeline output.
+
+        An Inference Endpoints `handler.py` calls this, so the endpoint answers exactly as the pipeline does.
+        """
+        if not isinstance(data, dict) or "inputs" not in data:
+            raise ValueError('The request needs "inputs": a note or a list of notes')
+        parameters = data.get("parameters") or {}
+        unknown = set(parameters) - REQUEST_PARAMETERS
+        if unknown:
+            raise ValueError(f"Unknown parameters {sorted(unknown)}; accepted: {sorted(REQUEST_PARAMETERS)}")
+        return self(data["inputs"], **parameters)

@@ -1,0 +1,46 @@
+"""Make a saved coding model answer `pipeline("icd-coding", model=folder, trust_remote_code=True)` on its own."""
+
+import os
+
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
+
+from .configuration_bertxml import BertXMLConfig
+from .label_init import code_descriptions
+from .pipeline_bertxml import ICDCodingPipeline
+
+logger = logging.get_logger(__name__)
+
+TASK = "icd-coding"
+
+
+def custom_pipelines_entry() -> dict:
+    """The `custom_pipelines` value of config.json, written from the registry as `Pipeline.save_pretrained` does."""
+    registered = PIPELINE_REGISTRY.supported_tasks[TASK]
+    impl = registered["impl"]
+    entry = {
+        "impl": f"{impl.__module__.split('.')[-1]}.{impl.__name__}",
+        "pt": [model_class.__name__ for model_class in registered["pt"]],
+        "type": registered["type"],
+    }
+    return {TASK: entry}
+
+
+def make_pipeline_ready(folder: str | os.PathLike, descriptions: dict[str, str] | None = None) -> None:
+    """Add the `icd-coding` pipeline and the codes' descriptions to a folder saved by `save_pretrained`.
+
+    Writes `custom_pipelines` and `label_descriptions` into its config.json and copies `pipeline_bertxml.py` next to
+    the weights, so users without bert-xml (or `simple-icd-10-cm`) get codes with descriptions and evidence.
+    `descriptions` maps codes to text; by default the ICD-10-CM descriptions of the codes that the CMS list has.
+    """
+    config = BertXMLConfig.from_pretrained(folder)
+    codes = [config.id2label[i] for i in range(config.num_labels)]
+    if descriptions is None:
+        descriptions = {code: texts[0] for code, texts in code_descriptions(codes, inclusion_terms=False).items()}
+    config.label_descriptions = {code: descriptions[code] for code in codes if code in descriptions}
+    if len(config.label_descriptions) < len(codes):
+        logger.warning(f"{len(codes) - len(config.label_descriptions)} codes of {folder} have no description")
+    config.custom_pipelines = custom_pipelines_entry()
+    config.save_pretrained(folder)
+    custom_object_save(ICDCodingPipeline, folder)

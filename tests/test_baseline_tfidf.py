@@ -1,0 +1,34 @@
+"""TF-IDF + logistic regression baseline: reads notes as train.py does, tunes on validation, unseen codes are misses."""
+
+import json
+
+import pytest
+
+from benchmarks.baseline_tfidf import run_tfidf_baseline
+from modeling_bertxml.notes import NotesError
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps({"text": text, "labels": labels}) + "\n" for text, labels in rows))
+    return str(path)
+
+
+def test_baseline_runs_and_counts_unseen_codes_as_misses(tmp_path):
+    train = [("fever and cough, chest film with consolidation", ["J18.9"]), ("knee pain and stiffness", ["m179"])] * 4
+    validation = [("cough with fever", ["J18.9"]), ("stiffness of the knee", ["M17.9"])]
+    test = validation + [("high blood pressure", ["I10"])]
+    results = run_tfidf_baseline(
+        _write(tmp_path / "train.jsonl", train), _write(tmp_path / "validation.jsonl", validation),
+        _write(tmp_path / "test.jsonl", test),
+    )
+    assert results["validation"]["micro_f1"] == 1.0  # "m179" was normalised to the validation split's "M17.9"
+    assert results["test"]["threshold"] == results["validation"]["threshold"]
+    assert results["test"]["num_codes"] == 2  # the label space comes from training
+    assert results["test"]["micro_recall"] == pytest.approx(2 / 3)  # I10, seen only in test, is a miss
+
+
+def test_missing_column_is_reported_with_the_file(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    path.write_text(json.dumps({"note": "x", "labels": ["I10"]}) + "\n")
+    with pytest.raises(NotesError, match="notes.jsonl"):
+        run_tfidf_baseline(str(path), str(path), str(path))

@@ -1,0 +1,211 @@
+"""Labelled-note loading: every format reads the same, bad input fails with file/line/field, never with note text."""
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from modeling_bertxml.notes import (
+    MultiLabelCollator,
+    NoteColumns,
+    NotesError,
+    build_label_space,
+    check_disjoint,
+    label_indices,
+    log_report,
+    multi_hot,
+    read_notes,
+    tokenize_notes,
+)
+from tests.conftest import tiny_tokenizer
+
+SECRET = "Mrs Secretname"  # stands for PHI: must never appear in an error or a log line
+ROWS = [
+    {"id": "n1", "text": f"{SECRET} denies chest pain", "labels": ["e119", "I10"]},
+    {"id": "n2", "text": "history of hypertension\nadmitted, stable", "labels": ["I10"]},
+    {"id": "n3", "text": "no evidence of pneumonia", "labels": []},
+]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "labels": ";".join(row["labels"])} if "labels" in row else row)
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+def write_saved_dataset(path: Path, rows: list[dict]) -> Path:
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "writer, name",
+    [(write_jsonl, "n.jsonl"), (write_csv, "n.csv"), (write_parquet, "n.parquet"), (write_saved_dataset, "saved")],
+)
+def test_every_format_reads_the_same_notes_with_normalised_codes(tmp_path: Path, writer, name: str) -> None:
+    notes = read_notes(writer(tmp_path / name, ROWS), "validation")
+    assert notes.ids == ["n1", "n2", "n3"]
+    assert notes.texts == [row["text"] for row in ROWS]
+    assert notes.codes == [["E11.9", "I10"], ["I10"], []]
+    assert notes.report.codes.ok and notes.report.empty_notes == 0
+
+
+def test_csv_cell_written_as_a_list_is_understood(tmp_path: Path) -> None:
+    path = tmp_path / "n.csv"
+    path.write_text('text,labels\nchest pain,"[\'E11.9\', \'I10\']"\n')
+    assert read_notes(path, "train").codes == [["E11.9", "I10"]]
+
+
+# (file name, content, expected message): each message names file, line/row and field.
+BAD_INPUTS = [
+    ("bad.jsonl", [ROWS[0], '{"text": "x", "labels": [}'], r"bad\.jsonl:2: not valid JSON"),
+    ("bad.jsonl", [ROWS[0], '["a list"]'], r"bad\.jsonl:2: expected a JSON object"),
+    ("bad.jsonl", [{"note": SECRET, "labels": []}],
+     r"bad\.jsonl:1: no field 'text' \(fields: note, labels\).*--text_column"),
+    ("bad.jsonl", [{"text": SECRET}], r"bad\.jsonl:1: no field 'labels'.*--label_column"),
+    ("bad.jsonl", [ROWS[1], {"text": 12345, "labels": []}], r"bad\.jsonl:2: field 'text': the note is a int"),
+    ("bad.jsonl", [{"text": SECRET, "labels": "E11.9;I10"}],
+     r"bad\.jsonl:1: field 'labels': a string, expected a list"),
+    ("bad.jsonl", [{"text": SECRET, "labels": {"E11.9": 1}}], r"bad\.jsonl:1: field 'labels': expected a list .*dict"),
+    ("bad.jsonl", [{"text": SECRET, "labels": [250]}], r"bad\.jsonl:1: field 'labels': code 250 is a int"),
+    ("bad.jsonl", [ROWS[0], ROWS[1], {**ROWS[2], "id": "n1"}],
+     r"bad\.jsonl:3: field 'id': duplicate note id 'n1' \(first at .*bad\.jsonl:1\)"),
+    ("bad.csv", "notes,labels\nx,I10\n", r"bad\.csv: no column 'text' \(columns: notes, labels\).*--text_column"),
+    ("bad.csv", f'text,labels\n"{SECRET}\nline two",I10\nx,"[E11.9"\n',
+     r"bad\.csv:4: field 'labels': starts with '\['"),  # the quoted note spans lines 2-3
+    ("bad.csv", "text,labels\nx,I10,extra\n", r"bad\.csv:2: more cells than columns"),
+    ("bad.txt", "x\n", r"bad\.txt: unknown file type '\.txt'"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_INPUTS)
+def test_bad_input_is_refused_naming_file_line_and_field_but_not_the_note(
+    tmp_path: Path, name: str, content, message: str
+) -> None:
+    path = tmp_path / name
+    write_jsonl(path, content) if isinstance(content, list) else path.write_text(content)
+    with pytest.raises(NotesError, match=message) as error:
+        read_notes(path, "train")
+    assert SECRET not in str(error.value)
+
+
+def test_missing_file_and_missing_split_are_named(tmp_path: Path) -> None:
+    with pytest.raises(NotesError, match="nope.jsonl: no such file"):
+        read_notes(tmp_path / "nope.jsonl", "train")
+    saved = write_saved_dataset(tmp_path / "saved", ROWS)
+    with pytest.raises(NotesError, match="no split 'test'.*validation"):
+        read_notes(saved, "test")
+
+
+def test_custom_column_names(tmp_path: Path) -> None:
+    rows = [{"note_id": "a", "body": "chest pain", "icd": ["I10"]}]
+    notes = read_notes(write_jsonl(tmp_path / "n.jsonl", rows), "train", NoteColumns("body", "icd", "note_id"))
+    assert (notes.ids, notes.texts, notes.codes) == (["a"], ["chest pain"], [["I10"]])
+
+
+def test_empty_and_null_notes_are_kept_as_notes_and_counted(tmp_path: Path, caplog) -> None:
+    rows = [{"text": "", "labels": ["I10"]}, {"text": None, "labels": None}, {"text": "  \n", "labels": []}, ROWS[1]]
+    notes = read_notes(write_jsonl(tmp_path / "n.jsonl", rows), "train")
+    assert notes.texts[:3] == ["", "", ""] and notes.codes[:2] == [["I10"], []]
+    assert notes.report.empty_notes == 3
+    with caplog.at_level(logging.INFO):
+        log_report(notes)
+    assert "3 empty notes" in caplog.text
+
+
+def test_bad_codes_are_counted_with_first_location_and_strict_makes_them_fatal(tmp_path: Path, caplog) -> None:
+    rows = [
+        {"text": SECRET, "labels": ["E11.9", "XYZ"]},
+        {"text": "x", "labels": ["xyz", "Q99.99", "E11"]},
+        {"text": "y", "labels": ["XYZ"]},
+    ]
+    path = write_jsonl(tmp_path / "n.jsonl", rows)
+    notes = read_notes(path, "train")
+    assert notes.codes == [["E11.9"], ["Q99.99", "E11"], []]  # malformed dropped, unknown/non-billable kept
+    problems = {problem.code: problem for problem in notes.report.codes.problems}
+    assert (problems["XYZ"].count, problems["XYZ"].line, problems["xyz"].line) == (2, 1, 2)
+    assert problems["Q99.99"].reason == "unknown" and problems["E11"].reason == "not billable"
+    with caplog.at_level(logging.INFO):
+        log_report(notes)
+    assert f"{path}:1: 'XYZ' malformed (2 occurrences)" in caplog.text and "--strict_codes" in caplog.text
+    assert SECRET not in caplog.text
+    with pytest.raises(NotesError, match=rf"{path}:2: 'Q99.99' unknown"):
+        read_notes(path, "train", strict_codes=True)
+
+
+def test_a_note_id_in_two_splits_is_refused(tmp_path: Path) -> None:
+    train = read_notes(write_jsonl(tmp_path / "train.jsonl", ROWS), "train")
+    test = read_notes(write_jsonl(tmp_path / "test.jsonl", [{**ROWS[0], "id": "n9"}, {**ROWS[1], "id": "n2"}]), "test")
+    check_disjoint(train, read_notes(write_jsonl(tmp_path / "other.jsonl", [{**ROWS[0], "id": "n7"}]), "validation"))
+    with pytest.raises(NotesError, match="'n2' is in both the train split and the test split"):
+        check_disjoint(train, test)
+
+
+def test_label_space_from_training_counts_or_a_label_file(tmp_path: Path) -> None:
+    rows = [{"text": "a", "labels": ["I10", "E11.9"]}, {"text": "b", "labels": ["I10", "J18.9"]}]
+    train = read_notes(write_jsonl(tmp_path / "train.jsonl", rows), "train")
+    assert build_label_space(train) == ["E11.9", "I10", "J18.9"]
+    assert build_label_space(train, min_code_count=2) == ["I10"]
+    label_file = tmp_path / "codes.txt"
+    label_file.write_text("# our codes\nj189\n\nI10  # hypertension\n")
+    assert build_label_space(train, label_file=str(label_file)) == ["J18.9", "I10"]
+    label_file.write_text("I10\nnot-a-code\n")
+    with pytest.raises(NotesError, match=rf"{label_file}:2: 'not-a-code'"):
+        build_label_space(train, label_file=str(label_file))
+    with pytest.raises(NotesError, match="no code occurs at least 3 times"):
+        build_label_space(train, min_code_count=3)
+
+
+def test_codes_outside_the_label_space_are_counted_and_reported_as_misses(tmp_path: Path, caplog) -> None:
+    rows = [{"text": "a", "labels": ["I10", "N17.9"]}, {"text": "b", "labels": ["N17.9", "E11.9"]}]
+    validation = read_notes(write_jsonl(tmp_path / "v.jsonl", rows), "validation")
+    assert label_indices(validation, {"E11.9": 0, "I10": 1}) == [[1], [0]]
+    assert validation.report.outside_label_space == {"N17.9": 2}
+    with caplog.at_level(logging.INFO):
+        log_report(validation)
+    assert "2 code occurrences (1 codes) are outside the label space, counted as misses: N17.9 x2" in caplog.text
+
+
+def test_long_notes_are_truncated_keeping_sep_with_one_summary_warning(tmp_path: Path, caplog) -> None:
+    tokenizer = tiny_tokenizer()
+    rows = [{"text": "chest pain " * 20, "labels": ["I10"]}, {"text": "chest pain", "labels": []}] * 2
+    notes = read_notes(write_jsonl(tmp_path / "n.jsonl", rows), "train")
+    dataset = tokenize_notes(notes, {"I10": 0}, tokenizer, max_length=16)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    assert lengths == [16, 4, 16, 4]
+    assert dataset[0]["input_ids"][-1] == tokenizer.sep_token_id
+    assert notes.report.truncated_notes == 2
+    with caplog.at_level(logging.WARNING):
+        log_report(notes, max_length=16)
+    assert [r.message for r in caplog.records if "truncated" in r.message] == [
+        "train: 2 of 4 notes are longer than 16 tokens and were truncated (raise max_chunks to read more)"
+    ]
+
+
+def test_collator_pads_and_builds_multi_hot_labels_per_batch(tmp_path: Path) -> None:
+    notes = read_notes(write_jsonl(tmp_path / "n.jsonl", ROWS), "train")
+    label2id = {code: i for i, code in enumerate(build_label_space(notes))}
+    dataset = tokenize_notes(notes, label2id, tiny_tokenizer(), max_length=64)
+    batch = MultiLabelCollator(num_labels=len(label2id), pad_token_id=0)([dataset[i] for i in range(3)])
+    assert batch["labels"].tolist() == [[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]
+    assert (batch["labels"].to(torch.int8).numpy() == multi_hot(dataset["label_ids"], 2)).all()
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths.tolist() == [len(ids) for ids in dataset["input_ids"]]
+    assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == 0)

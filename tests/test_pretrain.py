@@ -1,0 +1,255 @@
+"""pretrain.py end to end on CPU: `python` and 2-rank `accelerate launch` runs, loss, outputs, kill -9 + resume,
+NaN stop, streaming; plus its data pieces (packing, whole-word masks that survive a resume)."""
+
+import json
+import math
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast
+
+import pretrain
+from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+
+from conftest import tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = (
+    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,max_position_embeddings=16,"
+    "max_chunks=4"
+)
+PHRASES = [
+    "patient denies chest pain",
+    "history of type 2 diabetes mellitus without complications",
+    "hypertension essential",
+    "no evidence of pneumonia",
+    "admitted with acute kidney injury",
+    "discharged with stable vitals",
+    "family history heart failure",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, str]:
+    """A tokenizer folder and 200 + 20 notes made of fixed phrases: structure a tiny model learns in seconds."""
+    root = tmp_path_factory.mktemp("corpus")
+    tiny_tokenizer().save_pretrained(root / "tokenizer")
+    rng = random.Random(0)
+    for name, count in (("train.txt", 200), ("validation.txt", 20)):
+        notes = (" ".join(rng.choice(PHRASES) for _ in range(3)) for _ in range(count))
+        (root / name).write_text("\n".join(notes) + "\n")
+    return {name: str(root / name) for name in ("tokenizer", "train.txt", "validation.txt")}
+
+
+def base_args(corpus: dict[str, str], output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--tokenizer_name", corpus["tokenizer"], "--train_file", corpus["train.txt"], "--config_overrides", TINY,
+        "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    # One thread per process: two ranks (and other tests) share two cores.
+    return {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"), "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(command: list[str], tmp_path: Path, **env: str) -> str:
+    result = subprocess.run(
+        command, cwd=REPO, env={**cli_env(tmp_path), **env}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def run_main(tmp_path, monkeypatch):
+    """pretrain.main in this process (no interpreter start-up), with its own datasets cache and accelerate state."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+    def run(argv: list[str]) -> None:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        pretrain.main(argv)
+
+    yield run
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def eval_losses(log: str) -> list[float]:
+    return [float(loss) for loss in re.findall(r"eval_loss (\d+\.\d+)", log)]
+
+
+def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, tmp_path):
+    out = tmp_path / "mlm"
+    args = base_args(corpus, out, "--validation_file", corpus["validation.txt"], "--learning_rate", "5e-3",
+                     "--max_train_steps", "60", "--eval_steps", "20", "--num_warmup_steps", "5", "--with_tracking")
+    log = run_cli([sys.executable, "pretrain.py", *args], tmp_path)
+
+    assert "Num processes: 1" in log
+    losses = eval_losses(log)
+    # An untrained model predicts about uniformly over the vocabulary: loss ln(V).
+    uniform = math.log(len(tiny_tokenizer()))
+    assert len(losses) == 3 and losses == sorted(losses, reverse=True) and losses[-1] < uniform - 0.3, losses
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["train_steps"] == 60 and results["perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-3)
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "--with_tracking wrote no TensorBoard events"
+
+    mlm = AutoModelForMaskedLM.from_pretrained(out)
+    assert isinstance(mlm, BertXMLForMaskedLM) and (out / "model.safetensors").is_file()
+    assert AutoTokenizer.from_pretrained(out).mask_token == "[MASK]"
+    coder = BertXMLForMultiLabelCoding.from_pretrained(out, num_labels=3)
+    for name, weight in mlm.bert.state_dict().items():
+        torch.testing.assert_close(coder.bert.state_dict()[name], weight, rtol=0, atol=0)
+
+
+def test_two_gloo_ranks_train_one_model(corpus, tmp_path):
+    out = tmp_path / "ddp"
+    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", port]
+    args = base_args(corpus, out, "--max_train_steps", "6", "--checkpointing_steps", "3")
+    log = run_cli([*launch, "pretrain.py", *args], tmp_path, ACCELERATE_USE_CPU="1")
+
+    assert log.count("Num processes: 2") == 2
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["num_processes"] == 2 and results["ranks_identical"] is True
+    # Each rank consumed its own batches: twice the tokens of one process, and each rank saved its RNG state.
+    assert results["train_tokens"] == 6 * 2 * 4 * 32
+    assert {p.name for p in (out / "checkpoints" / "step_3").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl"
+    }
+
+
+def test_kill_9_mid_epoch_then_resume_latest_ends_with_the_uninterrupted_weights(corpus, tmp_path):
+    """A real process killed with SIGKILL after its first checkpoint (mid-epoch: 24 steps per epoch, checkpoints
+    every 5, dropout on, gradient accumulation) resumes from the last complete checkpoint and ends as if never hit."""
+    args = ["--max_train_steps", "40", "--checkpointing_steps", "5", "--gradient_accumulation_steps", "2",
+            "--per_device_train_batch_size", "2", "--learning_rate", "2e-3", "--deterministic", "--config_overrides",
+            TINY + ",hidden_dropout_prob=0.1,attention_probs_dropout_prob=0.1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = cli_env(tmp_path)
+    uninterrupted = subprocess.Popen([sys.executable, "pretrain.py", *base_args(corpus, full, *args)], cwd=REPO,
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen([sys.executable, "pretrain.py", *base_args(corpus, killed, *args)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in victim.stdout:
+        if "Saved checkpoint" in line:
+            victim.send_signal(signal.SIGKILL)
+            break
+    assert victim.wait(timeout=300) == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists()
+
+    log = run_cli([sys.executable, "pretrain.py", *base_args(corpus, killed, *args, "--resume_from_checkpoint",
+                                                             "latest")], tmp_path)
+    resumed_step = int(re.search(r"Resumed from \S+step_(\d+) at step", log).group(1))
+    assert 5 <= resumed_step < 40 and resumed_step % 5 == 0
+    assert uninterrupted.wait(timeout=300) == 0
+    expected, got = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path, run_main):
+    out = tmp_path / "diverged"
+    # A real cause: a learning rate of 1e6 makes the weights, then the loss, non-finite within two steps.
+    with pytest.raises(SystemExit, match=r"loss is (nan|inf) at optimizer step 2: training stopped"):
+        run_main(base_args(corpus, out, "--learning_rate", "1e6", "--max_train_steps", "20",
+                           "--checkpointing_steps", "1"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+    kept = load_file(out / "checkpoints" / "step_1" / "model.safetensors")
+    assert all(torch.isfinite(weight).all() for weight in kept.values())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_streaming_epochs_and_continuing_from_a_saved_model(corpus, tmp_path, run_main):
+    first, second = tmp_path / "streamed", tmp_path / "continued"
+    run_main(base_args(corpus, first, "--streaming", "--max_train_steps", "25", "--checkpointing_steps", "epoch"))
+    results = json.loads((first / "train_results.json").read_text())
+    # A pass is 94 blocks = 24 batches (the last of 2): step 25 read the stream again, and the first epoch was saved.
+    assert results["train_steps"] == 25 and results["train_tokens"] == (94 + 4) * 32
+    assert [p.name for p in (first / "checkpoints").iterdir()] == ["step_24"]
+
+    run_main(["--model_name_or_path", str(first), "--train_file", corpus["train.txt"], "--max_train_steps", "2",
+              "--output_dir", str(second), "--gradient_checkpointing"])
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_pack_notes_fills_blocks_and_frames_every_note():
+    tokenizer = tiny_tokenizer()
+    notes = ["patient denies chest pain", "hypertension essential", "no evidence of pneumonia"]
+    packed = pretrain.pack_notes({"text": notes}, tokenizer, block_size=5)
+    stream = [i for note in tokenizer(notes)["input_ids"] for i in note]  # 6 + 4 + 6 = 16 tokens
+    assert packed["input_ids"] == [stream[0:5], stream[5:10], stream[10:15]]  # the 16th token is the dropped tail
+    assert all(len(block) == 5 for key in packed for block in packed[key])
+    assert stream.count(tokenizer.cls_token_id) == stream.count(tokenizer.sep_token_id) == 3
+
+
+def subword_tokenizer() -> PreTrainedTokenizerFast:
+    """Words that split into pieces ("hyper ##tension"), so whole-word masking has something to keep together."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hyper", "##tension", "diabet", "##es", "pain", "no"]
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def test_masks_cover_whole_words_and_depend_only_on_seed_epoch_and_tokens():
+    tokenizer = subword_tokenizer()
+    text = "hypertension diabetes no pain hypertension diabetes pain no"
+    examples = pretrain.pack_notes({"text": [text] * 8}, tokenizer, block_size=14)
+    args = pretrain.parse_args(
+        ["--train_file", "x", "--tokenizer_name", "x", "--output_dir", "x", "--mlm_probability", "0.5"]
+    )
+
+    rows = [dict(zip(examples, values)) for values in zip(*examples.values())]
+
+    def masks(epoch: int) -> torch.Tensor:
+        collator = pretrain.masking_collator(args, tokenizer)
+        collator.epoch = epoch
+        return collator([dict(row) for row in rows])["labels"] != -100
+
+    first = masks(0)
+    ids = torch.tensor(examples["input_ids"])
+    starts = (ids == tokenizer.convert_tokens_to_ids("hyper")) | (ids == tokenizer.convert_tokens_to_ids("diabet"))
+    pieces = starts.roll(1, dims=1)  # "##tension" / "##es" right after each word start
+    assert first.any() and torch.equal(first[starts], first[pieces])
+    assert torch.equal(masks(0), first), "same seed, epoch and tokens: same masks (what an exact resume needs)"
+    assert not torch.equal(masks(1), first), "a new epoch masks anew"
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, machines",
+    [
+        ("multi_gpu", "MULTI_GPU", 1),
+        ("fsdp", "FSDP", 1),
+        ("deepspeed_zero2", "DEEPSPEED", 1),
+        ("two_nodes", "MULTI_GPU", 2),
+    ],
+)
+def test_example_accelerate_configs_load_and_are_documented(name, distributed_type, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = f"configs/accelerate/{name}.yaml"
+    config = load_config_from_file(str(REPO / path))
+    assert (config.distributed_type.name, config.num_machines) == (distributed_type, machines)
+    assert path in (REPO / "README.md").read_text()

@@ -1,0 +1,374 @@
+"""train.py end to end on a tiny pretrained checkpoint: the Edin et al. protocol, the Hub-ready folder, LoRA, resume,
+two ranks, and the push to a loopback Hub."""
+
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
+from transformers import AutoModel, PreTrainedTokenizerFast
+
+from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.finetuning import load_coding_model
+from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
+from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
+from tests.conftest import tiny_config, tiny_tokenizer
+from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
+from train import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOPICS = {
+    "E11.9": "type 2 diabetes mellitus metformin glucose insulin",
+    "I10": "hypertension essential lisinopril blood pressure",
+    "J18.9": "pneumonia",
+    "N17.9": "acute kidney injury",
+    "I50.9": "heart failure",
+}
+FILLER = "patient admitted discharged with stable vitals the a and of denies chest pain".split()
+UNSEEN_CODE = "R51.9"  # only in the test split: must count as a miss
+SCORES = [key for key in METRIC_KEYS if key not in ("threshold", "num_notes", "num_codes")]
+
+
+def synthetic_notes(rng: random.Random, count: int, start: int) -> list[dict]:
+    notes = []
+    for i in range(count):
+        codes = rng.sample(sorted(TOPICS), rng.randint(1, 2))
+        words = " ".join(TOPICS[code] for code in codes).split() + rng.sample(FILLER, 6)
+        rng.shuffle(words)
+        notes.append({"id": f"note-{start + i}", "text": " ".join(words), "labels": codes})
+    return notes
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A tiny MLM checkpoint as pretrain.py writes it, and train/validation/test notes (15: uneven across 2 ranks)."""
+    folder = tmp_path_factory.mktemp("data")
+    torch.manual_seed(0)
+    config = tiny_config(max_chunks=2)
+    BertXMLForMaskedLM(config).save_pretrained(folder / "pretrained")
+    tiny_tokenizer(model_max_length=config.max_note_length).save_pretrained(folder / "pretrained")
+    rng = random.Random(0)
+    splits = {"train": synthetic_notes(rng, 48, 0), "validation": synthetic_notes(rng, 15, 100)}
+    splits["test"] = synthetic_notes(rng, 16, 200)
+    splits["test"][0]["labels"].append(UNSEEN_CODE)
+    splits["test"][0]["text"] += " " + " ".join(["chest pain"] * 20)  # longer than the model reads
+    for name, notes in splits.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(note) + "\n" for note in notes))
+    return folder
+
+
+def train_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(data / "pretrained"),
+        "--train_file", str(data / "train.jsonl"),
+        "--validation_file", str(data / "validation.jsonl"),
+        "--output_dir", str(output_dir),
+        "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "4",
+        "--learning_rate", "1e-3",
+        "--head_learning_rate", "2e-2",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+class Messages(logging.Handler):
+    """The log lines of a run (accelerate's logger formats them as '[RANK 0] ...')."""
+
+    def __init__(self):
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def run_train(args: list[str]) -> list[str]:
+    messages, root = Messages(), logging.getLogger()
+    level = root.level
+    root.addHandler(messages)
+    root.setLevel(logging.INFO)  # what train.py's logging.basicConfig sets outside pytest
+    try:
+        main(args)
+    finally:
+        root.removeHandler(messages)
+        root.setLevel(level)
+    return messages.lines
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+    output_dir = tmp_path_factory.mktemp("run") / "coder"
+    lines = run_train(train_args(data, output_dir, "--test_file", str(data / "test.jsonl"), "--num_train_epochs", "3"))
+    return output_dir, lines
+
+
+def probabilities(model: torch.nn.Module, tokenizer, notes_file: Path, labels: list[str]) -> tuple[np.ndarray, ...]:
+    """Scores and targets of a split computed here, independently of train.py's evaluation loop."""
+    notes = read_notes(notes_file, "check")
+    label2id = {code: i for i, code in enumerate(labels)}
+    dataset = tokenize_notes(notes, label2id, tokenizer, tokenizer.model_max_length)
+    batch = MultiLabelCollator(len(labels), tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        logits = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    unseen = sum(notes.report.outside_label_space.values())
+    return torch.sigmoid(logits).numpy(), batch["labels"].numpy().astype(np.int8), unseen
+
+
+def load_folder(folder: Path):
+    model = load_coding_model(folder)
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    labels = [config.id2label[i] for i in range(len(config.id2label))]
+    return model, PreTrainedTokenizerFast.from_pretrained(folder), labels
+
+
+def test_threshold_comes_from_validation_and_test_uses_it(data: Path, trained) -> None:
+    output_dir, _ = trained
+    model, tokenizer, labels = load_folder(output_dir)
+    eval_results = json.loads((output_dir / "eval_results.json").read_text())
+    test_results = json.loads((output_dir / "test_results.json").read_text())
+    probs, targets, unseen = probabilities(model, tokenizer, data / "validation.jsonl", labels)
+    threshold, _ = tune_threshold(probs, targets, grid=100, num_unseen_positives=unseen)
+    assert eval_results["threshold"] == test_results["threshold"] == model.config.threshold == threshold
+    assert eval_results == pytest.approx(compute_metrics(probs, targets, threshold), abs=1e-6)
+    probs, targets, unseen = probabilities(model, tokenizer, data / "test.jsonl", labels)
+    assert unseen == 1  # the test-only code is a miss, not dropped
+    assert test_results == pytest.approx(compute_metrics(probs, targets, threshold, unseen), abs=1e-6)
+
+
+def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(trained) -> None:
+    output_dir, lines = trained
+    for name, num_notes in (("eval_results.json", 15), ("test_results.json", 16)):
+        results = json.loads((output_dir / name).read_text())
+        assert list(results) == list(METRIC_KEYS)
+        assert all(0.0 <= results[key] <= 1.0 for key in SCORES)
+        assert (results["num_notes"], results["num_codes"]) == (num_notes, len(TOPICS))
+    maps = [float(line.split("validation MAP ")[1].split(",")[0]) for line in lines if ": validation MAP" in line]
+    assert len(maps) == 3  # one per epoch
+    assert json.loads((output_dir / "eval_results.json").read_text())["map"] == pytest.approx(max(maps), abs=1e-4)
+    unseen = "1 code occurrences (1 codes) are outside the label space, counted as misses: R51.9"
+    assert any(unseen in line for line in lines)
+    assert any("test: 1 of 16 notes are longer than 32 tokens and were truncated" in line for line in lines)
+
+
+def test_no_note_text_reaches_the_logs_or_the_output_folder(data: Path, trained) -> None:
+    output_dir, lines = trained
+    log = "\n".join(lines)
+    written = "\n".join(path.read_text() for path in output_dir.iterdir() if path.suffix in (".md", ".json"))
+    for split in ("train", "validation", "test"):
+        for line in (data / f"{split}.jsonl").read_text().splitlines():
+            text = json.loads(line)["text"]
+            assert text not in log and text not in written
+
+
+def test_output_folder_is_hub_ready(data: Path, trained) -> None:
+    output_dir, _ = trained
+    expected = {
+        "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "configuration_bertxml.py",
+        "modeling_bertxml.py", "pipeline_bertxml.py", "README.md", "handler.py", "eval_results.json",
+        "test_results.json",
+    }  # fmt: skip
+    assert expected <= {path.name for path in output_dir.iterdir()}
+    config = json.loads((output_dir / "config.json").read_text())
+    assert set(config["id2label"].values()) == set(TOPICS) and "AutoModel" in config["auto_map"]
+    card = (output_dir / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert (metadata["library_name"], metadata["pipeline_tag"]) == ("transformers", "text-classification")
+    assert {"icd-10", "medical-coding"} <= set(metadata["tags"])
+    reported = {(r["dataset"]["split"], m["type"]) for r in metadata["model-index"][0]["results"] for m in r["metrics"]}
+    assert reported == {(split, key) for split in ("validation", "test") for key in SCORES}
+    for heading in ("## Intended use", "## Limitations", "Protected health information", "handler.py"):
+        assert heading in card
+    training_texts = [json.loads(line)["text"] for line in (data / "train.jsonl").read_text().splitlines()]
+    widget_texts = [example["text"] for example in metadata["widget"]]
+    assert widget_texts and not any(text in card or text in widget_texts for text in training_texts)
+    assert config["label_descriptions"]["E11.9"] == "Type 2 diabetes mellitus without complications"
+
+
+FRESH_INTERPRETER = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_bertxml"] = None  # the package must not be importable: what a Hub user has
+    import torch
+    from transformers import AutoModel, AutoTokenizer, pipeline
+    folder, note = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    with torch.no_grad():
+        logits = model(**tokenizer(note, return_tensors="pt", return_token_type_ids=False)).logits[0].tolist()
+    coder = pipeline("text-classification", model=folder, trust_remote_code=True, top_k=None, truncation=True)
+    sys.path.insert(0, folder)
+    from handler import EndpointHandler
+    handler = EndpointHandler(folder)
+    print(json.dumps({
+        "logits": logits,
+        "pipeline": coder(note),
+        "handler": handler({"inputs": note}),
+        "handler_all": handler({"inputs": [note, ""], "parameters": {"threshold": 0.0}}),
+    }))
+    """
+)
+
+
+def test_folder_loads_with_automodel_pipeline_and_handler_without_the_package(data: Path, trained) -> None:
+    output_dir, _ = trained
+    model, tokenizer, labels = load_folder(output_dir)
+    note = json.loads((data / "validation.jsonl").read_text().splitlines()[0])["text"]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(**tokenizer(note, return_tensors="pt", return_token_type_ids=False)).logits[0])
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_INTERPRETER, str(output_dir), note],
+        capture_output=True, text=True, cwd=output_dir.parent, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    torch.testing.assert_close(torch.sigmoid(torch.tensor(result["logits"])), expected, atol=1e-5, rtol=0)
+    scores = {item["label"]: item["score"] for item in result["pipeline"][0]}
+    assert scores == pytest.approx({code: expected[i].item() for i, code in enumerate(labels)}, abs=1e-5)
+    above = sorted((i for i in range(len(labels)) if expected[i] > model.config.threshold), key=lambda i: -expected[i])
+    assert [item["code"] for item in result["handler"]] == [labels[i] for i in above]
+    for item in result["handler"]:
+        assert item["score"] == pytest.approx(expected[labels.index(item["code"])].item(), abs=1e-4)
+        assert item["description"]
+    every_code, empty_note = result["handler_all"]
+    assert len(every_code) == len(labels) and empty_note == []
+
+
+def test_lora_trains_the_whole_head_and_reloads_or_merges(data: Path, tmp_path: Path) -> None:
+    lora = ["--use_lora", "--lora_r", "4", "--num_train_epochs", "1"]
+    run_train(train_args(data, tmp_path / "adapter", *lora))
+    run_train(train_args(data, tmp_path / "merged", *lora, "--merge_lora"))
+
+    adapter = load_coding_model(tmp_path / "adapter")
+    head = adapter.base_model.model.label_head
+    for name, trained_parameter in head.modules_to_save["default"].named_parameters():
+        assert not torch.equal(trained_parameter, getattr(head.original_module, name)), name  # trained, not random
+    lora_b = [p for name, p in adapter.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    pretrained = load_file(data / "pretrained" / "model.safetensors")
+    base = adapter.get_base_model().bert.state_dict()
+    assert torch.equal(base["embeddings.word_embeddings.weight"], pretrained["bert.embeddings.word_embeddings.weight"])
+
+    model, tokenizer, labels = load_folder(tmp_path / "adapter")
+    probs, targets, _ = probabilities(model, tokenizer, data / "validation.jsonl", labels)
+    results = json.loads((tmp_path / "adapter" / "eval_results.json").read_text())
+    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
+
+    merged = AutoModel.from_pretrained(tmp_path / "merged")
+    assert isinstance(merged, BertXMLForMultiLabelCoding) and not (tmp_path / "merged" / "adapter_config.json").exists()
+    probs, targets, _ = probabilities(merged, tokenizer, data / "validation.jsonl", labels)
+    results = json.loads((tmp_path / "merged" / "eval_results.json").read_text())
+    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
+
+
+def test_accumulation_early_stopping_and_exact_resume(data: Path, tmp_path: Path) -> None:
+    # 48 notes, 4 per micro-batch, windows of 2: 6 optimizer steps per epoch.
+    args = train_args(
+        data, tmp_path / "run", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--num_train_epochs", "10", "--checkpointing_steps", "3", "--early_stopping_patience", "2",
+        "--learning_rate", "0", "--head_learning_rate", "0",
+    )  # fmt: skip
+    lines = run_train(args)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_3" / "training_state.json").read_text())
+    assert state["batches_done"] == 6  # each optimizer step after a full window of 2 micro-batches
+    # Weights never change (learning rate 0), so MAP never improves: stop after 1 + 2 evaluations = 3 epochs.
+    assert sum(": validation MAP" in line for line in lines) == 3
+    assert any("Early stopping" in line for line in lines)
+    steps = sorted(int(path.name[5:]) for path in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert steps == [3, 6, 9, 12, 15, 18]
+
+    args = train_args(data, tmp_path / "resumed", "--checkpointing_steps", "2", "--num_train_epochs", "2")
+    run_train(args)
+    finished = load_file(tmp_path / "resumed" / "model.safetensors")
+    lines = run_train([*args, "--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoints" / "step_4")])
+    assert any("Resumed from" in line and "at step 4" in line for line in lines)
+    assert sum(": validation MAP" in line for line in lines) == 2  # the epoch-0 evaluation at step 6 and the final one
+    for name, tensor in load_file(tmp_path / "resumed" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, finished[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((data / "train.jsonl").read_text() + '{"text": "chest pain", "labels": "I10"}\n')
+    with pytest.raises(SystemExit, match=rf"error: {bad}:49: field 'labels': a string"):
+        main(train_args(data, tmp_path / "out", "--train_file", str(bad)))
+
+
+def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path) -> None:
+    output_dir = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO_ROOT / "train.py"), *train_args(data, output_dir, "--num_train_epochs", "1")]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "Num processes: 2" in out.stdout + out.stderr
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert list(results) == list(METRIC_KEYS) and results["num_notes"] == 15  # padding duplicates dropped
+    model, tokenizer, labels = load_folder(output_dir)
+    probs, targets, _ = probabilities(model, tokenizer, data / "validation.jsonl", labels)
+    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
+
+
+def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
+    data: Path, tmp_path: Path, loopback_hub, capfd, monkeypatch
+) -> None:
+    repo_id = "hospital/bert-xml-icd10"
+    output_dir = tmp_path / "pushed"
+    args = train_args(data, output_dir, "--num_train_epochs", "1", "--push_to_hub", "--hub_model_id", repo_id,
+                      "--hub_token", loopback_hub.token, "--checkpointing_steps", "epoch")  # fmt: skip
+    lines = run_train(args)
+    assert HfApi().model_info(repo_id, token=loopback_hub.token).private
+    pushed = set(loopback_hub.repos[repo_id].files)
+    assert {"model.safetensors", "README.md", "handler.py", "eval_results.json"} <= pushed
+    assert not any(name.startswith("checkpoints/") for name in pushed) and "run_args.json" not in pushed
+    ids = torch.tensor([[2, 10, 20, 30, 3]])
+    remote = AutoModel.from_pretrained(repo_id, trust_remote_code=True, token=loopback_hub.token, cache_dir=tmp_path)
+    local = AutoModel.from_pretrained(output_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(remote.eval()(ids).logits, local.eval()(ids).logits, atol=0, rtol=0)
+    captured = capfd.readouterr()
+    assert loopback_hub.token not in "\n".join(lines) + captured.out + captured.err
+    assert loopback_hub.token not in (output_dir / "run_args.json").read_text()
+
+    # No network: one clear message, and the folder stays as it was.
+    point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+    before = {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
+    with pytest.raises(SystemExit, match="(?s)error: Could not push .* the model folder is intact"):
+        main([*args, "--output_dir", str(tmp_path / "offline"), "--num_train_epochs", "1"])
+    assert (tmp_path / "offline" / "model.safetensors").is_file()
+    assert before == {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
+
+
+def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:
+    from modeling_bertxml.finetuning import build_coding_model
+    from train import parse_args
+
+    labels = ["E11.9", "I10", "LOCAL1"]  # LOCAL1: a hospital's own code, not in ICD-10-CM
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
+    plain = parse_args(train_args(data, tmp_path / "plain"))
+    described = parse_args(train_args(data, tmp_path / "described", "--init_label_queries_from_descriptions"))
+    torch.manual_seed(0)
+    random_queries = build_coding_model(plain, labels, tokenizer).label_head.queries
+    torch.manual_seed(0)
+    queries = build_coding_model(described, labels, tokenizer).label_head.queries
+    torch.testing.assert_close(queries.norm(dim=-1)[:2], torch.ones(2))  # unit-norm description embeddings
+    assert not torch.allclose(queries[:2], random_queries[:2])
+    torch.testing.assert_close(queries[2], random_queries[2])  # no description: keeps its random query
