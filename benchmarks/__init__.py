@@ -1,1 +1,2 @@
-"""Speed and memory benchmarks for BERT-XML; run them from the repository root as `python -m benchmarks.X`."""
+"""Speed, memory and quality benchmarks for BERT-XML, run as scripts (`python benchmarks/X.py`); a package so that
+tests can import the naive reference head."""

@@ -9,5 +9,5 @@ PYTHON="${PYTHON:-python}"
 
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'gpu_check.sh needs a CUDA device'"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PYTHON" -m benchmarks.bench_model --device cuda --autocast bf16 --configs base --lengths 4096 \
+"$PYTHON" benchmarks/bench_model.py --device cuda --autocast bf16 --configs base --lengths 4096 \
     --codes 8000 74736 --whole_codes 8000 74736 --variant_codes 8000 --output benchmarks/results_cuda.json "$@"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def test_benchmark_prints_tables_and_writes_json(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
-    command = [sys.executable, "-m", "benchmarks.bench_model", "--configs", "tiny", "--lengths", "32", "64"]
+    command = [sys.executable, "benchmarks/bench_model.py", "--configs", "tiny", "--lengths", "32", "64"]
     command += ["--codes", "20", "300", "--budget", "0.01", "--whole_codes", "20", "--variant_codes", "20"]
     command += ["--naive_training_max_scores", "10000", "--output", str(output)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
