@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     coding.add_argument(
         "--init_label_queries_from_descriptions", action="store_true",
         help="Start each code's attention query and output weight from the encoder's embedding of its ICD-10-CM "
-        "description and inclusion terms (helps rare codes).",
+        "description and inclusion terms (meant for rare codes; needs a well-pretrained encoder, see README).",
     )
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
