@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,13 @@ WORDS = (
     "no evidence of pneumonia ruled out acute kidney injury family history heart failure admitted discharged "
     "with stable vitals blood pressure glucose insulin metformin lisinopril the a and of to in on for was is"
 ).split()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now: for a 2-rank group of our own, or a closed endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tiny_config(**overrides) -> BertXMLConfig:

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import re
-import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from huggingface_hub import constants
+
+from tests.conftest import free_port
 
 USER = "loopback-user"
 EMPTY_TREE_SHA = "0" * 40
@@ -239,10 +240,7 @@ _PUT_ROUTES = _routes((rf"/api/models/{REPO}/settings", "update_settings"))
 
 def closed_port_endpoint() -> str:
     """An endpoint on a port nothing listens on: what a push sees on a machine without network."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def point_hub_client_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: Path) -> None:

@@ -7,7 +7,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenize
 import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 
-from conftest import tiny_tokenizer
+from conftest import free_port, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (
@@ -116,9 +115,7 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
 
 def test_two_gloo_ranks_train_one_model(corpus, tmp_path):
     out = tmp_path / "ddp"
-    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())  # another 2-rank job on this machine must not join our group
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
               "--main_process_port", port]
     args = base_args(corpus, out, "--max_train_steps", "6", "--checkpointing_steps", "3")

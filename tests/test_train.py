@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.finetuning import load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
-from tests.conftest import tiny_config, tiny_tokenizer
+from tests.conftest import free_port, tiny_config, tiny_tokenizer
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
 from train import main
 
@@ -311,9 +310,7 @@ def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Pat
 def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path) -> None:
     output_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:  # a free port: another 2-rank job on this machine must not join our group
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())  # another 2-rank job on this machine must not join our group
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
                str(REPO_ROOT / "train.py"), *train_args(data, output_dir, "--num_train_epochs", "1")]  # fmt: skip
