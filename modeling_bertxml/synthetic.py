@@ -635,8 +635,18 @@ def generate_corpus(
     return paths
 
 
+# Named corpus sizes. "demo" is `make demo`'s corpus; "hard" is the quality benchmark's (benchmarks/quality.py): six
+# times the codes on a Zipf tail, four times the test notes, notes about as long as a MIMIC discharge summary's body.
+PRESETS: dict[str, dict] = {
+    "demo": {},
+    "hard": dict(num_train=3000, num_validation=500, num_test=1000, num_codes=300, min_words=400, max_words=600),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write a synthetic ICD-10-CM coding corpus (JSON Lines).")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="Corpus sizes to start from (explicit flags override them); see PRESETS.")
     parser.add_argument("--output_dir", type=str, default="data/synthetic")
     parser.add_argument("--num_train", type=int, default=1500)
     parser.add_argument("--num_validation", type=int, default=250)
@@ -651,6 +661,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--late_fraction", type=float, default=0.25,
                         help="Share of secondary codes mentioned only in the discharge diagnoses (after word 520).")
     parser.add_argument("--zipf_exponent", type=float, default=1.0, help="Larger: a longer tail of rare codes.")
+    preset, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**PRESETS[preset.preset])
     return parser.parse_args(argv)
 
 
@@ -658,6 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     options = {key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()}
+    del options["preset"]
     paths = generate_corpus(**options)
     seconds = time.perf_counter() - start
     for split in ("train", "validation", "test"):
