@@ -373,3 +373,59 @@ def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text
     torch.testing.assert_close(queries.norm(dim=-1)[:2], torch.ones(2))  # unit-norm description embeddings
     assert not torch.allclose(queries[:2], random_queries[:2])
     torch.testing.assert_close(queries[2], random_queries[2])  # no description: keeps its random query
+
+
+def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(data: Path, tmp_path: Path) -> None:
+    from accelerate.state import AcceleratorState
+
+    from modeling_bertxml.checkpointing import Progress
+    from modeling_bertxml.finetuning import head_prefix, save_coding_model
+    from modeling_bertxml.training import create_optimizer, create_scheduler, setup_accelerator, training_step
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = setup_accelerator(tmp_path / "notebook", seed=0)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
+    labels = ["E11.9", "I10"]
+    model = build_coding_model(labels, tokenizer, data / "pretrained")
+    optimizer = create_optimizer(model, learning_rate=1e-3, param_groups={head_prefix(model): 1e-2})
+    scheduler = create_scheduler(optimizer, num_training_steps=1)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    batch = dict(tokenizer(["metformin glucose", "lisinopril blood pressure"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    progress = Progress()
+    model.train()
+    loss = training_step(accelerator, model, optimizer, scheduler, batch, progress, uniform_loss=np.log(2))
+    assert progress.step == 1 and loss > 0
+    save_coding_model(accelerator, model, tokenizer, tmp_path / "coder")
+
+    reloaded = load_coding_model(tmp_path / "coder").eval()
+    assert [reloaded.config.id2label[i] for i in range(2)] == labels
+    del batch["labels"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_fine_tuning_a_coder_keeps_each_codes_head_row_whatever_the_order(data: Path, trained, tmp_path) -> None:
+    coder, _ = trained
+    source = load_coding_model(coder).label_head
+    source_codes = [load_coding_model(coder).config.id2label[i] for i in range(source.queries.shape[0])]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(coder)
+    # Same number of codes, other order, one new code: the positional load gave each row to the wrong code.
+    codes = [*reversed(source_codes[1:]), "Z99.89"]
+    head = build_coding_model(codes, tokenizer, coder).label_head
+    for name in ("queries", "output_weight", "output_bias"):
+        for i, code in enumerate(codes[:-1]):
+            assert torch.equal(getattr(head, name)[i], getattr(source, name)[source_codes.index(code)]), (name, code)
+    assert not any(torch.equal(head.queries[-1], row) for row in source.queries)  # the new code starts fresh
+    assert head.output_bias[-1] == 0
+
+
+def test_resuming_after_the_training_codes_changed_is_refused(data: Path, tmp_path: Path) -> None:
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text((data / "train.jsonl").read_text())
+    args = [*train_args(data, tmp_path / "run", "--num_train_epochs", "1", "--checkpointing_steps", "3"),
+            "--train_file", str(train_file)]  # fmt: skip
+    run_train(args)
+    train_file.write_text(train_file.read_text().replace("N17.9", "N17.0"))  # the export was redone
+    with pytest.raises(SystemExit, match=r"step_6 was saved by a run with other labels \(1 added, 1 removed\)"):
+        main([*args, "--resume_from_checkpoint", "latest"])
