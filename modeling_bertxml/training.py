@@ -372,10 +372,10 @@ def save_checkpoint(
 __all__ = [
     "DIVERGENCE_FACTOR",
     "TrainingDivergedError",
+    "accelerator_settings",
     "add_checkpoint_args",
     "add_data_args",
     "add_model_args",
-    "accelerator_settings",
     "add_optimization_args",
     "check_loss",
     "check_parameters",
