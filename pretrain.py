@@ -251,7 +251,7 @@ def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loa
     checkpoints = CheckpointManager(args.output_dir)
     bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
-    losses, metrics = LossWindow(), {}
+    losses, metrics, batch = LossWindow(), {}, None  # batch: the last one trained (see save_checkpoint)
     model.train()
     while progress.step < args.max_train_steps and progress.epoch < args.num_train_epochs:
         train_loader.collate_fn.epoch = progress.epoch  # new masks every epoch
@@ -271,7 +271,7 @@ def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loa
             if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
                 metrics = log_eval(args, accelerator, model, eval_loader, progress)
             if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, model, checkpoints, progress)
+                save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
             if progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader:
                 break
         else:  # the whole epoch was trained
@@ -279,7 +279,7 @@ def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loa
             if eval_loader is not None and not args.eval_steps:
                 metrics = log_eval(args, accelerator, model, eval_loader, progress)
             if args.checkpointing_steps == "epoch":
-                save_checkpoint(accelerator, model, checkpoints, progress)
+                save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
     if eval_loader is not None and metrics.get("eval_step") != progress.step:
         metrics = log_eval(args, accelerator, model, eval_loader, progress)
     bar.close()

@@ -216,7 +216,7 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
     checkpoints = CheckpointManager(args.output_dir)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
-    window_loss = 0.0
+    window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
     model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
     while progress.epoch < math.ceil(max_steps / epoch_steps):
         for batch in epoch_batches(accelerator, loaders["train"], progress):
@@ -236,13 +236,15 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
             if done or (args.eval_steps and progress.step % args.eval_steps == 0):
                 done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
             if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, model, checkpoints, progress, {"labels": splits.labels})
+                save_checkpoint(
+                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                )
             if done:
                 return
         progress.next_epoch()
         done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, model, checkpoints, progress, {"labels": splits.labels})
+            save_checkpoint(accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels})
         if done:
             return
 

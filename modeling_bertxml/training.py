@@ -361,11 +361,35 @@ def training_step(
     return loss.detach().float().item()
 
 
-def save_checkpoint(
-    accelerator: Accelerator, model: torch.nn.Module, checkpoints: CheckpointManager, progress: Progress, extra=None
+@torch.no_grad()
+def check_weights(
+    model: torch.nn.Module, batch: dict | None, step: int, uniform_loss: float, accelerator: Accelerator
 ) -> None:
-    """A checkpoint of finite weights only: a diverged model stops the run instead of replacing good checkpoints."""
-    check_parameters(model, progress.step, accelerator)
+    """Raise `TrainingDivergedError` for weights that diverged with their last update: non-finite, or scoring the
+    batch they were just trained on above the divergence limit (a huge learning rate gives finite 1e30 weights
+    whose next loss is NaN). Scored in eval mode: no dropout, so no random draw that a resumed run would miss."""
+    check_parameters(model, step, accelerator)
+    if batch is None:  # e.g. the end of an epoch that a resumed run had already trained
+        return
+    was_training = model.training
+    model.eval()
+    loss = model(**batch).loss
+    model.train(was_training)
+    check_loss(loss, step, uniform_loss, accelerator)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    checkpoints: CheckpointManager,
+    progress: Progress,
+    last_batch: dict | None,
+    uniform_loss: float,
+    extra: dict | None = None,
+) -> None:
+    """A checkpoint of sound weights only (`check_weights` on `last_batch`): a diverged model stops the run instead
+    of becoming the "last good" checkpoint."""
+    check_weights(model, last_batch, progress.step, uniform_loss, accelerator)
     checkpoints.save(accelerator, progress, extra)
 
 
@@ -380,6 +404,7 @@ __all__ = [
     "check_loss",
     "check_parameters",
     "check_tokenizer_matches_config",
+    "check_weights",
     "create_optimizer",
     "create_scheduler",
     "epoch_batches",
