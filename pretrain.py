@@ -17,11 +17,11 @@ import argparse
 import itertools
 import json
 import math
-import os
 import struct
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -34,23 +34,31 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM
 from modeling_bertxml.data import load_text_dataset
-from modeling_bertxml.training import (
+from modeling_bertxml.checkpointing import (
     CheckpointManager,
-    NonFiniteLossError,
+    OutputDirError,
     OutputWriteError,
+    Progress,
+    claim_output_dir,
+    save_model_folder,
+)
+from modeling_bertxml.training import (
+    TrainingDivergedError,
+    accelerator_settings,
     add_checkpoint_args,
     add_data_args,
     add_model_args,
     add_optimization_args,
-    check_finite,
+    check_parameters,
     create_optimizer,
     create_scheduler,
+    epoch_batches,
     load_config,
     load_tokenizer,
-    prepare_output_dir,
-    resume_dataloader,
-    save_model,
+    run_args,
+    save_checkpoint,
     setup_accelerator,
+    training_step,
 )
 
 logger = get_logger(__name__)
@@ -214,110 +222,68 @@ def evaluate(args: argparse.Namespace, accelerator: Accelerator, model, eval_loa
 
 # -------------------------------------------------------------------------------------------------------- training
 @dataclass
-class Progress:
-    """Where training stands; what a checkpoint records and a resumed run starts from."""
+class LossWindow:
+    """The mean training loss since it was last taken (for the log every --logging_steps)."""
 
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    tokens: int = 0
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    metrics: dict = field(default_factory=dict)
+    total: float = 0.0
+    count: int = 0
 
-    def take_mean_loss(self) -> float:
-        mean = self.loss_sum / max(self.loss_count, 1)
-        self.loss_sum, self.loss_count = 0.0, 0
+    def add(self, loss: float) -> None:
+        self.total, self.count = self.total + loss, self.count + 1
+
+    def take_mean(self) -> float:
+        mean = self.total / max(self.count, 1)
+        self.total, self.count = 0.0, 0
         return mean
 
 
-def maybe_resume(args, accelerator: Accelerator, checkpoints: CheckpointManager) -> Progress:
-    path = checkpoints.resolve(args.resume_from_checkpoint)
-    if path is None:
-        if args.resume_from_checkpoint:
-            logger.info(f"No complete checkpoint in {checkpoints.root}: starting from step 0")
-        return Progress()
-    state = checkpoints.load(accelerator, path)
-    return Progress(step=state["step"], epoch=state["epoch"], batches_in_epoch=state["batches_in_epoch"],
-                    tokens=state["tokens"])
-
-
-def save_checkpoint(accelerator: Accelerator, checkpoints: CheckpointManager, progress: Progress, end_of_epoch: bool):
-    # A checkpoint taken on an epoch's last batch resumes at the start of the next epoch.
-    epoch, batches = (progress.epoch + 1, 0) if end_of_epoch else (progress.epoch, progress.batches_in_epoch)
-    checkpoints.save(accelerator, progress.step, epoch, {"tokens": progress.tokens}, batches_in_epoch=batches)
-
-
-def after_step(args, accelerator, model, eval_loader, checkpoints, progress: Progress, bar: tqdm) -> None:
-    """What happens once per optimizer step: progress, logging, evaluation every --eval_steps, checkpoints."""
-    bar.update(1)
-    if progress.step % args.logging_steps == 0:
-        loss = progress.take_mean_loss()
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if args.with_tracking:
-            accelerator.log({"train_loss": loss, "tokens": progress.tokens}, step=progress.step)
-    if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
-        log_eval(args, accelerator, evaluate(args, accelerator, model, eval_loader), progress)
-    if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
-        end_of_epoch = accelerator.gradient_state.end_of_dataloader
-        save_checkpoint(accelerator, checkpoints, progress, end_of_epoch)
-
-
-def log_eval(args, accelerator: Accelerator, metrics: dict[str, float], progress: Progress) -> None:
+def log_eval(args, accelerator: Accelerator, model, eval_loader: DataLoader, progress: Progress) -> dict[str, float]:
+    metrics = evaluate(args, accelerator, model, eval_loader)
     values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     logger.info(f"step {progress.step} (epoch {progress.epoch}): {values}")
-    progress.metrics = {**metrics, "eval_step": progress.step}
     if args.with_tracking:
         accelerator.log(metrics, step=progress.step)
+    return {**metrics, "eval_step": progress.step}
 
 
-def train_epoch(
-    args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, checkpoints, progress, bar
-) -> bool:
-    """One pass over the data (the rest of it when resuming); False when it stopped early at --max_train_steps."""
-    train_loader.set_epoch(progress.epoch)
-    train_loader.collate_fn.epoch = progress.epoch
-    loader = resume_dataloader(accelerator, train_loader, progress.batches_in_epoch)
-    loader.set_epoch(progress.epoch)
-    for batch in loader:
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            check_finite(loss, progress.step + 1, accelerator)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        progress.batches_in_epoch += 1
-        progress.tokens += batch["input_ids"].numel() * accelerator.num_processes
-        progress.loss_sum, progress.loss_count = progress.loss_sum + loss.item(), progress.loss_count + 1
-        if accelerator.sync_gradients:
-            progress.step += 1
-            after_step(args, accelerator, model, eval_loader, checkpoints, progress, bar)
-            if progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader:
-                return False
-    return True
-
-
-def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress: Progress) -> Progress:
+def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress: Progress) -> dict:
+    """The Accelerate loop: optimizer steps, logging, evaluation, checkpoints; returns the last evaluation."""
     checkpoints = CheckpointManager(args.output_dir)
     bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
+    uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
+    losses, metrics, batch = LossWindow(), {}, None  # batch: the last one trained (see save_checkpoint)
     model.train()
     while progress.step < args.max_train_steps and progress.epoch < args.num_train_epochs:
-        if not train_epoch(
-            args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, checkpoints, progress, bar
-        ):
-            break
-        if eval_loader is not None and not args.eval_steps:
-            log_eval(args, accelerator, evaluate(args, accelerator, model, eval_loader), progress)
-        if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, checkpoints, progress, end_of_epoch=True)
-        progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
-    if eval_loader is not None and progress.metrics.get("eval_step") != progress.step:
-        log_eval(args, accelerator, evaluate(args, accelerator, model, eval_loader), progress)
+        train_loader.collate_fn.epoch = progress.epoch  # new masks every epoch
+        for batch in epoch_batches(accelerator, train_loader, progress):
+            loss = training_step(
+                accelerator, model, optimizer, scheduler, batch, progress, uniform_loss, args.max_grad_norm
+            )
+            losses.add(loss)
+            if not accelerator.sync_gradients:
+                continue
+            bar.update(1)
+            if progress.step % args.logging_steps == 0:
+                loss = losses.take_mean()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if args.with_tracking:
+                    accelerator.log({"train_loss": loss, "tokens": progress.tokens}, step=progress.step)
+            if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
+                metrics = log_eval(args, accelerator, model, eval_loader, progress)
+            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
+            if progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader:
+                break
+        else:  # the whole epoch was trained
+            progress.next_epoch()
+            if eval_loader is not None and not args.eval_steps:
+                metrics = log_eval(args, accelerator, model, eval_loader, progress)
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
+    if eval_loader is not None and metrics.get("eval_step") != progress.step:
+        metrics = log_eval(args, accelerator, model, eval_loader, progress)
     bar.close()
-    return progress
+    return metrics
 
 
 def plan_steps(args: argparse.Namespace, train_loader: DataLoader) -> None:
@@ -341,11 +307,12 @@ def check_ranks_agree(accelerator: Accelerator, model) -> bool:
     return bool((gathered == gathered[0]).all())
 
 
-def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress, runtime: float) -> None:
+def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress, metrics: dict, runtime: float):
+    """Save the model folder (with its train_results.json) once, after checking the weights are whole and agree."""
+    check_parameters(model, progress.step, accelerator)
     agree = check_ranks_agree(accelerator, model)
     if not agree:
         logger.error("Final weights differ between processes: the launch did not synchronise them")
-    save_model(accelerator, model, tokenizer, args.output_dir)
     results = {
         "train_steps": progress.step,
         "train_tokens": progress.tokens,
@@ -354,24 +321,26 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "num_processes": accelerator.num_processes,
         "ranks_identical": agree,
-        **progress.metrics,
+        **metrics,
     }
-    if accelerator.is_main_process:
-        with open(os.path.join(args.output_dir, RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2)
+
+    def write_results(folder: Path) -> None:
+        (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+
+    save_model_folder(accelerator, model, tokenizer, args.output_dir, add_files=write_results)
     logger.info(f"Done: {results}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    prepare_output_dir(args)
+def run(args: argparse.Namespace) -> None:
     # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there).
     loader_config = DataLoaderConfiguration(
         use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
     )
-    accelerator = setup_accelerator(args, "bertxml_pretraining", loader_config)
-    tokenizer = load_tokenizer(args)
-    config = load_config(args, tokenizer=tokenizer)
+    accelerator = setup_accelerator(
+        args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bertxml_pretraining")
+    )
+    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
+    config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
     block_size = block_size_for(args, tokenizer, config)
     train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
     model = build_model(args, config)
@@ -379,18 +348,29 @@ def main(argv: list[str] | None = None) -> None:
     train_loader = accelerator.prepare(train_loader)
     eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
     plan_steps(args, train_loader)
-    optimizer = create_optimizer(model, args)
-    scheduler = create_scheduler(optimizer, args, args.max_train_steps)
+    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+    scheduler = create_scheduler(
+        optimizer, args.max_train_steps, args.lr_scheduler_type, args.num_warmup_steps, args.warmup_ratio
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    progress = maybe_resume(args, accelerator, CheckpointManager(args.output_dir))
+    progress = CheckpointManager(args.output_dir).resume(accelerator, args.resume_from_checkpoint)
     start = time.perf_counter()
     try:
-        progress = train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress)
-        finish(args, accelerator, model, tokenizer, progress, time.perf_counter() - start)
-    except (NonFiniteLossError, OutputWriteError) as error:
+        metrics = train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress)
+        finish(args, accelerator, model, tokenizer, progress, metrics, time.perf_counter() - start)
+    finally:
         accelerator.end_training()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        with claim_output_dir(
+            args.output_dir, run_args(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir
+        ):
+            run(args)
+    except (TrainingDivergedError, OutputDirError, OutputWriteError) as error:
         raise SystemExit(f"error: {error}") from None
-    accelerator.end_training()
 
 
 if __name__ == "__main__":

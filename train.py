@@ -16,17 +16,23 @@ import json
 import math
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from modeling_bertxml.checkpointing import (
+    CheckpointManager,
+    OutputDirError,
+    OutputWriteError,
+    Progress,
+    claim_output_dir,
+)
 from modeling_bertxml.finetuning import (
     add_lora,
     build_coding_model,
@@ -37,7 +43,7 @@ from modeling_bertxml.finetuning import (
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
 from modeling_bertxml.model_card import render_model_card
-from modeling_bertxml.pipeline_folder import make_pipeline_ready
+from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -50,20 +56,20 @@ from modeling_bertxml.notes import (
     tokenize_notes,
 )
 from modeling_bertxml.training import (
-    CheckpointManager,
-    NonFiniteLossError,
-    OutputWriteError,
+    TrainingDivergedError,
+    accelerator_settings,
     add_checkpoint_args,
     add_data_args,
     add_model_args,
     add_optimization_args,
-    check_finite,
     create_optimizer,
     create_scheduler,
+    epoch_batches,
     load_tokenizer,
-    prepare_output_dir,
-    resume_dataloader,
+    run_args,
+    save_checkpoint,
     setup_accelerator,
+    training_step,
 )
 
 logger = get_logger(__name__)
@@ -71,9 +77,9 @@ logger = get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent
 MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
 HANDLER_SOURCE = REPO_ROOT / "modeling_bertxml" / "endpoint_handler.py"
-BEST_MODEL = "best_model"  # under checkpoints/: the weights with the best validation MAP so far
 THRESHOLD_GRID = 100  # Edin et al.
-PUSH_IGNORE = [f"{CheckpointManager.subdir}/**", "logs/**", "run_args.json"]
+UNIFORM_LOSS = math.log(2)  # BCE per code of a model that answers 0.5 everywhere: the divergence guard's yardstick
+PUSH_IGNORE = [f"{CheckpointManager.subdir}/**", "logs/**", "run_args.json", ".bertxml.lock"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.train_file or not args.validation_file:
         parser.error("--train_file and --validation_file are required (the threshold and best model come from it)")
+    if args.model_name_or_path is None and args.tokenizer_name is None:
+        parser.error("--tokenizer_name is required when training from scratch")
     if args.merge_lora and not args.use_lora:
         parser.error("--merge_lora needs --use_lora")
     return args
@@ -152,24 +160,12 @@ def build_dataloaders(
         dataset = tokenize_notes(notes, label2id, tokenizer, max_length, args.preprocessing_num_workers)
         batch_size = args.per_device_train_batch_size if name == "train" else args.per_device_eval_batch_size
         # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
-        # resumed run would not continue exactly (see training.resume_dataloader).
+        # resumed run would not continue exactly (see training.epoch_batches).
         generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
         loaders[name] = DataLoader(
             dataset, batch_size=batch_size, shuffle=name == "train", collate_fn=collator, generator=generator
         )
     return loaders
-
-
-@dataclass
-class TrainState:
-    """Where training is; saved in every checkpoint so that a resumed run continues exactly, early stopping included."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_done: int = 0  # micro-batches of `epoch` already trained
-    best_map: float = -1.0
-    best_step: int = 0
-    evals_without_improvement: int = 0
 
 
 @torch.no_grad()
@@ -198,121 +194,87 @@ def evaluate(
     return compute_metrics(probs, targets, threshold, num_unseen_positives=unseen)
 
 
-def validate_and_track(args, accelerator, model, loaders, splits, state: TrainState) -> bool:
+def validate_and_track(args, accelerator, model, loaders, splits, progress: Progress) -> bool:
     """Score the validation split, keep the weights if its MAP is the best so far; True when training should stop."""
     metrics = evaluate(model, loaders["validation"], accelerator, splits.validation)
-    logger.info(f"step {state.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
+    logger.info(f"step {progress.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
     if args.with_tracking:
-        accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=state.step)
-    if metrics["map"] > state.best_map:
-        state.best_map, state.best_step, state.evals_without_improvement = metrics["map"], state.step, 0
-        save_best(accelerator, model, Path(args.output_dir))
+        accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=progress.step)
+    if metrics["map"] > progress.best_score:
+        progress.best_score, progress.best_step, progress.evals_without_improvement = metrics["map"], progress.step, 0
+        CheckpointManager(args.output_dir).save_best(accelerator, model)
         return False
-    state.evals_without_improvement += 1
-    stop = 0 < args.early_stopping_patience <= state.evals_without_improvement
+    progress.evals_without_improvement += 1
+    stop = 0 < args.early_stopping_patience <= progress.evals_without_improvement
     if stop:
-        logger.info(f"Early stopping: no better validation MAP for {state.evals_without_improvement} evaluations")
+        logger.info(f"Early stopping: no better validation MAP for {progress.evals_without_improvement} evaluations")
     return stop
 
 
-def best_model_dir(output_dir: Path) -> Path:
-    return output_dir / CheckpointManager.subdir / BEST_MODEL
-
-
-def save_best(accelerator: Accelerator, model, output_dir: Path) -> None:
-    """The best weights so far, in a temporary folder renamed into place (a killed save keeps the previous best)."""
-    final = best_model_dir(output_dir)
-    temporary = final.with_name(f".{BEST_MODEL}.tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)  # left by a killed save
-    accelerator.wait_for_everyone()
-    accelerator.save_model(model, temporary)
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        temporary.rename(final)
-    accelerator.wait_for_everyone()
-
-
-def restore_best(accelerator: Accelerator, model, output_dir: Path) -> None:
-    """Load the weights with the best validation MAP into `model` (on every rank)."""
-    state_dict = {}
-    for shard in sorted(best_model_dir(output_dir).glob("*.safetensors")):
-        state_dict.update(load_file(shard))
-    accelerator.unwrap_model(model).load_state_dict(state_dict)
-
-
-def train(args, accelerator, model, optimizer, scheduler, loaders, splits, state: TrainState, max_steps: int) -> None:
-    """The Accelerate loop: accumulation windows, clipping, NaN guard, checkpoints, validation and early stopping."""
+def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int) -> None:
+    """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints."""
     checkpoints = CheckpointManager(args.output_dir)
-    progress = tqdm(total=max_steps, initial=state.step, desc="Training", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
-    window_loss = 0.0
-    for epoch in range(state.epoch, math.ceil(max_steps / epoch_steps)):
-        loaders["train"].set_epoch(epoch)
-        batches = resume_dataloader(accelerator, loaders["train"], state.batches_done)
-        batches.set_epoch(epoch)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                check_finite(loss, state.step + 1, accelerator)
-                window_loss += loss.detach().float().item() / args.gradient_accumulation_steps
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state.batches_done += 1
+    window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
+    model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
+    while progress.epoch < math.ceil(max_steps / epoch_steps):
+        for batch in epoch_batches(accelerator, loaders["train"], progress):
+            loss = training_step(
+                accelerator, model, optimizer, scheduler, batch, progress, UNIFORM_LOSS, args.max_grad_norm
+            )
+            window_loss += loss / args.gradient_accumulation_steps
             if not accelerator.sync_gradients:  # the optimizer steps only after a full accumulation window
                 continue
-            state.step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{window_loss:.4f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{window_loss:.4f}")
             if args.with_tracking:
-                accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
+                accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
             window_loss = 0.0
-            done = state.step >= max_steps
+            done = progress.step >= max_steps
             # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
-            if done or (args.eval_steps and state.step % args.eval_steps == 0):
-                done = validate_and_track(args, accelerator, model, loaders, splits, state) or done
-            if isinstance(args.checkpointing_steps, int) and state.step % args.checkpointing_steps == 0:
-                checkpoints.save(accelerator, state.step, state.epoch, asdict(state))
+            if done or (args.eval_steps and progress.step % args.eval_steps == 0):
+                done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
+            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+                save_checkpoint(
+                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                )
             if done:
                 return
-        state.epoch, state.batches_done = epoch + 1, 0
-        done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, state)
+        progress.next_epoch()
+        done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
         if args.checkpointing_steps == "epoch":
-            checkpoints.save(accelerator, state.step, state.epoch, asdict(state))
+            save_checkpoint(accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels})
         if done:
             return
 
 
-def prepare_training(args, accelerator, model, loaders) -> tuple:
+def prepare_training(args, accelerator, model, loaders, labels: list[str]) -> tuple:
     """Wrap everything with Accelerate and restore a checkpoint; returns model, optimizer, scheduler, loaders,
     the training state and the number of optimizer steps."""
     names = list(loaders)
     loaders = dict(zip(names, accelerator.prepare(*loaders.values())))
     epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
-    optimizer = create_optimizer(model, args, param_groups={head_prefix(model): args.head_learning_rate})
-    scheduler = create_scheduler(optimizer, args, num_training_steps=max_steps)
+    optimizer = create_optimizer(
+        model, args.learning_rate, args.weight_decay, param_groups={head_prefix(model): args.head_learning_rate}
+    )
+    scheduler = create_scheduler(
+        optimizer, max_steps, args.lr_scheduler_type, args.num_warmup_steps, args.warmup_ratio
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = TrainState()
-    checkpoints = CheckpointManager(args.output_dir)
-    resume = checkpoints.resolve(args.resume_from_checkpoint)
-    if resume is not None:
-        saved = checkpoints.load(accelerator, resume)
-        state = TrainState(**{key: saved[key] for key in asdict(state)})
+    # A checkpoint's head rows belong to its codes: refuse one saved for another label space.
+    progress = CheckpointManager(args.output_dir).resume(accelerator, args.resume_from_checkpoint, {"labels": labels})
     logger.info(
         f"{len(loaders['train'].dataset):,} training notes, {max_steps:,} optimizer steps of "
         f"{args.per_device_train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps} notes"
     )
-    return model, optimizer, scheduler, loaders, state, max_steps
+    return model, optimizer, scheduler, loaders, progress, max_steps
 
 
 def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> dict[str, dict]:
     """Best weights back; threshold tuned on validation only, then the same threshold on test."""
-    restore_best(accelerator, model, Path(args.output_dir))
+    CheckpointManager(args.output_dir).restore_best(accelerator, model)
     results = {"validation": evaluate(model, loaders["validation"], accelerator, splits.validation)}
     if "test" in loaders:
         threshold = results["validation"]["threshold"]
@@ -321,21 +283,28 @@ def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> dict[
     return results
 
 
-def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: dict, state: TrainState) -> None:
-    """The Hub-ready folder: model, results, code descriptions, model card and the Endpoint handler."""
-    output_dir = Path(args.output_dir)
-    save_coding_model(accelerator, model, tokenizer, output_dir, merge_lora=args.merge_lora)
-    if not accelerator.is_main_process:
-        return
-    for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
-        if split in results:
-            (output_dir / name).write_text(json.dumps(results[split], indent=2) + "\n")
-    make_pipeline_ready(output_dir)  # the icd-coding pipeline and the codes' descriptions travel with the model
-    shutil.copyfile(HANDLER_SOURCE, output_dir / "handler.py")
+def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: dict, progress: Progress) -> None:
+    """The Hub-ready folder, written once: model, config with the codes' descriptions and the `icd-coding` pipeline,
+    results, model card and the Endpoint handler."""
     config = coding_config(accelerator.unwrap_model(model))
-    card = render_model_card(
+    add_pipeline_to_config(config)
+
+    def add_files(folder: Path) -> None:
+        for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
+            if split in results:
+                (folder / name).write_text(json.dumps(results[split], indent=2) + "\n")
+        save_pipeline_code(folder)
+        shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
+        model_card(args, accelerator, config, splits, results, progress).save(folder / "README.md")
+
+    save_coding_model(accelerator, model, tokenizer, args.output_dir, args.merge_lora, add_files)
+    logger.info(f"Results (threshold tuned on validation):\n{format_table(results)}")
+
+
+def model_card(args, accelerator: Accelerator, config, splits: Splits, results: dict, progress: Progress):
+    return render_model_card(
         MODEL_CARD_TEMPLATE,
-        repo_id=args.hub_model_id or output_dir.resolve().name,
+        repo_id=args.hub_model_id or Path(args.output_dir).resolve().name,
         results=results,
         base_model=Path(args.model_name_or_path).name if args.model_name_or_path else None,
         num_labels=f"{len(splits.labels):,}",
@@ -346,8 +315,8 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
         max_note_length=f"{config.max_note_length:,}",
         chunk_length=config.max_position_embeddings,
         num_train_notes=f"{len(splits.train):,}",
-        steps=f"{state.step:,}",
-        best_step=f"{state.best_step:,}",
+        steps=f"{progress.step:,}",
+        best_step=f"{progress.best_step:,}",
         learning_rate=args.learning_rate,
         head_learning_rate=args.head_learning_rate,
         batch_size=f"{args.per_device_train_batch_size} x {accelerator.num_processes} x "
@@ -355,16 +324,16 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
         fine_tuning=(f"LoRA (r={args.lora_r}, alpha={args.lora_alpha}, {', '.join(args.lora_target_modules)}; "
                      f"{'merged' if args.merge_lora else 'adapter'}) + full head" if args.use_lora else "full"),
     )
-    card.save(output_dir / "README.md")
-    logger.info(f"Results (threshold tuned on validation):\n{format_table(results)}")
 
 
 def run(args: argparse.Namespace) -> None:
-    prepare_output_dir(args)
-    accelerator = setup_accelerator(args, "bert-xml-train")
+    accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
     splits = load_splits(args, accelerator)
-    tokenizer = load_tokenizer(args)
-    model = build_coding_model(args, splits.labels, tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
+    model = build_coding_model(
+        splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
+        init_from_descriptions=args.init_label_queries_from_descriptions,
+    )  # fmt: skip
     max_length = min(args.max_seq_length or model.config.max_note_length, model.config.max_note_length)
     tokenizer.model_max_length = max_length  # pipelines called with truncation=True cut notes where training did
     loaders = build_dataloaders(args, splits, tokenizer, max_length, tokenizer.pad_token_id)
@@ -376,10 +345,12 @@ def run(args: argparse.Namespace) -> None:
         model.activation_checkpointing_enable()
     if args.use_lora:
         model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
-    model, optimizer, scheduler, loaders, state, max_steps = prepare_training(args, accelerator, model, loaders)
-    train(args, accelerator, model, optimizer, scheduler, loaders, splits, state, max_steps)
+    model, optimizer, scheduler, loaders, progress, max_steps = prepare_training(
+        args, accelerator, model, loaders, splits.labels
+    )
+    train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps)
     results = final_evaluation(args, accelerator, model, loaders, splits)
-    write_outputs(args, accelerator, model, tokenizer, splits, results, state)
+    write_outputs(args, accelerator, model, tokenizer, splits, results, progress)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir, ignore_patterns=PUSH_IGNORE)
     accelerator.end_training()
@@ -387,10 +358,15 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Expected failures of a run: the message (file, line, field; or what to do), not a traceback.
+    expected = (NotesError, TrainingDivergedError, OutputDirError, OutputWriteError, HubPushError,
+                IdentifiersFoundError)  # fmt: skip
     try:
-        run(args)
-    except (NotesError, NonFiniteLossError, OutputWriteError, HubPushError, IdentifiersFoundError) as error:
-        # Expected failures of a run: the message (file, line, field; or what to do), not a traceback.
+        with claim_output_dir(
+            args.output_dir, run_args(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir
+        ):
+            run(args)
+    except expected as error:
         sys.exit(f"error: {error}")
 
 

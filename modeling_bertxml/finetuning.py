@@ -6,8 +6,9 @@ encoder's attention, the whole label-attention head trained and saved (`modules_
 because `SEQ_CLS` would only unfreeze a module named `classifier` and leave the head random.
 """
 
-import argparse
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,7 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from .configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions, init_label_queries_from_descriptions
 from .modeling_bertxml import BertXMLForMultiLabelCoding
-from .training import load_config, save_model
+from .checkpointing import save_model_folder
+from .training import load_config
 
 logger = logging.getLogger(__name__)
 
@@ -27,28 +29,72 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def build_coding_model(
-    args: argparse.Namespace, labels: list[str], tokenizer: PreTrainedTokenizerBase
+    labels: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    model_name_or_path: str | os.PathLike | None = None,
+    config_name: str | os.PathLike | None = None,
+    config_overrides: str | None = None,
+    init_from_descriptions: bool = False,
 ) -> BertXMLForMultiLabelCoding:
-    """The encoder of --model_name_or_path (a pretrain.py output or any BERT checkpoint) with a new head for `labels`.
+    """The encoder of `model_name_or_path` (a pretrain.py output, a coder, or any BERT checkpoint) with a head for
+    `labels`.
 
-    Without --model_name_or_path the encoder starts from scratch (--config_name / --config_overrides), which only
-    makes sense for tests and baselines. Weights load in float32 whatever the checkpoint's dtype: mixed precision is
-    Accelerate's job, and the optimizer needs float32 master weights.
+    Starting from a coder, each code it already knows keeps its own head row (matched by code, not by position);
+    other codes start fresh. Without `model_name_or_path` the encoder starts from scratch (`config_name` /
+    `config_overrides`), which only makes sense for tests and baselines. `init_from_descriptions` starts each new
+code's query from its ICD-10-CM description (`label_init`). Weights load in float32 whatever the
+    checkpoint's dtype: mixed precision is Accelerate's job, and the optimizer needs float32 master weights.
     """
     id2label = dict(enumerate(labels))
-    config = load_config(args, tokenizer, id2label=id2label, label2id={code: i for i, code in id2label.items()})
-    if args.model_name_or_path is None:
+    config = load_config(
+        config_name or model_name_or_path, config_overrides, tokenizer,
+        id2label=id2label, label2id={code: i for i, code in id2label.items()},
+    )  # fmt: skip
+    known: list[str] = []
+    if model_name_or_path is None:
         logger.warning("No --model_name_or_path: the encoder starts from random weights (no pretraining)")
         model = BertXMLForMultiLabelCoding(config)
     else:
         # ignore_mismatched_sizes: a checkpoint that already has a head for another label space gets a new one.
         model = BertXMLForMultiLabelCoding.from_pretrained(
-            args.model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
+            model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
         )
-    if args.init_label_queries_from_descriptions:
-        initialised = init_label_queries_from_descriptions(model, tokenizer, code_descriptions(labels))
-        logger.info(f"{len(initialised)} of {len(labels)} label queries start from their ICD-10-CM descriptions")
+        known = reuse_head_rows_by_code(model, model_name_or_path)
+    if init_from_descriptions:
+        new = [code for code in labels if code not in set(known)]
+        initialised = init_label_queries_from_descriptions(model, tokenizer, code_descriptions(new))
+        logger.info(f"{len(initialised)} of {len(new)} new label queries start from their ICD-10-CM descriptions")
     return model
+
+
+def reuse_head_rows_by_code(model: BertXMLForMultiLabelCoding, source: str | os.PathLike) -> list[str]:
+    """Give each code of `model` the head row (query, output weight, bias) that coder `source` learnt for the same
+    code; every other code starts from a fresh row. Returns the codes that kept a learnt row.
+
+    `from_pretrained` matches rows by position, which is wrong as soon as the codes are another set or order.
+    """
+    source_config = BertXMLConfig.from_pretrained(source)
+    if BertXMLForMultiLabelCoding.__name__ not in (source_config.architectures or []):
+        return []  # an encoder (MLM) checkpoint: no head to reuse
+    codes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    source_codes = [source_config.id2label[i] for i in range(source_config.num_labels)]
+    if codes == source_codes:
+        return codes  # loaded row by row already
+    source_row = {code: i for i, code in enumerate(source_codes)}
+    known = [i for i, code in enumerate(codes) if code in source_row]
+    source_head = BertXMLForMultiLabelCoding.from_pretrained(source, dtype=torch.float32).label_head
+    fresh = type(model.label_head)(model.config)
+    model._init_weights(fresh)
+    rows, source_rows = torch.tensor(known, dtype=torch.long), torch.tensor(
+        [source_row[codes[i]] for i in known], dtype=torch.long
+    )
+    with torch.no_grad():
+        for name in ("queries", "output_weight", "output_bias"):
+            values = getattr(fresh, name).detach().clone()
+            values[rows] = getattr(source_head, name).detach()[source_rows]
+            getattr(model.label_head, name).copy_(values)
+    logger.info(f"{len(known)} of {len(codes)} codes keep the head rows learnt in {source}; the others start fresh")
+    return [codes[i] for i in known]
 
 
 def add_lora(
@@ -85,19 +131,18 @@ def save_coding_model(
     tokenizer: PreTrainedTokenizerBase,
     output_dir: str | Path,
     merge_lora: bool = False,
+    add_files: Callable[[Path], None] | None = None,
 ) -> None:
-    """Save a loadable model folder: weights, config (labels, threshold, auto_map), code files and tokenizer.
+    """Write a loadable model folder once: weights, config (labels, threshold, auto_map), code files, tokenizer and
+    whatever `add_files(folder)` adds (see `checkpointing.save_model_folder`).
 
     A LoRA model is merged into a plain model with `merge_lora` (loads anywhere, like full fine-tuning); otherwise
-    the folder holds the adapter, which `load_coding_model` reloads on top of its base model with PEFT.
+    the folder holds the adapter plus the coding config, which `load_coding_model` reloads on top of its base model.
     """
     unwrapped = accelerator.unwrap_model(model)
     if isinstance(unwrapped, PeftModel) and merge_lora:
         unwrapped = unwrapped.merge_and_unload()
-    save_model(accelerator, unwrapped, tokenizer, str(output_dir))
-    if isinstance(unwrapped, PeftModel) and accelerator.is_main_process:
-        coding_config(unwrapped).save_pretrained(output_dir)  # labels and threshold travel with the adapter
-    accelerator.wait_for_everyone()
+    save_model_folder(accelerator, unwrapped, tokenizer, output_dir, coding_config(unwrapped), add_files)
 
 
 def load_coding_model(folder: str | Path, **kwargs) -> torch.nn.Module:

@@ -27,20 +27,29 @@ def custom_pipelines_entry() -> dict:
     return {TASK: entry}
 
 
-def make_pipeline_ready(folder: str | os.PathLike, descriptions: dict[str, str] | None = None) -> None:
-    """Add the `icd-coding` pipeline and the codes' descriptions to a folder saved by `save_pretrained`.
+def add_pipeline_to_config(config: BertXMLConfig, descriptions: dict[str, str] | None = None) -> None:
+    """Set `custom_pipelines` (the `icd-coding` pipeline) and `label_descriptions` on a coding model's config, to be
+    saved with its weights, so users without bert-xml (or `simple-icd-10-cm`) get codes with descriptions.
 
-    Writes `custom_pipelines` and `label_descriptions` into its config.json and copies `pipeline_bertxml.py` next to
-    the weights, so users without bert-xml (or `simple-icd-10-cm`) get codes with descriptions and evidence.
     `descriptions` maps codes to text; by default the ICD-10-CM descriptions of the codes that the CMS list has.
     """
-    config = BertXMLConfig.from_pretrained(folder)
     codes = [config.id2label[i] for i in range(config.num_labels)]
     if descriptions is None:
         descriptions = {code: texts[0] for code, texts in code_descriptions(codes, inclusion_terms=False).items()}
     config.label_descriptions = {code: descriptions[code] for code in codes if code in descriptions}
     if len(config.label_descriptions) < len(codes):
-        logger.warning(f"{len(codes) - len(config.label_descriptions)} codes of {folder} have no description")
+        logger.warning(f"{len(codes) - len(config.label_descriptions)} of {len(codes)} codes have no description")
     config.custom_pipelines = custom_pipelines_entry()
-    config.save_pretrained(folder)
+
+
+def save_pipeline_code(folder: str | os.PathLike) -> None:
+    """Copy `pipeline_bertxml.py` next to the weights: the code that `custom_pipelines` names."""
     custom_object_save(ICDCodingPipeline, folder)
+
+
+def make_pipeline_ready(folder: str | os.PathLike, descriptions: dict[str, str] | None = None) -> None:
+    """Both of the above for a folder already saved with `save_pretrained` (its config.json is rewritten)."""
+    config = BertXMLConfig.from_pretrained(folder)
+    add_pipeline_to_config(config, descriptions)
+    config.save_pretrained(folder)
+    save_pipeline_code(folder)

@@ -1,9 +1,10 @@
 """Training machinery shared by `pretrain.py` and `train.py` (not remote code).
 
 Both scripts are flat Accelerate loops in the style of transformers' `examples/pytorch/*_no_trainer.py`; what they
-share lives here so that it is written (and tested) once: argument groups, accelerator setup, the output-dir and
-tokenizer/config checks that catch a wrong command before hours of compute, the optimizer and schedule, atomic
-checkpoints with exact resume, the non-finite-loss guard and the final `save_pretrained`.
+share lives here so that it is written (and tested) once: argument groups, accelerator setup, the tokenizer/config
+checks that catch a wrong command before hours of compute, the optimizer and schedule, and one optimizer step with
+its epoch iterator and divergence guards. Every function takes plain values (argparse stays in the scripts), so a
+notebook can call them; what is written to disk lives in `checkpointing`.
 """
 
 import argparse
@@ -11,39 +12,20 @@ import json
 import logging
 import math
 import os
-import shutil
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterator
 
 import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, get_scheduler
 
+from .checkpointing import CheckpointManager, Progress, check_synchronised
 from .configuration_bertxml import BertXMLConfig
 
 # A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
 logger = logging.getLogger(__name__)
-
-RUN_ARGS_FILE = "run_args.json"
-# Arguments that may change between a run and its resumption without making it a different run.
-RESUMABLE_ARG_CHANGES = frozenset(
-    {
-        "resume_from_checkpoint",
-        "overwrite_output_dir",
-        "with_tracking",
-        "report_to",
-        "preprocessing_num_workers",
-        "checkpointing_steps",
-        "eval_steps",
-        "max_train_steps",
-        "num_train_epochs",
-        "per_device_eval_batch_size",
-        "output_dir",
-    }
-)
 
 
 # ----------------------------------------------------------------------------------------------- argument groups
@@ -119,18 +101,41 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval_steps", type=int, help="Evaluate every N optimizer steps (default: every epoch).")
 
 
-# ------------------------------------------------------------------------------------------- accelerator and disk
-def setup_accelerator(
-    args: argparse.Namespace, project_name: str, dataloader_config: DataLoaderConfiguration | None = None
-) -> Accelerator:
-    """One Accelerator for any launch (python, accelerate launch, multi-GPU, multi-node): the script never asks."""
-    accelerator = Accelerator(
+def accelerator_settings(args: argparse.Namespace, project_name: str) -> dict:
+    """The keyword arguments of `setup_accelerator` from the flags of the groups above (for the scripts)."""
+    return dict(
+        seed=args.seed,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
-        ),
+        report_to=args.report_to if args.with_tracking else None,
+        project_name=project_name,
+        hparams=vars(args),
+        deterministic=args.deterministic,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- accelerator
+def setup_accelerator(
+    output_dir: str | os.PathLike,
+    *,
+    seed: int = 42,
+    gradient_accumulation_steps: int = 1,
+    mixed_precision: str | None = None,
+    report_to: str | None = None,
+    project_name: str = "bert-xml",
+    hparams: dict | None = None,
+    deterministic: bool = False,
+    dataloader_config: DataLoaderConfiguration | None = None,
+) -> Accelerator:
+    """One Accelerator for any launch (python, accelerate launch, multi-GPU, multi-node): the script never asks.
+
+    `report_to` names the tracker(s) (e.g. "tensorboard"; None: no tracking), which log `hparams` once.
+    """
+    accelerator = Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=os.path.join(output_dir, "logs")),
         # A seeded sampler makes each epoch's order a function of (seed, epoch), so a resumed run sees the same data.
         dataloader_config=dataloader_config or DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -145,147 +150,71 @@ def setup_accelerator(
     else:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
-    set_seed(args.seed, deterministic=getattr(args, "deterministic", False))
-    if args.with_tracking:
+    set_seed(seed, deterministic=deterministic)
+    if report_to:
         # Trackers (TensorBoard) take scalars only.
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
-        accelerator.init_trackers(project_name, config=hparams)
+        scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (hparams or {}).items()}
+        accelerator.init_trackers(project_name, config=scalars)
     return accelerator
 
 
-def check_synchronised(state: PartialState) -> None:
-    """Refuse a multi-process launch whose processes did not join one process group: each would train (and save)
-    its own model. `accelerate launch --multi_gpu` does this on a CPU-only machine without ACCELERATE_USE_CPU=1.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > state.num_processes:
-        raise RuntimeError(
-            f"{launched} processes were launched but they are not synchronised (each sees {state.num_processes}): "
-            "on a CPU-only machine set ACCELERATE_USE_CPU=1 for a multi-process launch"
-        )
-
-
-def _run_args(args: argparse.Namespace) -> dict:
+def run_args(args: argparse.Namespace) -> dict:
+    """A script's arguments as JSON values: what `claim_output_dir` records and compares on resume."""
     return json.loads(json.dumps(vars(args), default=str))
 
 
-def prepare_output_dir(args: argparse.Namespace) -> None:
-    """Refuse to mix two runs in one output dir, fail early on an unwritable one, and record this run's arguments.
-
-    Call it before `setup_accelerator` (trackers write into the dir). A dir that already holds something is accepted
-    only when resuming the run recorded in its `run_args.json`, or with --overwrite_output_dir (which removes the old
-    run's checkpoints so that "latest" can never resume the other run).
-    """
-    # The first state made fixes the process group for the run: read ACCELERATE_USE_CPU as Accelerator would, or
-    # CPU ranks launched with it would come up unsynchronised.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    check_synchronised(state)
-    output_dir = Path(args.output_dir)
-    run_args, recorded = _run_args(args), output_dir / RUN_ARGS_FILE
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
-        if not args.resume_from_checkpoint:
-            contents = ", ".join(sorted(path.name for path in output_dir.iterdir()))
-            raise FileExistsError(
-                f"--output_dir {output_dir} already holds a run ({contents}); pass --resume_from_checkpoint latest "
-                "to continue it or --overwrite_output_dir to start over"
-            )
-        if recorded.is_file():
-            _check_same_run(recorded, run_args)
-    _check_writable(output_dir, state.process_index)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        if args.overwrite_output_dir and not args.resume_from_checkpoint:
-            shutil.rmtree(output_dir / CheckpointManager.subdir, ignore_errors=True)
-        _write_json_atomic(recorded, run_args)
-    state.wait_for_everyone()
-
-
-def _check_same_run(recorded: Path, run_args: dict) -> None:
-    """A resumed run must be the recorded one: other data or hyperparameters would silently make a different model."""
-    previous = json.loads(recorded.read_text())
-    changed = sorted(
-        key
-        for key in set(previous) | set(run_args)
-        if key not in RESUMABLE_ARG_CHANGES and previous.get(key) != run_args.get(key)
-    )
-    if changed:
-        details = "; ".join(f"--{key}: {previous.get(key)!r} -> {run_args.get(key)!r}" for key in changed)
-        raise ValueError(
-            f"--output_dir {recorded.parent} holds a different run ({recorded} differs: {details}); resume with "
-            "the same arguments, or pass --overwrite_output_dir"
-        )
-
-
-def _check_writable(output_dir: Path, rank: int) -> None:
-    probe = output_dir / f".write_test_{rank}"
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(
-            f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})"
-        ) from error
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write then rename, so a reader (or a crash) never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 # -------------------------------------------------------------------------------------------- config and tokenizer
-def load_tokenizer(args: argparse.Namespace, config: BertXMLConfig | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer from --tokenizer_name (else --model_name_or_path), checked against `config` when given."""
-    name = args.tokenizer_name or args.model_name_or_path
-    if name is None:
-        raise ValueError("--tokenizer_name is required (train one with tokenizer_training/train_tokenizer.py)")
+def load_tokenizer(name: str | os.PathLike, config: BertXMLConfig | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of `name` (a folder from tokenizer_training, a model folder or a Hub id), checked against
+    `config` when given."""
     # Our own model dirs carry an auto_map; the tokenizer itself is a plain tokenizers backend, no remote code.
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     if config is not None:
-        check_tokenizer_matches_config(tokenizer, config, name)
+        check_tokenizer_matches_config(tokenizer, config, str(name))
     return tokenizer
 
 
 def load_config(
-    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase | None = None, **overrides
+    name: str | os.PathLike | None = None,
+    config_overrides: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    **values,
 ) -> BertXMLConfig:
-    """--config_name / --model_name_or_path (else BERT-base sizes), then --config_overrides, then `overrides`.
+    """The config of `name` (else BERT-base sizes), then `config_overrides` ("hidden_size=128,..."), then `values`.
 
-    A config made from scratch (no --config_name/--model_name_or_path) takes its vocabulary size and padding id from
-    `tokenizer`; any other config must already agree with it (checked, with a clear error).
+    A config made from scratch (no `name`) takes its vocabulary size and padding id from `tokenizer`; any other
+    config must already agree with it (checked, with a clear error).
     """
-    name = args.config_name or args.model_name_or_path
     if name is not None:
         config = BertXMLConfig.from_pretrained(name)
     else:
         config = BertXMLConfig()
         if tokenizer is not None:
             config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
-    if args.config_overrides:
-        logger.info(f"Overriding config: {args.config_overrides}")
+    if config_overrides:
+        logger.info(f"Overriding config: {config_overrides}")
         try:
-            config.update_from_string(args.config_overrides)
+            config.update_from_string(config_overrides)
         except ValueError as error:
-            raise ValueError(f"--config_overrides {args.config_overrides!r}: {error}") from error
-    for key, value in overrides.items():
+            raise ValueError(f"--config_overrides {config_overrides!r}: {error}") from error
+    for key, value in values.items():
         setattr(config, key, value)
     if tokenizer is not None:
-        check_tokenizer_matches_config(tokenizer, config, args.tokenizer_name or args.model_name_or_path)
+        check_tokenizer_matches_config(tokenizer, config, tokenizer.name_or_path)
     return config
 
 
 def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: BertXMLConfig, name: str) -> None:
-    """A tokenizer id beyond the embedding table, or a padding id the model does not mask, fails much later and
-    opaquely (an index error on some batch, or silently wrong embeddings): refuse it up front."""
-    if len(tokenizer) > config.vocab_size:
+    """Refuse a tokenizer whose vocabulary or padding id is not the model's, before hours of compute.
+
+    More tokens than embeddings fail later and opaquely (an index error on some batch); fewer mean another tokenizer
+    whose ids name other words than the ones the model learnt (silently wrong); another padding id is not masked.
+    """
+    if len(tokenizer) != config.vocab_size:
         raise ValueError(
             f"tokenizer {name} has {len(tokenizer)} tokens but the config's vocab_size is {config.vocab_size}: "
-            "use the tokenizer the model was trained with, or set vocab_size to at least the tokenizer's size"
+            "use the tokenizer the model was trained with (a new model from scratch takes its vocab_size from the "
+            "tokenizer)"
         )
     if tokenizer.pad_token_id is not None and config.pad_token_id is not None:
         if tokenizer.pad_token_id != config.pad_token_id:
@@ -297,221 +226,192 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: B
 
 # ---------------------------------------------------------------------------------------- optimizer and schedule
 def create_optimizer(
-    model: torch.nn.Module, args: argparse.Namespace, param_groups: dict[str, float] | None = None
+    model: torch.nn.Module,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    param_groups: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and LayerNorm weights (every parameter of fewer than 2 dimensions).
 
     `param_groups` maps a parameter-name prefix to its own learning rate (e.g. `{"label_head.": 1e-3}` for a new
-    head on a pretrained encoder); the other parameters use --learning_rate.
+    head on a pretrained encoder); the other parameters use `learning_rate`.
     """
     prefixes = param_groups or {}
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        lr = next((rate for prefix, rate in prefixes.items() if name.startswith(prefix)), args.learning_rate)
-        decay = args.weight_decay if parameter.ndim >= 2 else 0.0
+        lr = next((rate for prefix, rate in prefixes.items() if name.startswith(prefix)), learning_rate)
+        decay = weight_decay if parameter.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(parameter)
     return torch.optim.AdamW(
         [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()],
-        lr=args.learning_rate,
+        lr=learning_rate,
     )
 
 
 def create_scheduler(
-    optimizer: torch.optim.Optimizer, args: argparse.Namespace, num_training_steps: int
+    optimizer: torch.optim.Optimizer,
+    num_training_steps: int,
+    name: str | SchedulerType = "linear",
+    num_warmup_steps: int | None = None,
+    warmup_ratio: float | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Warmup then decay over `num_training_steps` optimizer steps; pass the result to `accelerator.prepare`.
+    """Warmup (`num_warmup_steps`, or `warmup_ratio` of all steps) then decay over `num_training_steps` optimizer
+    steps; pass the result to `accelerator.prepare`.
 
     A prepared scheduler steps once per process per optimizer step, hence the factor num_processes (as in
     transformers' no_trainer examples), so the schedule does not depend on how many GPUs run it.
     """
-    if args.warmup_ratio is not None:
-        warmup = math.ceil(args.warmup_ratio * num_training_steps)
-    else:
-        warmup = args.num_warmup_steps or 0
+    warmup = math.ceil(warmup_ratio * num_training_steps) if warmup_ratio is not None else num_warmup_steps or 0
     processes = PartialState().num_processes
     return get_scheduler(
-        args.lr_scheduler_type,
+        name,
         optimizer=optimizer,
         num_warmup_steps=warmup * processes,
         num_training_steps=num_training_steps * processes,
     )
 
 
-# ------------------------------------------------------------------------------------------ checkpoints and resume
-class OutputWriteError(RuntimeError):
-    """Writing a checkpoint or model failed (disk full, permissions): what is already on disk is left as it was."""
+# ---------------------------------------------------------------------------------------- one optimizer step
+# A loss this many times that of a uniform guess (ln V for MLM, ln 2 per code for BCE) means the run diverged:
+# healthy runs start near 1x and go down.
+DIVERGENCE_FACTOR = 10
 
 
-@contextmanager
-def _writing(target: Path, temporary: Path):
-    """Turn an OSError while writing `temporary` (meant to become `target`) into one clear `OutputWriteError`."""
-    try:
-        yield
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise OutputWriteError(
-            f"{target}: could not be written ({error.strerror or error}); nothing already saved there was changed"
-        ) from None
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became non-finite or exploded: training stops so the last good checkpoint is kept."""
 
 
-class CheckpointManager:
-    """Atomic, resumable checkpoints in `output_dir/checkpoints/step_{N}`.
-
-    Every rank writes `accelerator.save_state` into a hidden temporary folder; the main process then writes
-    `training_state.json` (the marker of a complete checkpoint) and renames the folder into place. A save killed at
-    any point leaves either no `step_{N}` or one without the marker, which `resolve` never accepts.
-    """
-
-    subdir = "checkpoints"
-    state_file = "training_state.json"
-
-    def __init__(self, output_dir: str | os.PathLike):
-        self.root = Path(output_dir) / self.subdir
-
-    def is_complete(self, path: Path) -> bool:
-        return (path / self.state_file).is_file()
-
-    def save(
-        self, accelerator: Accelerator, step: int, epoch: int, extra: dict | None = None, batches_in_epoch: int = 0
-    ) -> Path:
-        """Save the full training state after optimizer step `step`, `batches_in_epoch` dataloader batches into
-        `epoch` (what `resume_dataloader` skips); `extra` (JSON) comes back from `load` too."""
-        final, temporary = self.root / f"step_{step}", self.root / f".step_{step}.tmp"
-        if accelerator.is_main_process:
-            shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
-            temporary.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        with _writing(final, temporary):
-            accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, **(extra or {})}
-            with _writing(final, temporary):
-                _write_json_atomic(temporary / self.state_file, state)
-            if final.exists():  # a rerun that reached the same step: replace, never merge
-                stale = self.root / f".step_{step}.old"
-                os.replace(final, stale)
-                os.replace(temporary, final)
-                shutil.rmtree(stale)
-            else:
-                os.replace(temporary, final)
-            _fsync_dir(self.root)
-            logger.info(f"Saved checkpoint {final}")
-        accelerator.wait_for_everyone()
-        return final
-
-    def resolve(self, resume_from_checkpoint: str | None) -> Path | None:
-        """The checkpoint to resume from: a folder, or "latest" (None when this run has no complete one yet)."""
-        if not resume_from_checkpoint:
-            return None
-        if resume_from_checkpoint == "latest":
-            complete = [p for p in self.root.glob("step_*") if p.name[5:].isdigit() and self.is_complete(p)]
-            return max(complete, key=lambda p: int(p.name[5:]), default=None)
-        path = Path(resume_from_checkpoint)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
-        if not self.is_complete(path):
-            raise ValueError(
-                f"--resume_from_checkpoint {path}: incomplete checkpoint (no {self.state_file}; its save was "
-                "interrupted): pick an earlier one or use latest"
-            )
-        return path
-
-    def load(self, accelerator: Accelerator, path: Path) -> dict:
-        """Restore model, optimizer, scheduler and RNG states; return what `save` recorded (step, epoch,
-        batches_in_epoch and the keys of extra)."""
-        accelerator.load_state(str(path))
-        state = json.loads((path / self.state_file).read_text())
-        logger.info(f"Resumed from {path} at step {state['step']} (epoch {state['epoch']})")
-        return state
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: without it a power cut may forget the rename even though the files were written."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def resume_dataloader(accelerator: Accelerator, dataloader, batches_done: int):
-    """The dataloader of the resumed epoch, without the `batches_done` batches the checkpoint had already seen.
-
-    Call `set_epoch(epoch)` on the result as on the original. For a bit-exact resume, also give the `DataLoader` its
-    own `generator`: otherwise starting the epoch draws from the global RNG (dropout's), which the resumed run has just
-    restored to the checkpoint's state while the uninterrupted run drew it before the checkpoint.
-    """
-    if batches_done <= 0:
-        return dataloader
-    return accelerator.skip_first_batches(dataloader, batches_done)
-
-
-# ---------------------------------------------------------------------------------------------- guards and saving
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: training stops so the last good checkpoint is not overwritten."""
-
-
-def check_finite(loss: torch.Tensor, step: int, accelerator: Accelerator | None = None) -> None:
-    """Raise `NonFiniteLossError` before a NaN/inf loss reaches the weights.
-
-    With `accelerator`, the check is agreed across ranks (one bad rank stops all of them at the same step, instead of
-    leaving the others waiting forever in the next all-reduce).
-    """
-    bad = (~torch.isfinite(loss.detach())).any().float()
+def _any_rank(bad: bool, accelerator: Accelerator | None) -> bool:
+    """Agree across ranks: one bad rank stops all of them at the same step, instead of leaving the others waiting
+    forever in the next all-reduce."""
+    flag = torch.tensor(float(bad), device=accelerator.device if accelerator else "cpu")
     if accelerator is not None and accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    if bad.item() > 0:
-        raise NonFiniteLossError(
-            f"loss is {loss.detach().float().mean().item()} at optimizer step {step}: training stopped before the "
-            "update; the last good checkpoint is kept. Lower --learning_rate, add warmup, or check --mixed_precision."
+        flag = accelerator.reduce(flag, reduction="sum")
+    return flag.item() > 0
+
+
+def check_loss(
+    loss: torch.Tensor, step: int, uniform_loss: float, accelerator: Accelerator | None = None
+) -> None:
+    """Raise `TrainingDivergedError` before a non-finite or exploded loss reaches the weights."""
+    value = loss.detach().float().mean().item()
+    limit = DIVERGENCE_FACTOR * uniform_loss
+    if _any_rank(not math.isfinite(value) or value > limit, accelerator):
+        raise TrainingDivergedError(
+            f"loss is {value:.4g} at optimizer step {step} (a uniform guess scores {uniform_loss:.3g}; the limit is "
+            f"{limit:.3g}): training diverged and stopped before the update; the last good checkpoint is kept. "
+            "Lower --learning_rate, add warmup, or check --mixed_precision."
         )
 
 
-def save_model(
-    accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: str
-) -> None:
-    """`save_pretrained` (safetensors) of model and tokenizer into `output_dir`, never leaving a half-written file.
+def check_parameters(model: torch.nn.Module, step: int, accelerator: Accelerator) -> None:
+    """Raise `TrainingDivergedError` when a weight is NaN/inf: such weights must never become a checkpoint."""
+    bad = any(not torch.isfinite(p.detach()).all() for p in model.parameters())
+    if _any_rank(bad, accelerator):
+        raise TrainingDivergedError(
+            f"non-finite weights after optimizer step {step}: training diverged and stopped without saving them; "
+            "the last good checkpoint is kept. Lower --learning_rate or add warmup."
+        )
 
-    All ranks gather the state dict (FSDP/DeepSpeed shard it); the main process writes into a temporary folder and
-    then moves each file into place with `os.replace`, `config.json` last so a loadable config implies its weights.
+
+def epoch_batches(accelerator: Accelerator, loader, progress: Progress) -> Iterator[dict]:
+    """The batches of `progress.epoch` not trained yet (all, unless resuming mid-epoch), counted in `progress`.
+
+    For a bit-exact resume, also give the `DataLoader` its own `generator`: otherwise starting the epoch draws from
+    the global RNG (dropout's), which the resumed run has just restored to the checkpoint's state while the
+    uninterrupted run drew it before the checkpoint.
     """
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        output, temporary = Path(output_dir), Path(output_dir) / ".model.tmp"
-        shutil.rmtree(temporary, ignore_errors=True)
-        with _writing(output, temporary):
-            accelerator.unwrap_model(model).save_pretrained(
-                temporary, state_dict=state_dict, save_function=accelerator.save
-            )
-            tokenizer.save_pretrained(temporary)
-        files = sorted(temporary.iterdir(), key=lambda p: p.name == "config.json")
-        for file in files:
-            os.replace(file, output / file.name)
-        temporary.rmdir()
-        logger.info(f"Saved model and tokenizer to {output}")
-    accelerator.wait_for_everyone()
+    loader.set_epoch(progress.epoch)
+    batches = loader
+    if progress.batches_in_epoch > 0:
+        batches = accelerator.skip_first_batches(loader, progress.batches_in_epoch)
+        batches.set_epoch(progress.epoch)
+    for batch in batches:
+        progress.batches_in_epoch += 1
+        yield batch
+
+
+def training_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: dict,
+    progress: Progress,
+    uniform_loss: float,
+    max_grad_norm: float = 1.0,
+) -> float:
+    """Train on one micro-batch: forward, divergence guard, backward, and at the end of an accumulation window
+    clipping, update and `progress.step += 1` (`accelerator.sync_gradients` says whether it stepped).
+    Returns the micro-batch's loss."""
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        check_loss(loss, progress.step + 1, uniform_loss, accelerator)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    progress.tokens += batch["input_ids"].numel() * accelerator.num_processes
+    if accelerator.sync_gradients:
+        progress.step += 1
+    return loss.detach().float().item()
+
+
+@torch.no_grad()
+def check_weights(
+    model: torch.nn.Module, batch: dict | None, step: int, uniform_loss: float, accelerator: Accelerator
+) -> None:
+    """Raise `TrainingDivergedError` for weights that diverged with their last update: non-finite, or scoring the
+    batch they were just trained on above the divergence limit (a huge learning rate gives finite 1e30 weights
+    whose next loss is NaN). Scored in eval mode: no dropout, so no random draw that a resumed run would miss."""
+    check_parameters(model, step, accelerator)
+    if batch is None:  # e.g. the end of an epoch that a resumed run had already trained
+        return
+    was_training = model.training
+    model.eval()
+    loss = model(**batch).loss
+    model.train(was_training)
+    check_loss(loss, step, uniform_loss, accelerator)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    checkpoints: CheckpointManager,
+    progress: Progress,
+    last_batch: dict | None,
+    uniform_loss: float,
+    extra: dict | None = None,
+) -> None:
+    """A checkpoint of sound weights only (`check_weights` on `last_batch`): a diverged model stops the run instead
+    of becoming the "last good" checkpoint."""
+    check_weights(model, last_batch, progress.step, uniform_loss, accelerator)
+    checkpoints.save(accelerator, progress, extra)
 
 
 __all__ = [
-    "CheckpointManager",
-    "NonFiniteLossError",
-    "OutputWriteError",
+    "DIVERGENCE_FACTOR",
+    "TrainingDivergedError",
+    "accelerator_settings",
     "add_checkpoint_args",
     "add_data_args",
     "add_model_args",
     "add_optimization_args",
-    "check_finite",
-    "check_synchronised",
+    "check_loss",
+    "check_parameters",
     "check_tokenizer_matches_config",
+    "check_weights",
     "create_optimizer",
     "create_scheduler",
+    "epoch_batches",
     "load_config",
     "load_tokenizer",
-    "prepare_output_dir",
-    "resume_dataloader",
-    "save_model",
+    "run_args",
+    "save_checkpoint",
     "setup_accelerator",
+    "training_step",
 ]

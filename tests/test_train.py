@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
-from modeling_bertxml.finetuning import load_coding_model
+from modeling_bertxml.finetuning import build_coding_model, load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import free_port, tiny_config, tiny_tokenizer
@@ -54,7 +54,8 @@ def data(tmp_path_factory) -> Path:
     """A tiny MLM checkpoint as pretrain.py writes it, and train/validation/test notes (15: uneven across 2 ranks)."""
     folder = tmp_path_factory.mktemp("data")
     torch.manual_seed(0)
-    config = tiny_config(max_chunks=2)
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(max_chunks=2, vocab_size=len(tokenizer))
     BertXMLForMaskedLM(config).save_pretrained(folder / "pretrained")
     tiny_tokenizer(model_max_length=config.max_note_length).save_pretrained(folder / "pretrained")
     rng = random.Random(0)
@@ -283,19 +284,27 @@ def test_accumulation_early_stopping_and_exact_resume(data: Path, tmp_path: Path
     )  # fmt: skip
     lines = run_train(args)
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_3" / "training_state.json").read_text())
-    assert state["batches_done"] == 6  # each optimizer step after a full window of 2 micro-batches
+    assert state["batches_in_epoch"] == 6  # each optimizer step after a full window of 2 micro-batches
     # Weights never change (learning rate 0), so MAP never improves: stop after 1 + 2 evaluations = 3 epochs.
     assert sum(": validation MAP" in line for line in lines) == 3
     assert any("Early stopping" in line for line in lines)
     steps = sorted(int(path.name[5:]) for path in (tmp_path / "run" / "checkpoints").glob("step_*"))
     assert steps == [3, 6, 9, 12, 15, 18]
 
-    args = train_args(data, tmp_path / "resumed", "--checkpointing_steps", "2", "--num_train_epochs", "2")
+
+def test_resume_after_an_evaluation_ends_with_the_uninterrupted_weights(data: Path, tmp_path: Path) -> None:
+    """Dropout on, and the resumed checkpoint (what a kill -9 after step 7 leaves) comes after the first evaluation:
+    both runs must train in train mode throughout, with the same dropout draws."""
+    dropout = "hidden_dropout_prob=0.1,attention_probs_dropout_prob=0.1"
+    args = train_args(
+        data, tmp_path / "resumed", "--checkpointing_steps", "1", "--eval_steps", "5", "--num_train_epochs", "3",
+        "--config_overrides", dropout, "--early_stopping_patience", "0",
+    )  # fmt: skip
     run_train(args)
     finished = load_file(tmp_path / "resumed" / "model.safetensors")
-    lines = run_train([*args, "--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoints" / "step_4")])
-    assert any("Resumed from" in line and "at step 4" in line for line in lines)
-    assert sum(": validation MAP" in line for line in lines) == 2  # the epoch-0 evaluation at step 6 and the final one
+    lines = run_train([*args, "--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoints" / "step_7")])
+    assert any("Resumed from" in line and "at step 7" in line for line in lines)
+    assert sum(": validation MAP" in line for line in lines) == 3  # steps 10, 15 and the last (18)
     for name, tensor in load_file(tmp_path / "resumed" / "model.safetensors").items():
         torch.testing.assert_close(tensor, finished[name], atol=1e-6, rtol=0, msg=name)
 
@@ -355,17 +364,68 @@ def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
 
 
 def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:
-    from modeling_bertxml.finetuning import build_coding_model
-    from train import parse_args
-
     labels = ["E11.9", "I10", "LOCAL1"]  # LOCAL1: a hospital's own code, not in ICD-10-CM
     tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
-    plain = parse_args(train_args(data, tmp_path / "plain"))
-    described = parse_args(train_args(data, tmp_path / "described", "--init_label_queries_from_descriptions"))
     torch.manual_seed(0)
-    random_queries = build_coding_model(plain, labels, tokenizer).label_head.queries
+    random_queries = build_coding_model(labels, tokenizer, data / "pretrained").label_head.queries
     torch.manual_seed(0)
-    queries = build_coding_model(described, labels, tokenizer).label_head.queries
+    queries = build_coding_model(labels, tokenizer, data / "pretrained", init_from_descriptions=True).label_head.queries
     torch.testing.assert_close(queries.norm(dim=-1)[:2], torch.ones(2))  # unit-norm description embeddings
     assert not torch.allclose(queries[:2], random_queries[:2])
     torch.testing.assert_close(queries[2], random_queries[2])  # no description: keeps its random query
+
+
+def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(data: Path, tmp_path: Path) -> None:
+    from accelerate.state import AcceleratorState
+
+    from modeling_bertxml.checkpointing import Progress
+    from modeling_bertxml.finetuning import head_prefix, save_coding_model
+    from modeling_bertxml.training import create_optimizer, create_scheduler, setup_accelerator, training_step
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = setup_accelerator(tmp_path / "notebook", seed=0)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
+    labels = ["E11.9", "I10"]
+    model = build_coding_model(labels, tokenizer, data / "pretrained")
+    optimizer = create_optimizer(model, learning_rate=1e-3, param_groups={head_prefix(model): 1e-2})
+    scheduler = create_scheduler(optimizer, num_training_steps=1)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    batch = dict(tokenizer(["metformin glucose", "lisinopril blood pressure"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    progress = Progress()
+    model.train()
+    loss = training_step(accelerator, model, optimizer, scheduler, batch, progress, uniform_loss=np.log(2))
+    assert progress.step == 1 and loss > 0
+    save_coding_model(accelerator, model, tokenizer, tmp_path / "coder")
+
+    reloaded = load_coding_model(tmp_path / "coder").eval()
+    assert [reloaded.config.id2label[i] for i in range(2)] == labels
+    del batch["labels"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_fine_tuning_a_coder_keeps_each_codes_head_row_whatever_the_order(data: Path, trained, tmp_path) -> None:
+    coder, _ = trained
+    source = load_coding_model(coder).label_head
+    source_codes = [load_coding_model(coder).config.id2label[i] for i in range(source.queries.shape[0])]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(coder)
+    # Same number of codes, other order, one new code: the positional load gave each row to the wrong code.
+    codes = [*reversed(source_codes[1:]), "Z99.89"]
+    head = build_coding_model(codes, tokenizer, coder).label_head
+    for name in ("queries", "output_weight", "output_bias"):
+        for i, code in enumerate(codes[:-1]):
+            assert torch.equal(getattr(head, name)[i], getattr(source, name)[source_codes.index(code)]), (name, code)
+    assert not any(torch.equal(head.queries[-1], row) for row in source.queries)  # the new code starts fresh
+    assert head.output_bias[-1] == 0
+
+
+def test_resuming_after_the_training_codes_changed_is_refused(data: Path, tmp_path: Path) -> None:
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text((data / "train.jsonl").read_text())
+    args = [*train_args(data, tmp_path / "run", "--num_train_epochs", "1", "--checkpointing_steps", "3"),
+            "--train_file", str(train_file)]  # fmt: skip
+    run_train(args)
+    train_file.write_text(train_file.read_text().replace("N17.9", "N17.0"))  # the export was redone
+    with pytest.raises(SystemExit, match=r"step_6 was saved by a run with other labels \(1 added, 1 removed\)"):
+        main([*args, "--resume_from_checkpoint", "latest"])

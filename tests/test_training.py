@@ -8,24 +8,30 @@ import os
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from modeling_bertxml import BertXMLForMaskedLM
-from modeling_bertxml.training import (
+from modeling_bertxml.checkpointing import (
     CheckpointManager,
-    NonFiniteLossError,
+    OutputDirError,
     OutputWriteError,
+    Progress,
+    claim_output_dir,
+    save_model_folder,
+)
+from modeling_bertxml.training import (
+    TrainingDivergedError,
     add_checkpoint_args,
     add_data_args,
     add_model_args,
     add_optimization_args,
-    check_finite,
+    check_loss,
     create_optimizer,
     create_scheduler,
     load_config,
     load_tokenizer,
-    prepare_output_dir,
-    save_model,
+    run_args,
     setup_accelerator,
 )
 
@@ -46,15 +52,25 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def prepare_output_dir(args: argparse.Namespace) -> None:
+    """Claim the output dir as a script does, and let it go again."""
+    resume, overwrite = bool(args.resume_from_checkpoint), args.overwrite_output_dir
+    with claim_output_dir(args.output_dir, run_args(args), resume, overwrite):
+        pass
+
+
+def save_model(accelerator, model, tokenizer, output_dir) -> None:
+    save_model_folder(accelerator, model, tokenizer, output_dir)
+
+
 @pytest.fixture
 def trained(tmp_path):
     """An accelerator, a prepared tiny MLM with optimizer and scheduler, and the run's CheckpointManager."""
-    args = parse("--output_dir", str(tmp_path / "run"), "--learning_rate", "1e-3")
-    accelerator = setup_accelerator(args, "test")
+    accelerator = setup_accelerator(tmp_path / "run", project_name="test")
     model = BertXMLForMaskedLM(tiny_config())
-    optimizer = create_optimizer(model, args)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, create_scheduler(optimizer, args, 10))
-    return accelerator, model, optimizer, CheckpointManager(args.output_dir)
+    optimizer = create_optimizer(model, learning_rate=1e-3)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, create_scheduler(optimizer, 10))
+    return accelerator, model, optimizer, CheckpointManager(tmp_path / "run")
 
 
 def train_step(model, optimizer) -> None:
@@ -68,7 +84,7 @@ def train_step(model, optimizer) -> None:
 def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkeypatch, crash_in):
     accelerator, model, optimizer, checkpoints = trained
     train_step(model, optimizer)
-    good = checkpoints.save(accelerator, step=1, epoch=0, extra={"tokens": 16}, batches_in_epoch=1)
+    good = checkpoints.save(accelerator, Progress(step=1, batches_in_epoch=1, tokens=16), extra={"seen": [1]})
     train_step(model, optimizer)
 
     def die(*args, **kwargs):
@@ -79,41 +95,77 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkey
     if crash_in == "save_state":
         monkeypatch.setattr(accelerator, "save_state", die)
     else:
-        monkeypatch.setattr("modeling_bertxml.training._write_json_atomic", die)
+        monkeypatch.setattr("modeling_bertxml.checkpointing.write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.save(accelerator, step=2, epoch=0, batches_in_epoch=2)
+        checkpoints.save(accelerator, Progress(step=2, batches_in_epoch=2))
 
     assert not (checkpoints.root / "step_2").exists()
     assert checkpoints.resolve("latest") == good
-    assert checkpoints.load(accelerator, good) == {"step": 1, "epoch": 0, "batches_in_epoch": 1, "tokens": 16}
+    assert checkpoints.load(accelerator, good) == (Progress(step=1, batches_in_epoch=1, tokens=16), {"seen": [1]})
 
 
-def test_disk_full_is_one_clear_error_and_keeps_what_was_saved(trained, tmp_path, monkeypatch):
+# What a full disk raises, depending on which writer hits it.
+DISK_FULL = {
+    "python": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    "torch": RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1216 vs 1110"),
+    "safetensors": SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+}
+
+
+@pytest.mark.parametrize("writer", DISK_FULL)
+def test_disk_full_is_one_clear_error_and_keeps_what_was_saved(trained, tmp_path, monkeypatch, writer):
     accelerator, model, optimizer, checkpoints = trained
-    good = checkpoints.save(accelerator, step=1, epoch=0)
+    good = checkpoints.save(accelerator, Progress(step=1))
     tokenizer, output_dir = tiny_tokenizer(), tmp_path / "run"
     save_model(accelerator, model, tokenizer, str(output_dir))
     saved = load_file(output_dir / "model.safetensors")
     train_step(model, optimizer)
 
     def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise DISK_FULL[writer]
+
+    def card_then_disk_full(folder):
+        (folder / "README.md").write_text("")  # a card begun when the disk filled up
+        disk_full()
 
     monkeypatch.setattr(accelerator, "save_state", disk_full)
-    monkeypatch.setattr(type(tokenizer), "save_pretrained", disk_full)
-    with pytest.raises(OutputWriteError, match=r"step_2: could not be written \(No space left on device\)"):
-        checkpoints.save(accelerator, step=2, epoch=0)
-    with pytest.raises(OutputWriteError, match="No space left on device"):
-        save_model(accelerator, model, tokenizer, str(output_dir))
+    with pytest.raises(OutputWriteError, match=r"step_2: could not be written \(.+; [\d,]+ MiB free on that disk\)"):
+        checkpoints.save(accelerator, Progress(step=2))
+    with pytest.raises(OutputWriteError, match="nothing already saved there was changed"):
+        save_model_folder(accelerator, model, tokenizer, output_dir, add_files=card_then_disk_full)
     assert checkpoints.resolve("latest") == good and not list(checkpoints.root.glob(".step_*"))
     assert all(torch.equal(saved[k], v) for k, v in load_file(output_dir / "model.safetensors").items())
+    assert not (output_dir / "README.md").exists() and not (output_dir / ".model.tmp").exists()
+
+
+def test_a_best_model_swap_killed_midway_keeps_a_complete_best_model(trained, monkeypatch):
+    accelerator, model, optimizer, checkpoints = trained
+    checkpoints.save_best(accelerator, model)
+    first = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    train_step(model, optimizer)
+    replace = os.replace
+
+    def killed_before_the_new_one_is_in(source, target):
+        if str(source).endswith(".best_model.tmp"):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_new_one_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_best(accelerator, model)
+    monkeypatch.undo()
+    checkpoints.restore_best(accelerator, model)  # what a resumed run does at the end
+    for name, weight in accelerator.unwrap_model(model).state_dict().items():
+        assert torch.equal(weight, first[name]), name
+    checkpoints.save_best(accelerator, model)  # and the next save still works
+    assert sorted(p.name for p in checkpoints.root.iterdir()) == ["best_model"]
 
 
 def test_resolve_refuses_an_incomplete_folder_and_latest_picks_the_newest_complete(trained):
     accelerator, model, optimizer, checkpoints = trained
     assert checkpoints.resolve("latest") is None
     for step in (2, 10):
-        checkpoints.save(accelerator, step=step, epoch=0)
+        checkpoints.save(accelerator, Progress(step=step))
     (checkpoints.root / "step_30").mkdir()  # e.g. copied by hand without its marker
     assert checkpoints.resolve("latest").name == "step_10"  # numeric, not alphabetical, order
     with pytest.raises(ValueError, match=r"step_30: incomplete checkpoint \(no training_state.json"):
@@ -124,9 +176,9 @@ def test_resolve_refuses_an_incomplete_folder_and_latest_picks_the_newest_comple
 
 def test_a_resaved_step_replaces_the_old_checkpoint(trained):
     accelerator, model, optimizer, checkpoints = trained
-    first = load_file(checkpoints.save(accelerator, step=1, epoch=0) / "model.safetensors")
+    first = load_file(checkpoints.save(accelerator, Progress(step=1)) / "model.safetensors")
     train_step(model, optimizer)
-    second = load_file(checkpoints.save(accelerator, step=1, epoch=0) / "model.safetensors")
+    second = load_file(checkpoints.save(accelerator, Progress(step=1)) / "model.safetensors")
     name = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(first[name], second[name])
     assert sorted(p.name for p in checkpoints.root.iterdir()) == ["step_1"]
@@ -149,24 +201,43 @@ def test_output_dir_holding_another_run_is_refused_unless_overwritten(tmp_path):
     out = str(tmp_path / "run")
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3"))
     (tmp_path / "run" / "checkpoints" / "step_5").mkdir(parents=True)
-    with pytest.raises(FileExistsError, match=r"already holds a run .*--resume_from_checkpoint latest.*--overwrite"):
+    with pytest.raises(OutputDirError, match=r"already holds a run .*--resume_from_checkpoint latest.*--overwrite"):
         prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3"))
-    with pytest.raises(ValueError, match=r"holds a different run .*--learning_rate: '?0.001'? -> '?0.002'?"):
+    with pytest.raises(OutputDirError, match=r"holds a different run .*--learning_rate: '?0.001'? -> '?0.002'?"):
         prepare_output_dir(parse("--output_dir", out, "--learning_rate", "2e-3", "--resume_from_checkpoint", "latest"))
     # Same run, resumed (also with a different checkpoint cadence): accepted, checkpoints kept.
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest",
                              "--checkpointing_steps", "7"))
     assert (tmp_path / "run" / "checkpoints" / "step_5").is_dir()
-    # Overwrite: the old run's checkpoints go, so "latest" can never resume the other run.
+    # Overwrite: the old run's files go (checkpoints, model, card, results), so that neither "latest" nor a crash of
+    # the new run can leave the old run's model beside the new run's arguments.
+    for name in ("model.safetensors", "config.json", "README.md", "eval_results.json"):
+        (tmp_path / "run" / name).write_text("old run")
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "2e-3", "--overwrite_output_dir"))
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".bertxml.lock", "run_args.json"]
     assert json.loads((tmp_path / "run" / "run_args.json").read_text())["learning_rate"] == 2e-3
+
+
+def test_overwrite_never_deletes_files_that_no_run_wrote(tmp_path):
+    (tmp_path / "notes.jsonl").write_text("{}")
+    with pytest.raises(OutputDirError, match=r"holds files that no bert-xml run wrote .*empty or new --output_dir"):
+        prepare_output_dir(parse("--output_dir", str(tmp_path), "--overwrite_output_dir"))
+    assert (tmp_path / "notes.jsonl").read_text() == "{}"
+
+
+def test_a_second_live_run_in_the_same_output_dir_is_refused(tmp_path):
+    args = parse("--output_dir", str(tmp_path / "run"))
+    resumed = parse("--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", "latest")
+    with claim_output_dir(args.output_dir, run_args(args), False, False):
+        with pytest.raises(OutputDirError, match=rf"is in use by another run \(process {os.getpid()}\)"):
+            prepare_output_dir(resumed)
+    prepare_output_dir(resumed)  # the lock ends with the run
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # tests run as root, who may write anywhere: a path under a file cannot be created
-    with pytest.raises(PermissionError, match=rf"--output_dir {blocker}/run is not writable: Not a directory"):
+    with pytest.raises(OutputDirError, match=rf"--output_dir {blocker}/run is not writable: Not a directory"):
         prepare_output_dir(parse("--output_dir", str(blocker / "run")))
 
 
@@ -179,25 +250,25 @@ def test_a_launch_whose_processes_did_not_join_is_refused(tmp_path, monkeypatch)
 def test_tokenizer_and_config_must_belong_together(tmp_path):
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
-    scratch = load_config(parse("--output_dir", "x", "--tokenizer_name", str(tmp_path / "tok")), tokenizer=tokenizer)
+    tok = tmp_path / "tok"
+    tokenizer = load_tokenizer(tok)
+    scratch = load_config(tokenizer=tokenizer)
     assert (scratch.vocab_size, scratch.pad_token_id) == (len(tokenizer), tokenizer.pad_token_id)
 
-    tok = str(tmp_path / "tok")
-    too_small = parse("--output_dir", "x", "--tokenizer_name", tok, "--config_overrides", "vocab_size=20")
-    message = rf"tokenizer \S+tok has {len(tokenizer)} tokens but the config's vocab_size is 20"
-    with pytest.raises(ValueError, match=message):
-        load_config(too_small, tokenizer=tokenizer)
+    # Too few embeddings fail on some batch much later; too many mean the model was trained with another tokenizer.
+    for vocab_size in (20, 2 * len(tokenizer)):
+        message = rf"tokenizer \S+tok has {len(tokenizer)} tokens but the config's vocab_size is {vocab_size}"
+        with pytest.raises(ValueError, match=message):
+            load_config(config_overrides=f"vocab_size={vocab_size}", tokenizer=tokenizer)
 
     tiny_config(vocab_size=len(tokenizer), pad_token_id=3).save_pretrained(tmp_path / "model")
-    args = parse("--output_dir", "x", "--tokenizer_name", tok, "--config_name", str(tmp_path / "model"))
     with pytest.raises(ValueError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
-        load_tokenizer(args, load_config(args))
+        load_tokenizer(tok, load_config(tmp_path / "model"))
 
 
 def test_optimizer_skips_decay_on_biases_and_layernorm_and_gives_prefixes_their_rate():
     model = BertXMLForMaskedLM(tiny_config())
-    args = parse("--output_dir", "x", "--weight_decay", "0.01", "--learning_rate", "1e-4")
-    optimizer = create_optimizer(model, args, param_groups={"cls.": 1e-2})
+    optimizer = create_optimizer(model, learning_rate=1e-4, weight_decay=0.01, param_groups={"cls.": 1e-2})
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert group_of[id(named["bert.encoder.layer.0.attention.output.LayerNorm.weight"])]["weight_decay"] == 0.0
@@ -210,9 +281,8 @@ def test_optimizer_skips_decay_on_biases_and_layernorm_and_gives_prefixes_their_
 
 def test_warmup_ratio_sets_the_linear_warmup():
     model = torch.nn.Linear(2, 2)
-    args = parse("--output_dir", "x", "--learning_rate", "1.0", "--warmup_ratio", "0.25")
-    optimizer = create_optimizer(model, args)
-    scheduler = create_scheduler(optimizer, args, num_training_steps=8)
+    optimizer = create_optimizer(model, learning_rate=1.0)
+    scheduler = create_scheduler(optimizer, num_training_steps=8, warmup_ratio=0.25)
     rates = []
     for _ in range(8):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -221,7 +291,9 @@ def test_warmup_ratio_sets_the_linear_warmup():
     assert rates == pytest.approx([0.0, 0.5, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
 
 
-def test_check_finite_names_the_step():
-    check_finite(torch.tensor(2.5), step=3)
-    with pytest.raises(NonFiniteLossError, match="loss is inf at optimizer step 7"):
-        check_finite(torch.tensor(float("inf")), step=7)
+def test_check_loss_names_the_step_and_stops_on_nan_or_divergence():
+    check_loss(torch.tensor(2.5), step=3, uniform_loss=1.0)
+    with pytest.raises(TrainingDivergedError, match="loss is inf at optimizer step 7"):
+        check_loss(torch.tensor(float("inf")), step=7, uniform_loss=1.0)
+    with pytest.raises(TrainingDivergedError, match=r"loss is 1234 at optimizer step 8 .*limit is 10\)"):
+        check_loss(torch.tensor(1234.0), step=8, uniform_loss=1.0)

@@ -1,0 +1,436 @@
+"""Everything a training run writes to disk (not remote code): its output dir, its progress record, checkpoints, the
+best model so far and the final model folder.
+
+One rule for all of them: write into a hidden temporary folder, then rename into place. A kill, a full disk or a
+second run at any moment leaves what was saved before complete and loadable, and never a half-written folder that a
+resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save through this module only.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import parse_flag_from_env
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+RUN_ARGS_FILE = "run_args.json"
+LOCK_FILE = ".bertxml.lock"  # held (flock) by the run's main process for as long as it writes the dir
+# Arguments that may change between a run and its resumption without making it a different run.
+RESUMABLE_ARG_CHANGES = frozenset(
+    {
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "with_tracking",
+        "report_to",
+        "preprocessing_num_workers",
+        "checkpointing_steps",
+        "eval_steps",
+        "max_train_steps",
+        "num_train_epochs",
+        "per_device_eval_batch_size",
+        "output_dir",
+    }
+)
+# What a failed write raises: OSError from Python, RuntimeError ("unexpected pos") from torch's writer, and
+# SafetensorError from safetensors, all for the same full disk.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+# --------------------------------------------------------------------------------------------------- the output dir
+class OutputDirError(RuntimeError):
+    """The output dir cannot take this run (another run's files, a live writer, not writable)."""
+
+
+@contextmanager
+def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Hold `output_dir` for one run: locked, checked, cleared of another run's outputs, its arguments recorded.
+
+    Enter it before the Accelerator is made (trackers write into the dir) and keep it for the run's life: the main
+    process holds an exclusive lock, so a second run writing into the same dir is refused instead of interleaving
+    checkpoints. A dir that already holds files is accepted only to resume the run in its `run_args.json`, or with
+    `overwrite`, which removes the old run's files first: a crash of the new run must not leave the old run's model
+    beside the new run's arguments.
+    """
+    # The first state made fixes the process group for the run: read ACCELERATE_USE_CPU as Accelerator would, or
+    # CPU ranks launched with it would come up unsynchronised.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    check_synchronised(state)
+    output_dir = Path(output_dir)
+    _check_writable(output_dir)
+    lock = _lock(output_dir) if state.is_main_process else None
+    try:
+        if state.is_main_process:
+            _check_contents(output_dir, run_args, resume, overwrite)
+            if overwrite and not resume:
+                _clear(output_dir)
+            write_json_atomic(output_dir / RUN_ARGS_FILE, run_args)
+        state.wait_for_everyone()
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # closing the descriptor releases the lock; the file stays (another run may hold it)
+
+
+def check_synchronised(state: PartialState) -> None:
+    """Refuse a multi-process launch whose processes did not join one process group: each would train (and save)
+    its own model. `accelerate launch --multi_gpu` does this on a CPU-only machine without ACCELERATE_USE_CPU=1.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > state.num_processes:
+        raise RuntimeError(
+            f"{launched} processes were launched but they are not synchronised (each sees {state.num_processes}): "
+            "on a CPU-only machine set ACCELERATE_USE_CPU=1 for a multi-process launch"
+        )
+
+
+def _check_writable(output_dir: Path) -> None:
+    # A name of its own per process: two runs (or ranks) probing at once must not delete each other's probe.
+    probe = output_dir / f".write_test_{uuid.uuid4().hex}"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise OutputDirError(
+            f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})"
+        ) from error
+
+
+def _lock(output_dir: Path):
+    handle = open(output_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise OutputDirError(
+            f"--output_dir {output_dir} is in use by another run (process {owner}); wait for it to end or choose "
+            "another --output_dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _run_files(output_dir: Path) -> list[Path]:
+    return sorted(path for path in output_dir.iterdir() if path.name != LOCK_FILE)
+
+
+def _check_contents(output_dir: Path, run_args: dict, resume: bool, overwrite: bool) -> None:
+    files, recorded = _run_files(output_dir), output_dir / RUN_ARGS_FILE
+    if not files:
+        return
+    if overwrite and not resume:
+        if not recorded.is_file():  # not a bert-xml run: its files are someone else's, never ours to delete
+            raise OutputDirError(
+                f"--output_dir {output_dir} holds files that no bert-xml run wrote (no {RUN_ARGS_FILE}); "
+                "--overwrite_output_dir only replaces a previous run: choose an empty or new --output_dir"
+            )
+        return
+    if not resume:
+        raise OutputDirError(
+            f"--output_dir {output_dir} already holds a run ({', '.join(path.name for path in files)}); pass "
+            "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+        )
+    if recorded.is_file():
+        _check_same_run(recorded, run_args)
+
+
+def _check_same_run(recorded: Path, run_args: dict) -> None:
+    """A resumed run must be the recorded one: other data or hyperparameters would silently make a different model."""
+    previous = json.loads(recorded.read_text())
+    changed = sorted(
+        key
+        for key in set(previous) | set(run_args)
+        if key not in RESUMABLE_ARG_CHANGES and previous.get(key) != run_args.get(key)
+    )
+    if changed:
+        details = "; ".join(f"--{key}: {previous.get(key)!r} -> {run_args.get(key)!r}" for key in changed)
+        raise OutputDirError(
+            f"--output_dir {recorded.parent} holds a different run ({recorded} differs: {details}); resume with "
+            "the same arguments, or pass --overwrite_output_dir"
+        )
+
+
+def _clear(output_dir: Path) -> None:
+    """Remove a previous run's files: checkpoints (so "latest" never resumes it), model, card, results, logs."""
+    for path in _run_files(output_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    logger.info(f"Removed the previous run's files from {output_dir} (--overwrite_output_dir)")
+
+
+# ----------------------------------------------------------------------------------------------------- atomic writes
+class OutputWriteError(RuntimeError):
+    """Writing a checkpoint or model failed (disk full, permissions): what is already on disk is left as it was."""
+
+
+@contextmanager
+def writing(target: Path, temporary: Path) -> Iterator[None]:
+    """Turn any failure to write `temporary` (meant to become `target`) into one clear `OutputWriteError`, with the
+    temporary files removed."""
+    try:
+        yield
+    except WRITE_ERRORS as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
+        raise OutputWriteError(
+            f"{target}: could not be written ({reason}; {free / 2**20:,.0f} MiB free on that disk); nothing "
+            "already saved there was changed"
+        ) from None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write then rename, so a reader (or a crash) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable: without it a power cut may forget the rename even though the files were written."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _aside(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def recover(final: Path) -> None:
+    """Finish a swap that a kill interrupted: the old folder set aside is the complete one when `final` is missing."""
+    old = _aside(final)
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, final)
+
+
+def swap_in(temporary: Path, final: Path) -> None:
+    """Replace folder `final` by the complete folder `temporary`: old aside, new in, old deleted. A kill between any
+    two renames leaves a complete folder at `final` or at its aside name, which `recover` puts back."""
+    recover(final)
+    if final.exists():
+        os.replace(final, _aside(final))
+    os.replace(temporary, final)
+    shutil.rmtree(_aside(final), ignore_errors=True)
+    fsync_dir(final.parent)
+
+
+# ------------------------------------------------------------------------------------------------ progress record
+@dataclass
+class Progress:
+    """Where a run stands; every checkpoint records it, so a resumed run continues exactly (early stopping too)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already trained: what a resumed run skips
+    tokens: int = 0  # input tokens trained on, all processes
+    best_score: float = -1.0  # best validation score so far (train.py: MAP, in [0, 1])
+    best_step: int = 0
+    evals_without_improvement: int = 0
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+
+
+# -------------------------------------------------------------------------------------------------------- checkpoints
+class CheckpointManager:
+    """Atomic, resumable checkpoints in `output_dir/checkpoints/step_{N}`, and the best model in `best_model`.
+
+    Every rank writes `accelerator.save_state` into a hidden temporary folder; the main process then writes
+    `training_state.json` (the marker of a complete checkpoint) and renames the folder into place. A save killed at
+    any point leaves either no `step_{N}` or one without the marker, which `resolve` never accepts.
+    """
+
+    subdir = "checkpoints"
+    state_file = "training_state.json"
+    best_name = "best_model"
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.root = Path(output_dir) / self.subdir
+
+    @property
+    def best_dir(self) -> Path:
+        return self.root / self.best_name
+
+    def is_complete(self, path: Path) -> bool:
+        return (path / self.state_file).is_file()
+
+    def save(self, accelerator: Accelerator, progress: Progress, extra: dict | None = None) -> Path:
+        """Save the full training state after `progress.step`; `extra` (JSON) comes back from `load` too."""
+        final = self.root / f"step_{progress.step}"
+        state = {**asdict(progress), **(extra or {})}
+        self._save_folder(accelerator, final, lambda folder: accelerator.save_state(str(folder)), state)
+        logger.info(f"Saved checkpoint {final}")
+        return final
+
+    def save_best(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
+        """The best weights so far; the previous best stays complete until the new one is in place."""
+        self._save_folder(accelerator, self.best_dir, lambda folder: accelerator.save_model(model, folder))
+        logger.info(f"Saved the best model so far to {self.best_dir}")
+
+    def restore_best(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
+        """Load the weights of `save_best` into `model` (on every rank)."""
+        if accelerator.is_main_process:
+            recover(self.best_dir)
+        accelerator.wait_for_everyone()
+        state_dict, unwrapped = {}, accelerator.unwrap_model(model)
+        for shard in sorted(self.best_dir.glob("*.safetensors")):
+            state_dict.update(load_file(shard))
+        # Tied weights (an MLM decoder) are saved once, under their source's name.
+        missing = set(unwrapped.load_state_dict(state_dict, strict=False).missing_keys)
+        missing -= set(getattr(unwrapped, "all_tied_weights_keys", None) or {})
+        if missing:
+            raise OutputWriteError(f"{self.best_dir} is incomplete (no {', '.join(sorted(missing)[:3])}, ...)")
+
+    def _save_folder(
+        self, accelerator: Accelerator, final: Path, write: Callable[[Path], None], state: dict | None = None
+    ) -> None:
+        """All ranks `write` into a temporary folder; the main process adds `state` as the marker and swaps it in."""
+        temporary = final.with_name(f".{final.name}.tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
+            temporary.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        with writing(final, temporary):
+            write(temporary)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with writing(final, temporary):
+                if state is not None:
+                    write_json_atomic(temporary / self.state_file, state)
+            swap_in(temporary, final)
+        accelerator.wait_for_everyone()
+
+    def resolve(self, resume_from_checkpoint: str | None) -> Path | None:
+        """The checkpoint to resume from: a folder, or "latest" (None when this run has no complete one yet)."""
+        if not resume_from_checkpoint:
+            return None
+        if resume_from_checkpoint == "latest":
+            complete = [p for p in self.root.glob("step_*") if p.name[5:].isdigit() and self.is_complete(p)]
+            return max(complete, key=lambda p: int(p.name[5:]), default=None)
+        path = Path(resume_from_checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
+        if not self.is_complete(path):
+            raise ValueError(
+                f"--resume_from_checkpoint {path}: incomplete checkpoint (no {self.state_file}; its save was "
+                "interrupted): pick an earlier one or use latest"
+            )
+        return path
+
+    def resume(
+        self, accelerator: Accelerator, resume_from_checkpoint: str | None, expect: dict | None = None
+    ) -> Progress:
+        """The progress of the checkpoint named by `resume_from_checkpoint` with its training state restored, or a
+        fresh `Progress` when there is none yet. `expect` holds `extra` values the checkpoint must have been saved
+        with (e.g. the label space): another value would resume a different run, so it is refused."""
+        path = self.resolve(resume_from_checkpoint)
+        if path is None:
+            if resume_from_checkpoint:
+                logger.info(f"No complete checkpoint in {self.root}: starting from step 0")
+            return Progress()
+        saved = json.loads((path / self.state_file).read_text())
+        for key, value in (expect or {}).items():
+            if key in saved and saved[key] != value:
+                raise OutputDirError(
+                    f"{path} was saved by a run with other {key} ({_difference(saved[key], value)}): start a new run "
+                    "(--overwrite_output_dir); a saved coder can be fine-tuned further with --model_name_or_path"
+                )
+        return self.load(accelerator, path)[0]
+
+    def load(self, accelerator: Accelerator, path: Path) -> tuple[Progress, dict]:
+        """Restore model, optimizer, scheduler and RNG states; return the recorded progress and the `extra` of
+        `save`."""
+        state = json.loads((path / self.state_file).read_text())
+        names = {field.name for field in fields(Progress)}
+        progress = Progress(**{key: value for key, value in state.items() if key in names})
+        extra = {key: value for key, value in state.items() if key not in names}
+        accelerator.load_state(str(path))
+        logger.info(f"Resumed from {path} at step {progress.step} (epoch {progress.epoch})")
+        return progress, extra
+
+
+def _difference(saved, current) -> str:
+    if isinstance(saved, list) and isinstance(current, list):
+        added, removed = len(set(current) - set(saved)), len(set(saved) - set(current))
+        return f"{added} added, {removed} removed" if added or removed else "same items, another order"
+    return f"{saved!r}, now {current!r}"
+
+
+# ------------------------------------------------------------------------------------------------------ model folder
+def save_model_folder(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str | os.PathLike,
+    config: PretrainedConfig | None = None,
+    add_files: Callable[[Path], None] | None = None,
+) -> None:
+    """Write a complete model folder once: weights, tokenizer, `config` (when the model's `save_pretrained` writes
+    none, as a PEFT adapter's does not) and whatever `add_files(folder)` adds (card, results, code).
+
+    All ranks gather the state dict (FSDP/DeepSpeed shard it); the main process writes everything into a temporary
+    folder and then moves each file into place, `config.json` last, so a loadable config implies a complete folder.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        output, temporary = Path(output_dir), Path(output_dir) / ".model.tmp"
+        shutil.rmtree(temporary, ignore_errors=True)
+        with writing(output, temporary):
+            accelerator.unwrap_model(model).save_pretrained(
+                temporary, state_dict=state_dict, save_function=accelerator.save
+            )
+            tokenizer.save_pretrained(temporary)
+            if config is not None and not (temporary / "config.json").exists():
+                config.save_pretrained(temporary)
+            if add_files is not None:
+                add_files(temporary)
+        for file in sorted(temporary.iterdir(), key=lambda p: p.name == "config.json"):
+            os.replace(file, output / file.name)
+        temporary.rmdir()
+        fsync_dir(output)
+        logger.info(f"Saved model and tokenizer to {output}")
+    accelerator.wait_for_everyone()
+
+
+__all__ = [
+    "CheckpointManager",
+    "OutputDirError",
+    "OutputWriteError",
+    "Progress",
+    "check_synchronised",
+    "claim_output_dir",
+    "save_model_folder",
+    "write_json_atomic",
+]
