@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM
-from modeling_bertxml.data import load_text_dataset
+from modeling_bertxml.readers import NotesError, load_text_dataset
 from modeling_bertxml.training import (
     CheckpointManager,
     NonFiniteLossError,
@@ -144,7 +144,7 @@ def load_blocks(
         **map_kwargs,
     )
     if len(blocks) == 0:
-        raise ValueError(
+        raise NotesError(
             f"{', '.join(files)}: fewer tokens than one block of --max_seq_length {block_size}; add notes or "
             "lower --max_seq_length"
         )
@@ -373,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args)
     config = load_config(args, tokenizer=tokenizer)
     block_size = block_size_for(args, tokenizer, config)
-    train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
+    try:
+        train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
+    except NotesError as error:  # file, line and field of the bad input: the message, not a traceback
+        raise SystemExit(f"error: {error}") from None
     model = build_model(args, config)
     # The schedule needs the per-process length, known once the dataloader is prepared (sharded).
     train_loader = accelerator.prepare(train_loader)
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         progress = train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress)
         finish(args, accelerator, model, tokenizer, progress, time.perf_counter() - start)
-    except (NonFiniteLossError, OutputWriteError) as error:
+    except (NonFiniteLossError, OutputWriteError, NotesError) as error:  # NotesError: a bad row of a streamed corpus
         accelerator.end_training()
         raise SystemExit(f"error: {error}") from None
     accelerator.end_training()

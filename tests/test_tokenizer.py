@@ -176,9 +176,13 @@ def test_cli_with_validation_file_max_notes_and_cased_vocab(notes_file, tmp_path
     (lambda d: str(d / "missing.txt"), "missing.txt: no such file"),
     (lambda d: write_lines(d / "blank.txt", ["", "   "]), "empty corpus"),
     (lambda d: write_lines(d / "notes.jsonl", ['{"body": "chest pain", "id": 1}']),
-     "notes.jsonl: no text column 'text' (columns: body, id)"),
+     "notes.jsonl:1: no field 'text' (fields: body, id); pass --text_column"),
+    (lambda d: write_lines(d / "notes.jsonl", ['{"text": "chest pain"}'] * 10 + ['{"text": ["Mr. John Smith"]}']),
+     "notes.jsonl:11: field 'text': the note is a list, not a string"),
+    (lambda d: write_lines(d / "empty.jsonl", []), "empty corpus"),
     (lambda d: write_lines(d / "one.txt", ["a single note"]), "corpus too small"),
 ])
 def test_cli_errors_are_clear(tmp_path, make_input, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(SystemExit, match=re.escape(message)) as error:
         main(["--train_file", make_input(tmp_path), "--output_dir", str(tmp_path / "out")])
+    assert "John Smith" not in str(error.value)

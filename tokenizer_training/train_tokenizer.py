@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from modeling_bertxml.data import iter_texts, load_text_dataset
+from modeling_bertxml.readers import iter_texts
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def train_tokenizer(
     `validation_files` the last 1% of the (first `max_notes`) notes is held out of training for the report.
     """
     start = time.perf_counter()
-    notes: Iterable[str] = iter_texts(load_text_dataset(train_files, text_column, streaming=True), max_notes)
+    notes: Iterable[str] = itertools.islice(iter_texts(train_files, text_column), max_notes)
     held_out: list[str] = []
     if validation_files is None:
         notes = _hold_out_tail(notes, held_out)
@@ -171,8 +171,7 @@ def train_tokenizer(
         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
     )
     fast_tokenizer.save_pretrained(output_dir)
-    eval_texts = held_out if validation_files is None else iter_texts(
-        load_text_dataset(validation_files, text_column, streaming=True))
+    eval_texts = held_out if validation_files is None else iter_texts(validation_files, text_column)
     report = {
         "vocab_size": tokenizer.get_vocab_size(),
         "train_notes": num_train_notes,
