@@ -28,16 +28,7 @@ import numpy as np
 import torch
 
 from .icd10 import CodeReport, check_codes, normalize_code
-from .readers import (
-    Location,
-    NotesError,
-    file_format,
-    iter_rows,
-    note_text,
-    require_columns,
-    resolve_files,
-    row_field,
-)
+from .readers import Location, NotesError, file_format, iter_notes, row_field
 
 logger = logging.getLogger(__name__)
 
@@ -150,14 +141,6 @@ def _normalized(raw: list[str]) -> list[str]:
     return list(codes)
 
 
-def _text(row: dict, where: Location, column: str, report: NotesReport) -> str:
-    text = note_text(row_field(row, column, "--text_column", where), where, column)
-    if text is None or not text.strip():
-        report.empty_notes += 1
-        return ""
-    return text
-
-
 def read_notes(
     files: str | Sequence[str],
     split: str,
@@ -175,15 +158,15 @@ def read_notes(
     report = NotesReport()
     ids, texts, raw_codes, locations = [], [], [], []
     first_seen: dict[str, Location] = {}
-    for path in resolve_files(files):
-        require_columns(path, split, [(columns.text, "--text_column"), (columns.labels, "--label_column")])
-        is_csv = not path.is_dir() and file_format(path) == ".csv"
-        for where, row in iter_rows(path, split):
-            texts.append(_text(row, where, columns.text, report))
-            raw = _raw_labels(row_field(row, columns.labels, "--label_column", where), where, columns.labels, is_csv)
-            raw_codes.append(_check_code_types(raw, where, columns.labels))
-            ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
-            locations.append(where)
+    for where, row, text in iter_notes(files, columns.text, split, [(columns.labels, "--label_column")]):
+        if text is None or not text.strip():
+            report.empty_notes += 1
+        texts.append(text if text and text.strip() else "")
+        is_csv = where.unit == "line" and file_format(Path(where.file)) == ".csv"
+        raw = _raw_labels(row_field(row, columns.labels, "--label_column", where), where, columns.labels, is_csv)
+        raw_codes.append(_check_code_types(raw, where, columns.labels))
+        ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
+        locations.append(where)
     source = ", ".join(map(str, files))
     if not texts:
         raise NotesError(f"{source}: no notes in the {split} split")

@@ -279,20 +279,35 @@ def row_field(row: dict, name: str, flag: str, where: Location) -> object:
     return row[name]
 
 
-def iter_texts(files: str | Sequence[str], text_column: str = "text", split: str = "train") -> Iterator[str]:
-    """The non-blank notes of `files`, in order, for tokenizer training and MLM (`.txt` notes need no column).
+def iter_notes(
+    files: str | Path | Sequence[str | Path],
+    text_column: str = "text",
+    split: str = "train",
+    required: Sequence[tuple[str, str]] = (),
+) -> Iterator[tuple[Location, dict, str | None]]:
+    """(location, the row's other fields, note or None for an empty cell) for every row of `files`, in order.
 
-    Blank notes (empty lines, empty cells) are skipped; a corpus without any note is a `NotesError`.
+    The note column (`text` in a `.txt` file, which has no other) and the `required` `(column, flag)` pairs are
+    checked before the first row of each file is read.
     """
-    found = False
     for path in resolve_files(files):
         column = "text" if _is_plain_text(path) else text_column
-        require_columns(path, split, [(column, "--text_column")])
+        require_columns(path, split, [(column, "--text_column"), *required])
         for where, row in iter_rows(path, split):
             text = note_text(row_field(row, column, "--text_column", where), where, column)
-            if text and text.strip():
-                found = True
-                yield text
+            yield where, {name: value for name, value in row.items() if name != column}, text
+
+
+def iter_texts(files: str | Sequence[str], text_column: str = "text", split: str = "train") -> Iterator[str]:
+    """The non-blank notes of `files`, in order, for tokenizer training and MLM; blank notes are skipped.
+
+    A corpus without any note is a `NotesError` (raised when the notes run out).
+    """
+    found = False
+    for _, _, text in iter_notes(files, text_column, split):
+        if text and text.strip():
+            found = True
+            yield text
     if not found:
         raise NotesError(f"empty corpus: no non-blank note in {', '.join(map(str, files))}")
 
@@ -347,6 +362,7 @@ __all__ = [
     "NotesError",
     "columns_of",
     "file_format",
+    "iter_notes",
     "iter_rows",
     "iter_texts",
     "load_text_dataset",
