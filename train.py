@@ -73,7 +73,6 @@ MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
 HANDLER_SOURCE = REPO_ROOT / "modeling_bertxml" / "endpoint_handler.py"
 BEST_MODEL = "best_model"  # under checkpoints/: the weights with the best validation MAP so far
 THRESHOLD_GRID = 100  # Edin et al.
-PUSH_IGNORE = [f"{CheckpointManager.subdir}/**", "logs/**", "run_args.json"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -381,7 +380,7 @@ def run(args: argparse.Namespace) -> None:
     results = final_evaluation(args, accelerator, model, loaders, splits)
     write_outputs(args, accelerator, model, tokenizer, splits, results, state)
     if accelerator.is_main_process:
-        push_from_args(args, args.output_dir, ignore_patterns=PUSH_IGNORE)
+        push_from_args(args, args.output_dir)
     accelerator.end_training()
 
 
