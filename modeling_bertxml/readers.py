@@ -19,6 +19,7 @@ import json
 import lzma
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def _lines(path: Path, counter: list[int]) -> Iterator[str]:
                     utf16 = counter[0] == 1 and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
                     found = "UTF-16 text" if utf16 else f"not UTF-8 text (bad byte at column {error.start + 1})"
                     raise NotesError(f"{path}:{counter[0]}: {found}; save the file as UTF-8") from None
-        except (OSError, EOFError, lzma.LZMAError) as error:  # a truncated or corrupt .gz/.bz2/.xz, a read error
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:  # a corrupt .gz/.bz2/.xz, a read error
             raise NotesError(f"{path}: cannot be read ({type(error).__name__})") from None
 
 
