@@ -362,8 +362,7 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
     logger.info(f"Done: {results}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     prepare_output_dir(args)
     # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there).
     loader_config = DataLoaderConfiguration(
@@ -373,10 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args)
     config = load_config(args, tokenizer=tokenizer)
     block_size = block_size_for(args, tokenizer, config)
-    try:
-        train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
-    except NotesError as error:  # file, line and field of the bad input: the message, not a traceback
-        raise SystemExit(f"error: {error}") from None
+    train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
     model = build_model(args, config)
     # The schedule needs the per-process length, known once the dataloader is prepared (sharded).
     train_loader = accelerator.prepare(train_loader)
@@ -390,10 +386,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         progress = train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress)
         finish(args, accelerator, model, tokenizer, progress, time.perf_counter() - start)
-    except (NonFiniteLossError, OutputWriteError, NotesError) as error:  # NotesError: a bad row of a streamed corpus
+    finally:
         accelerator.end_training()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    # Expected failures of a run: the message (file, line, field; or what to do), not a traceback. A bad row of a
+    # streamed corpus is only found while training.
+    except (NotesError, NonFiniteLossError, OutputWriteError, PermissionError, FileExistsError) as error:
         raise SystemExit(f"error: {error}") from None
-    accelerator.end_training()
 
 
 if __name__ == "__main__":

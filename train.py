@@ -388,7 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         run(args)
-    except (NotesError, NonFiniteLossError, OutputWriteError, HubPushError, IdentifiersFoundError) as error:
+    except (
+        NotesError, NonFiniteLossError, OutputWriteError, HubPushError, IdentifiersFoundError, PermissionError,
+        FileExistsError,
+    ) as error:
         # Expected failures of a run: the message (file, line, field; or what to do), not a traceback.
         sys.exit(f"error: {error}")
 

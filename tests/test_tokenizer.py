@@ -204,3 +204,9 @@ def test_cli_errors_are_clear(tmp_path, make_input, message):
     with pytest.raises(SystemExit, match=re.escape(message)) as error:
         main(["--train_file", make_input(tmp_path), "--output_dir", str(tmp_path / "out")])
     assert "John Smith" not in str(error.value)
+
+
+def test_an_output_dir_that_is_a_file_fails_before_training(notes_file, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(SystemExit, match="error: .*File exists"):
+        main(["--train_file", notes_file, "--output_dir", str(tmp_path / "out")])

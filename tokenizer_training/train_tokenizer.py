@@ -177,6 +177,7 @@ def train_tokenizer(
     `validation_files` the last 1% of the (first `max_notes`) notes is held out of training for the report.
     """
     logger.info(DE_IDENTIFY)
+    os.makedirs(output_dir, exist_ok=True)  # a file in the way fails now, not after training
     start = time.perf_counter()
     names: set[str] = set()
     notes: Iterable[str] = _collect_names(itertools.islice(iter_texts(train_files, text_column), max_notes), names)
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
             max_notes=args.max_notes, model_max_length=args.model_max_length,
             allow_identifier_tokens=args.allow_identifier_tokens, allow_name_tokens=args.allow_name_tokens,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # NotesError (file:line, field), an output dir that cannot be made
         raise SystemExit(f"error: {err}") from None
     logger.info("Saved tokenizer to %s: %s", args.output_dir, json.dumps(report))
 
