@@ -1,7 +1,7 @@
 """The one reader of notes files (not remote code), behind the tokenizer trainer, pretrain.py, train.py and predict.
 
 Accepted: `.jsonl`/`.json` (one JSON object per line), `.csv` (a header row; Excel's "CSV UTF-8" byte-order mark is
-fine), `.parquet`, `.txt` (one note per line), any of those compressed (`.gz`, `.bz2`, `.xz`), a folder of `.txt` files
+fine), `.txt` (one note per line), any of those compressed (`.gz`, `.bz2`, `.xz`), `.parquet`, a folder of `.txt` files
 (one file = one note) and a folder written by `datasets`' `save_to_disk`; globs expand to files in sorted order.
 
 Hospital exports are messy and notes are PHI, so anything this module cannot read is one `NotesError` whose message
@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import IO
 
 _COMPRESSED: dict[str, Callable[[Path], IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-_TEXT_FORMATS = (".jsonl", ".json", ".csv", ".txt")
-FORMATS = (*_TEXT_FORMATS, ".parquet")
+_FORMATS = (".jsonl", ".json", ".csv", ".txt", ".parquet")
 _SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")  # what `save_to_disk` writes into its folder
 _TABLE_BATCH = 1000
 
@@ -58,8 +57,8 @@ def file_format(path: Path) -> str:
     if suffixes and suffixes[-1] in _COMPRESSED:
         suffixes.pop()
     extension = suffixes[-1] if suffixes else ""
-    if extension not in FORMATS:
-        raise NotesError(f"{path}: unknown file type {extension or path.name!r}; expected {', '.join(FORMATS)} "
+    if extension not in _FORMATS:
+        raise NotesError(f"{path}: unknown file type {extension or path.name!r}; expected {', '.join(_FORMATS)} "
                          "(optionally .gz/.bz2/.xz), a folder of .txt files or a folder written by save_to_disk")
     if extension == ".parquet" and path.suffix.lower() in _COMPRESSED:
         raise NotesError(f"{path}: Parquet compresses itself; decompress the file first")
@@ -160,8 +159,8 @@ def _csv_rows(path: Path) -> Rows:
             if len(cells) != len(header):
                 raise NotesError(f"{where}: {len(cells)} cells, but the header has {len(header)} columns")
             yield where, dict(zip(header, cells))
-    except csv.Error as error:  # a NUL byte, a quote left open at the end of the file
-        raise NotesError(f"{path}:{counter[0]}: not valid CSV ({error})") from None  # csv's messages hold no cell
+    except csv.Error as error:  # e.g. a bare carriage return in an unquoted cell; csv's messages quote no cell
+        raise NotesError(f"{path}:{counter[0]}: not valid CSV ({error})") from None
 
 
 def _txt_rows(path: Path) -> Rows:
@@ -227,7 +226,7 @@ _ROW_READERS: dict[str, Callable[[Path], Rows]] = {
 }
 
 
-def columns_of(path: Path, split: str = "train") -> list[str] | None:
+def _columns_of(path: Path, split: str = "train") -> list[str] | None:
     """A file's column names, so a missing column is refused before any row is read (None: JSON Lines, per row)."""
     if path.is_dir():
         return _load_saved(path, split).column_names if _is_saved_dataset(path) else ["text"]
@@ -244,9 +243,9 @@ def columns_of(path: Path, split: str = "train") -> list[str] | None:
     return None
 
 
-def require_columns(path: Path, split: str, required: Iterable[tuple[str, str]]) -> None:
+def _require_columns(path: Path, split: str, required: Iterable[tuple[str, str]]) -> None:
     """Refuse a file that lacks one of the `(column, flag that names it)` pairs, listing the columns it has."""
-    names = columns_of(path, split)
+    names = _columns_of(path, split)
     for name, flag in required:
         if names is not None and name not in names:
             raise NotesError(f"{path}: no column {name!r} (columns: {', '.join(names)}); pass {flag}")
@@ -260,7 +259,7 @@ def iter_rows(path: str | Path, split: str = "train") -> Rows:
     return _ROW_READERS[file_format(path)](path)
 
 
-def note_text(value: object, where: Location, column: str) -> str | None:
+def _note_text(value: object, where: Location, column: str) -> str | None:
     """The note of a row: a string, or None when the cell is empty; anything else is a `NotesError`."""
     if value is None:
         return None
@@ -293,17 +292,18 @@ def iter_notes(
     """
     for path in resolve_files(files):
         column = "text" if _is_plain_text(path) else text_column
-        require_columns(path, split, [(column, "--text_column"), *required])
+        _require_columns(path, split, [(column, "--text_column"), *required])
         for where, row in iter_rows(path, split):
-            text = note_text(row_field(row, column, "--text_column", where), where, column)
+            text = _note_text(row_field(row, column, "--text_column", where), where, column)
             yield where, {name: value for name, value in row.items() if name != column}, text
 
 
-def iter_texts(files: str | Sequence[str], text_column: str = "text", split: str = "train") -> Iterator[str]:
+def iter_texts(files: str | Path | Sequence[str | Path], text_column: str = "text", split: str = "train") -> Iterator[str]:
     """The non-blank notes of `files`, in order, for tokenizer training and MLM; blank notes are skipped.
 
     A corpus without any note is a `NotesError` (raised when the notes run out).
     """
+    files = [files] if isinstance(files, (str, Path)) else list(files)
     found = False
     for _, _, text in iter_notes(files, text_column, split):
         if text and text.strip():
@@ -358,17 +358,13 @@ def load_text_dataset(files: str | Sequence[str], text_column: str = "text", str
 
 
 __all__ = [
-    "FORMATS",
     "Location",
     "NotesError",
-    "columns_of",
     "file_format",
     "iter_notes",
     "iter_rows",
     "iter_texts",
     "load_text_dataset",
-    "note_text",
-    "require_columns",
     "resolve_files",
     "row_field",
 ]
