@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM
-from modeling_bertxml.data import load_text_dataset
 from modeling_bertxml.checkpointing import (
     CheckpointManager,
     OutputDirError,
@@ -42,6 +41,7 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
     save_model_folder,
 )
+from modeling_bertxml.readers import NotesError, load_text_dataset
 from modeling_bertxml.training import (
     TrainingDivergedError,
     accelerator_settings,
@@ -152,7 +152,7 @@ def load_blocks(
         **map_kwargs,
     )
     if len(blocks) == 0:
-        raise ValueError(
+        raise NotesError(
             f"{', '.join(files)}: fewer tokens than one block of --max_seq_length {block_size}; add notes or "
             "lower --max_seq_length"
         )
@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
             args.output_dir, run_args(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir
         ):
             run(args)
-    except (TrainingDivergedError, OutputDirError, OutputWriteError) as error:
+    # Expected failures of a run: the message (file, line, field; or what to do), not a traceback. A bad row of a
+    # streamed corpus is only found while training.
+    except (NotesError, TrainingDivergedError, OutputDirError, OutputWriteError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

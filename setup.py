@@ -29,5 +29,5 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "tensorboard", "parameterized"]},
+    extras_require={"dev": ["pytest", "pytest-timeout", "tensorboard", "parameterized", "hypothesis"]},
 )

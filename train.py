@@ -79,7 +79,6 @@ MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
 HANDLER_SOURCE = REPO_ROOT / "modeling_bertxml" / "endpoint_handler.py"
 THRESHOLD_GRID = 100  # Edin et al.
 UNIFORM_LOSS = math.log(2)  # BCE per code of a model that answers 0.5 everywhere: the divergence guard's yardstick
-PUSH_IGNORE = [f"{CheckpointManager.subdir}/**", "logs/**", "run_args.json", ".bertxml.lock"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -352,7 +351,7 @@ def run(args: argparse.Namespace) -> None:
     results = final_evaluation(args, accelerator, model, loaders, splits)
     write_outputs(args, accelerator, model, tokenizer, splits, results, progress)
     if accelerator.is_main_process:
-        push_from_args(args, args.output_dir, ignore_patterns=PUSH_IGNORE)
+        push_from_args(args, args.output_dir)
     accelerator.end_training()
 
 
@@ -360,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Expected failures of a run: the message (file, line, field; or what to do), not a traceback.
     expected = (NotesError, TrainingDivergedError, OutputDirError, OutputWriteError, HubPushError,
-                IdentifiersFoundError)  # fmt: skip
+                IdentifiersFoundError, PermissionError)  # fmt: skip
     try:
         with claim_output_dir(
             args.output_dir, run_args(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir

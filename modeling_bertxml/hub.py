@@ -1,16 +1,20 @@
 """Push a trained model folder to the Hugging Face Hub: private by default, and never with patient identifiers.
 
 A model trained on clinical notes can leak them through what travels with the weights: a model card with an example
-note, a tokenizer vocabulary that memorised an MRN, a results file. `push_folder` therefore scans every text file it is
-about to upload for strings that look like MRNs, phone numbers or dates of birth (and for the access token itself),
-refuses when it finds any (an override exists for checked false positives; the token never passes), creates or
-re-privatises the repo, then uploads. A network failure becomes one `HubPushError` saying the local folder is intact.
+note, a tokenizer vocabulary that memorised an MRN, a results file, a checkpoint's optimizer state. `push_folder`
+therefore uploads only what a model repo holds (`MODEL_REPO_FILES`), scans every one of those files (decoded from
+UTF-8, UTF-16 or UTF-32; a safetensors file's header) for strings that look like MRNs, phone numbers or dates of birth
+(and for the access token itself), refuses when it finds any (an override exists for checked false positives; the
+token, and a file that cannot be read as text, never pass), creates or re-privatises the repo, then uploads. A network
+failure becomes one `HubPushError` saying the local folder is intact.
 
 `train.py` calls `add_hub_args(parser)` and `push_from_args(args, folder)`; `python -m modeling_bertxml.hub FOLDER
 --hub_model_id org/name` pushes (or re-pushes) an existing folder the same way.
 """
 
 import argparse
+import codecs
+import fnmatch
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -18,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import OfflineModeIsEnabled
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,8 @@ class IdentifiersFoundError(ValueError):
         super().__init__(
             f"Refusing to push {folder}: {len(self.findings)} finding(s) of possible patient identifiers or secrets "
             f"(the matched text is not shown):\n{listed}{more}\nNothing was uploaded. If you have checked that the "
-            "identifiers are not patient data, push again with --hub_allow_phi (an access token is never pushed)."
+            "identifiers are not patient data, push again with --hub_allow_phi (an access token, or a file that cannot "
+            "be scanned, is never pushed)."
         )
 
 
@@ -123,18 +127,71 @@ class Secret:
         return "***"
 
 
-def files_to_upload(folder: str | Path, ignore_patterns: Sequence[str] = ()) -> list[Path]:
-    """The files `HfApi.upload_folder` would send, selected the same way, so the scan sees exactly what is pushed."""
+# What a model repo holds, and nothing else: weights, configs, the tokenizer, the remote code and Endpoint handler, the
+# card and the results. Only files directly in the folder: train.py's checkpoints/ (optimizer and RNG state), logs/
+# (TensorBoard events, hparams) and run_args.json stay local, whichever command pushes.
+MODEL_REPO_FILES = (
+    "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "tokenizer_report.json", "*.py", "README.md", "eval_results.json", "test_results.json", "train_results.json",
+)
+UNSCANNABLE_KIND = "binary file that cannot be scanned"
+_ALWAYS_BLOCKING = (TOKEN_KIND, UNSCANNABLE_KIND)  # --hub_allow_phi cannot vouch for what nobody could read
+# Byte-order marks, UTF-32 before UTF-16 (the UTF-32 LE mark starts with the UTF-16 LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Without a mark, mostly-ASCII text in a wide encoding has NUL bytes at fixed positions: (encoding, width, positions).
+_NUL_PATTERNS = (
+    ("utf-32-le", 4, (1, 2, 3)), ("utf-32-be", 4, (0, 1, 2)), ("utf-16-le", 2, (1,)), ("utf-16-be", 2, (0,)),
+)
+_MAX_SAFETENSORS_HEADER = 100_000_000  # as the safetensors library itself limits it
+
+
+def files_to_upload(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`."""
     folder = Path(folder)
-    relative = [path.relative_to(folder).as_posix() for path in sorted(folder.glob("**/*")) if path.is_file()]
-    kept = filter_repo_objects(relative, ignore_patterns=[*ignore_patterns, *DEFAULT_IGNORE_PATTERNS])
-    return [folder / name for name in kept]
+    kept, left = [], []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.is_symlink() and any(fnmatch.fnmatch(path.name, p) for p in MODEL_REPO_FILES):
+            kept.append(path)
+        else:
+            left.append(path.name + ("/" if path.is_dir() else ""))
+    return kept, left
 
 
-def _is_text(path: Path) -> bool:
-    """Weights, optimizer states and other binaries (safetensors headers included) have NUL bytes early on."""
-    with path.open("rb") as file:
-        return b"\0" not in file.read(8192)
+def _text_encoding(head: bytes) -> str | None:
+    """The encoding of a file starting with `head`: from its byte-order mark, else its NUL bytes (None: not text)."""
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding
+    if b"\0" not in head:
+        return "utf-8"
+    for encoding, width, positions in _NUL_PATTERNS:
+        sample = head[: len(head) // width * width]
+        columns = [sample[i::width] for i in range(width)]
+        nul_share = [column.count(0) / max(len(column), 1) for column in columns]
+        if all(nul_share[i] > 0.9 if i in positions else nul_share[i] < 0.1 for i in range(width)):
+            return encoding
+    return None
+
+
+def _scannable_text(path: Path) -> str | None:
+    """What the scan reads of a file: its text in whatever Unicode encoding, a safetensors file's JSON header (which
+    may hold free-form metadata), or None when it cannot be read as text."""
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+        if not 0 <= size <= min(_MAX_SAFETENSORS_HEADER, len(data) - 8):
+            return None
+        data = data[8 : 8 + size]
+    encoding = _text_encoding(data[:8192])
+    if encoding is None:
+        return None
+    # errors="replace": a Latin-1 note is still text and still scanned.
+    text = data.decode(encoding, errors="replace")
+    return None if "\0" in text else text
 
 
 def _mask_json_numbers(line: str) -> str:
@@ -148,20 +205,19 @@ def _scan_lines(lines: Iterable[str], is_json: bool, rules: Sequence[_Rule]) -> 
         yield from ((number, kind) for kind in sorted(kinds))
 
 
-def scan_for_identifiers(
-    folder: str | Path, ignore_patterns: Sequence[str] = (), secrets: Sequence[str] = ()
-) -> list[Finding]:
-    """Every line of the text files about to be uploaded that looks like an MRN, a phone number, a date of birth, a
-    Hugging Face token or one of `secrets` (the token in use). Binary files are skipped."""
+def scan_for_identifiers(folder: str | Path, secrets: Sequence[str] = ()) -> list[Finding]:
+    """Every line of the files about to be uploaded that looks like an MRN, a phone number, a date of birth, a
+    Hugging Face token or one of `secrets` (the token in use); a file that cannot be read as text is a finding too."""
     rules = (*IDENTIFIER_RULES, *(_Rule(TOKEN_KIND, re.compile(re.escape(secret))) for secret in secrets if secret))
     findings = []
-    for path in files_to_upload(folder, ignore_patterns):
-        if not _is_text(path):
+    for path in files_to_upload(folder)[0]:
+        name = path.relative_to(folder).as_posix()
+        text = _scannable_text(path)
+        if text is None:
+            findings.append(Finding(name, 1, UNSCANNABLE_KIND))
             continue
-        # errors="replace": a Latin-1 note is still text and still scanned, not skipped.
-        with path.open(encoding="utf-8", errors="replace") as file:
-            hits = _scan_lines(file, path.suffix in _JSON_SUFFIXES, rules)
-            findings.extend(Finding(path.relative_to(folder).as_posix(), line, kind) for line, kind in hits)
+        is_json = path.suffix in _JSON_SUFFIXES or path.suffix == ".safetensors"
+        findings.extend(Finding(name, line, kind) for line, kind in _scan_lines(text.split("\n"), is_json, rules))
     return findings
 
 
@@ -172,7 +228,6 @@ def push_folder(
     private: bool = True,
     commit_message: str = "Upload BERT-XML model",
     allow_phi: bool = False,
-    ignore_patterns: Sequence[str] = (),
 ) -> str:
     """Upload `folder` to the model repo `repo_id` ("org/name", or "name" under the token's account) and return its URL.
 
@@ -184,8 +239,11 @@ def push_folder(
     if not folder.is_dir():
         raise NotADirectoryError(f"Cannot push {folder}: it is not a folder")
     secret = token or get_token()
-    findings = scan_for_identifiers(folder, ignore_patterns, secrets=[secret] if secret else [])
-    blocking = [finding for finding in findings if not allow_phi or finding.kind == TOKEN_KIND]
+    files, left_local = files_to_upload(folder)
+    if left_local:
+        logger.info("Not pushed (not part of a model repo): %s", ", ".join(left_local))
+    findings = scan_for_identifiers(folder, secrets=[secret] if secret else [])
+    blocking = [finding for finding in findings if not allow_phi or finding.kind in _ALWAYS_BLOCKING]
     if blocking:
         raise IdentifiersFoundError(folder, blocking)
     if findings:
@@ -200,12 +258,9 @@ def push_folder(
         if private and not api.model_info(repo_url.repo_id).private:
             logger.warning("%s already exists and is public: making it private before uploading", repo_url.repo_id)
             api.update_repo_settings(repo_url.repo_id, private=True)
-        api.upload_folder(
-            folder_path=folder,
-            repo_id=repo_url.repo_id,
-            commit_message=commit_message,
-            ignore_patterns=list(ignore_patterns),
-        )
+        # The exact files that were scanned: no pattern matching on the way to the Hub.
+        operations = [CommitOperationAdd(path.relative_to(folder).as_posix(), path) for path in files]
+        api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
     except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
         if secret:
@@ -243,7 +298,7 @@ def add_hub_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def push_from_args(args: argparse.Namespace, folder: str | Path, ignore_patterns: Sequence[str] = ()) -> str | None:
+def push_from_args(args: argparse.Namespace, folder: str | Path) -> str | None:
     """The push `train.py` does at the end (on the main process only): nothing unless --push_to_hub."""
     if not args.push_to_hub:
         return None
@@ -253,7 +308,6 @@ def push_from_args(args: argparse.Namespace, folder: str | Path, ignore_patterns
         token=args.hub_token.value if args.hub_token else None,
         private=not args.hub_public,
         allow_phi=args.hub_allow_phi,
-        ignore_patterns=ignore_patterns,
     )
 
 

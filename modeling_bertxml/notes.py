@@ -1,7 +1,7 @@
-"""Notes with ICD-10 codes for fine-tuning and evaluation (not remote code): read, validate, label space, batches.
+"""Notes with ICD-10 codes for fine-tuning and evaluation (not remote code): validate, label space, batches.
 
-Hospital exports are messy, so every problem is reported with the file, line (JSON Lines, CSV) or row (Parquet,
-saved datasets) and field, and never with the note's text (notes are PHI). What is fatal and what is counted:
+Files are read by `readers` (formats, and errors with file, line or row and field). Every problem is reported with
+its location and never with the note's text or id (notes are PHI). What is fatal and what is counted:
 
 - fatal (`NotesError`): a line that is not JSON, a missing `text`/`labels` column, a note that is not a string, a
   label list that is not a list (only CSV writes codes as one `;`-separated string), a code that is not a string,
@@ -17,8 +17,6 @@ matrix of 8k codes x 1M notes would take ~32 GB).
 """
 
 import ast
-import csv
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,15 +28,12 @@ import numpy as np
 import torch
 
 from .icd10 import CodeReport, check_codes, normalize_code
+from .readers import Location, NotesError, file_format, iter_notes, row_field
 
 logger = logging.getLogger(__name__)
 
 CSV_LABEL_SEPARATOR = ";"
 MAX_LISTED = 5  # how many codes a report line names
-
-
-class NotesError(ValueError):
-    """Bad input in a notes file; the message names the file, the line or row, and the field."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +65,7 @@ class Notes:
     texts: list[str]
     codes: list[list[str]]
     report: NotesReport
+    locations: list[Location]  # where each note is, for messages that must not quote the note or its id
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -103,107 +99,6 @@ def log_report(notes: Notes, max_length: int | None = None) -> None:
         )
 
 
-# --- reading rows ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a row is: a line of a JSON Lines or CSV file (where the row starts), or a row of a table."""
-
-    file: str
-    number: int
-    unit: str = "line"
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.number}" if self.unit == "line" else f"{self.file}: row {self.number}"
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[Location, dict]]:
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            where = Location(str(path), number)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise NotesError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise NotesError(f"{where}: expected a JSON object with fields, got a {type(row).__name__}")
-            yield where, row
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[Location, dict]]:
-    with path.open(encoding="utf-8", newline="") as file:
-        reader = csv.DictReader(file)
-        reader.fieldnames  # reads the header, so line_num below is where each record starts
-        previous = reader.line_num
-        for row in reader:
-            where = Location(str(path), previous + 1)
-            if None in row:  # more cells than header names
-                raise NotesError(f"{where}: more cells than columns")
-            yield where, row
-            previous = reader.line_num  # a quoted note may span several lines
-
-
-def _table_rows(batches: Iterator[list[dict]], name: str) -> Iterator[tuple[Location, dict]]:
-    number = 0
-    for batch in batches:
-        for row in batch:
-            number += 1
-            yield Location(name, number, unit="row"), row
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[Location, dict]]:
-    import pyarrow.parquet as pq
-
-    batches = pq.ParquetFile(path).iter_batches(batch_size=1000)
-    yield from _table_rows((batch.to_pylist() for batch in batches), str(path))
-
-
-def _saved_dataset_rows(path: Path, split: str) -> Iterator[tuple[Location, dict]]:
-    dataset = datasets.load_from_disk(str(path))
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise NotesError(f"{path}: no split {split!r} in this saved DatasetDict (splits: {', '.join(dataset)})")
-        dataset = dataset[split]
-    rows = ([dict(zip(batch, values)) for values in zip(*batch.values())] for batch in dataset.iter(batch_size=1000))
-    yield from _table_rows(rows, str(path))
-
-
-_READERS = {".jsonl": _jsonl_rows, ".json": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
-
-
-def _columns_of(path: Path, split: str) -> list[str] | None:
-    """Header names of a tabular file, to refuse a missing column before reading any row (None for JSON Lines)."""
-    if path.is_dir():
-        dataset = datasets.load_from_disk(str(path))
-        if isinstance(dataset, datasets.DatasetDict):
-            return dataset[split].column_names if split in dataset else None  # the reader names the splits
-        return dataset.column_names
-    if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as file:
-            return next(csv.reader(file), [])
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(path).names
-    return None
-
-
-def iter_rows(path: str | Path, split: str = "train") -> Iterator[tuple[Location, dict]]:
-    """(location, row) for every row of a JSON Lines, CSV or Parquet file or a `save_to_disk` folder."""
-    path = Path(path)
-    if not path.exists():
-        raise NotesError(f"{path}: no such file")
-    if path.is_dir():
-        return _saved_dataset_rows(path, split)
-    if path.suffix not in _READERS:
-        raise NotesError(f"{path}: unknown file type {path.suffix!r}; expected .jsonl, .json, .csv, .parquet "
-                         "or a folder written by datasets' save_to_disk")
-    return _READERS[path.suffix](path)
-
-
 # --- validating rows ---------------------------------------------------------------------------------------------
 
 
@@ -217,7 +112,7 @@ def _raw_labels(value: object, where: Location, column: str, is_csv: bool) -> li
             return [code for code in value.split(CSV_LABEL_SEPARATOR) if code.strip()]
         try:
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise NotesError(f"{where}: field {column!r}: starts with '[' but is not a list of codes; "
                              f"write codes {CSV_LABEL_SEPARATOR!r}-separated, e.g. E11.9;I10") from None
     if isinstance(value, str):
@@ -229,9 +124,9 @@ def _raw_labels(value: object, where: Location, column: str, is_csv: bool) -> li
 
 
 def _check_code_types(raw: list, where: Location, column: str) -> list[str]:
-    for item in raw:
+    for position, item in enumerate(raw, start=1):
         if not isinstance(item, str):
-            raise NotesError(f"{where}: field {column!r}: code {item!r} is a {type(item).__name__}, not a string")
+            raise NotesError(f"{where}: field {column!r}: code {position} is a {type(item).__name__}, not a string")
     return raw
 
 
@@ -244,30 +139,6 @@ def _normalized(raw: list[str]) -> list[str]:
         except ValueError:
             pass
     return list(codes)
-
-
-def _text(value: object, where: Location, column: str, report: NotesReport) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        report.empty_notes += 1
-        return ""
-    if not isinstance(value, str):
-        raise NotesError(f"{where}: field {column!r}: the note is a {type(value).__name__}, not a string")
-    return value
-
-
-def _require(row: dict, name: str, flag: str, where: Location) -> object:
-    if name not in row:
-        raise NotesError(f"{where}: no field {name!r} (fields: {', '.join(map(str, row))}); pass {flag}")
-    return row[name]
-
-
-def _check_columns(path: Path, split: str, columns: NoteColumns) -> None:
-    names = _columns_of(path, split)
-    if names is None:
-        return
-    for name, flag in ((columns.text, "--text_column"), (columns.labels, "--label_column")):
-        if name not in names:
-            raise NotesError(f"{path}: no column {name!r} (columns: {', '.join(names)}); pass {flag}")
 
 
 def read_notes(
@@ -287,16 +158,15 @@ def read_notes(
     report = NotesReport()
     ids, texts, raw_codes, locations = [], [], [], []
     first_seen: dict[str, Location] = {}
-    for path in map(Path, files):
-        rows = iter_rows(path, split)
-        _check_columns(path, split, columns)
-        for where, row in rows:
-            texts.append(_text(_require(row, columns.text, "--text_column", where), where, columns.text, report))
-            raw = _raw_labels(_require(row, columns.labels, "--label_column", where), where, columns.labels,
-                              is_csv=path.suffix == ".csv")
-            raw_codes.append(_check_code_types(raw, where, columns.labels))
-            ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
-            locations.append(where)
+    for where, row, text in iter_notes(files, columns.text, split, [(columns.labels, "--label_column")]):
+        if text is None or not text.strip():
+            report.empty_notes += 1
+        texts.append(text if text and text.strip() else "")
+        is_csv = where.unit == "line" and file_format(Path(where.file)) == ".csv"
+        raw = _raw_labels(row_field(row, columns.labels, "--label_column", where), where, columns.labels, is_csv)
+        raw_codes.append(_check_code_types(raw, where, columns.labels))
+        ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
+        locations.append(where)
     source = ", ".join(map(str, files))
     if not texts:
         raise NotesError(f"{source}: no notes in the {split} split")
@@ -305,30 +175,30 @@ def read_notes(
     )
     if strict_codes and not report.codes.ok:
         raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
-    return Notes(split, source, ids, texts, [_normalized(raw) for raw in raw_codes], report)
+    return Notes(split, source, ids, texts, [_normalized(raw) for raw in raw_codes], report, locations)
 
 
 def _note_id(value: object, where: Location, column: str, first_seen: dict[str, Location]) -> str | None:
     if value is None or value == "":
         return None
     note_id = str(value)
-    if note_id in first_seen:
-        raise NotesError(f"{where}: field {column!r}: duplicate note id {note_id!r} (first at {first_seen[note_id]})")
+    if note_id in first_seen:  # the id itself is not shown: ids are often built from MRNs
+        raise NotesError(f"{where}: field {column!r}: the same note id as {first_seen[note_id]}")
     first_seen[note_id] = where
     return note_id
 
 
 def check_disjoint(*splits: Notes) -> None:
     """Refuse a note id that appears in two splits: a training note in the test set makes the metrics a lie."""
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, Location]] = {}
     for notes in splits:
-        for note_id in notes.ids:
+        for note_id, where in zip(notes.ids, notes.locations):
             if note_id is None:
                 continue
-            if seen.get(note_id, notes.split) != notes.split:
-                raise NotesError(f"note id {note_id!r} is in both the {seen[note_id]} split and the {notes.split} "
-                                 f"split ({notes.source}); splits must not share notes")
-            seen[note_id] = notes.split
+            split, first = seen.setdefault(note_id, (notes.split, where))
+            if split != notes.split:
+                raise NotesError(f"{where}: the note id of {first} (the {split} split) is also in the {notes.split} "
+                                 "split; splits must not share notes")
 
 
 # --- label space -------------------------------------------------------------------------------------------------
@@ -450,10 +320,8 @@ __all__ = [
     "Notes",
     "NotesError",
     "NotesReport",
-    "Location",
     "build_label_space",
     "check_disjoint",
-    "iter_rows",
     "label_indices",
     "log_report",
     "read_label_file",

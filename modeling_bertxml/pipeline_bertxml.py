@@ -114,6 +114,15 @@ class ICDCodingPipeline(Pipeline):
     _load_video_processor = False
     _load_feature_extractor = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A token id past the embedding table would fail deep in torch as a bare IndexError, on the first note.
+        if self.tokenizer is not None and len(self.tokenizer) > self.model.config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(self.tokenizer):,} tokens but the model only {self.model.config.vocab_size:,} "
+                "(config.vocab_size): they were not trained together. Use the tokenizer saved with the model."
+            )
+
     def _sanitize_parameters(
         self, threshold: float | None = None, top_k: int | None = None, num_evidence_spans: int | None = None
     ) -> tuple[dict, dict, dict]:

@@ -1,11 +1,13 @@
-"""load_text_dataset: every accepted format gives the same notes, streamed or not; bad input names the file."""
+"""Raw notes for the tokenizer and MLM: every accepted format gives the same notes, streamed or not; bad input is a
+NotesError naming the file (and line), never the note."""
 
+import json
 import re
 
 import datasets
 import pytest
 
-from modeling_bertxml.data import iter_texts, load_text_dataset
+from modeling_bertxml.readers import NotesError, iter_texts, load_text_dataset
 
 NOTES = ["Chest pain, MRN 4829113.", "Seen 2019-03-04 for dyspnea", "Type 2 diabetes; start metformin"]
 
@@ -13,7 +15,9 @@ NOTES = ["Chest pain, MRN 4829113.", "Seen 2019-03-04 for dyspnea", "Type 2 diab
 def texts_of(files, streaming, **kwargs) -> list[str]:
     dataset = load_text_dataset(files, streaming=streaming, **kwargs)
     assert isinstance(dataset, datasets.IterableDataset if streaming else datasets.Dataset)
-    return list(iter_texts(dataset))
+    texts = [row["text"] for row in dataset]
+    assert texts == list(iter_texts(files, **kwargs))
+    return texts
 
 
 def write_txt(path, lines: list[str]) -> str:
@@ -72,31 +76,44 @@ def test_globs_and_mixed_formats_concatenate_in_order(tmp_path, streaming):
     assert texts_of([str(tmp_path / "part-*.txt"), jsonl], streaming) == NOTES
 
 
-def test_iter_texts_stops_at_max_notes(tmp_path):
-    dataset = load_text_dataset([write_txt(tmp_path / "notes.txt", NOTES * 5)], streaming=True)
-    assert list(iter_texts(dataset, max_notes=4, batch_size=3)) == (NOTES * 2)[:4]
-
-
-@pytest.mark.parametrize("make_files, error, message", [
-    (lambda d: [str(d / "absent.jsonl")], FileNotFoundError, "absent.jsonl: no such file or folder"),
-    (lambda d: [str(d / "*.parquet")], FileNotFoundError, "*.parquet: no file matches this pattern"),
-    (lambda d: [write_txt(d / "notes.docx", NOTES)], ValueError, "notes.docx: unknown file type '.docx'"),
-    (lambda d: [write_table(d / "notes.csv", {"id": [1], "body": ["x"]})], ValueError,
-     "notes.csv: no text column 'text' (columns: id, body)"),
-    (lambda d: [write_txt(d / "a.txt", [""]), write_table(d / "b.csv", {"text": [None], "id": [1]})], ValueError,
+@pytest.mark.parametrize("make_files, message", [
+    (lambda d: [str(d / "absent.jsonl")], "absent.jsonl: no such file or folder"),
+    (lambda d: [str(d / "*.parquet")], "*.parquet: no file matches this pattern"),
+    (lambda d: [write_txt(d / "notes.docx", NOTES)], "notes.docx: unknown file type '.docx'"),
+    (lambda d: [write_table(d / "notes.csv", {"id": [1], "body": ["x"]})],
+     "notes.csv: no column 'text' (columns: id, body)"),
+    (lambda d: [write_txt(d / "a.txt", [""]), write_table(d / "b.csv", {"text": [None], "id": [1]})],
      "empty corpus: no non-blank note in"),
-    (lambda d: [str(d)], ValueError, "holds no .txt files and is not a dataset saved with save_to_disk"),
+    (lambda d: [write_txt(d / "empty.jsonl", [])], "empty corpus: no non-blank note in"),
+    (lambda d: [str(d)], "holds no .txt files and is not a dataset saved with save_to_disk"),
 ])
 @pytest.mark.parametrize("streaming", [False, True])
-def test_bad_input_raises_an_error_naming_the_file(tmp_path, make_files, error, message, streaming):
-    with pytest.raises(error, match=re.escape(message)):
+def test_bad_input_raises_an_error_naming_the_file(tmp_path, make_files, message, streaming):
+    with pytest.raises(NotesError, match=re.escape(message)):
         load_text_dataset(make_files(tmp_path), streaming=streaming)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_bad_row_after_good_ones_names_file_and_line_but_not_the_note(tmp_path, streaming):
+    rows = [{"text": NOTES[0]}] * 10 + [{"text": [NOTES[1]]}]  # line 11 holds a list
+    path = write_txt(tmp_path / "notes.jsonl", [json.dumps(row) for row in rows])
+    with pytest.raises(NotesError, match=re.escape("notes.jsonl:11: field 'text': the note is a list")) as error:
+        list(load_text_dataset([path], streaming=streaming))
+    assert NOTES[1] not in str(error.value)
 
 
 def test_missing_split_and_non_string_text_are_named(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": NOTES})}).save_to_disk(str(tmp_path / "dict"))
     with pytest.raises(ValueError, match=re.escape("dict: no split 'test' (splits: train)")):
         load_text_dataset([str(tmp_path / "dict")], split="test")
-    path = write_table(tmp_path / "codes.jsonl", {"text": [NOTES[0]], "code": [11]})
-    with pytest.raises(ValueError, match=re.escape("codes.jsonl: row 1: text is int (11), not a string")):
-        list(iter_texts(load_text_dataset([path], text_column="code", streaming=True)))
+    path = write_table(tmp_path / "codes.jsonl", {"text": [NOTES[0]], "code": [4829113]})
+    with pytest.raises(NotesError, match=re.escape("codes.jsonl:1: field 'code': the note is a int")) as error:
+        list(iter_texts([path], text_column="code"))
+    assert "4829113" not in str(error.value)
+
+
+def test_a_changed_file_is_read_again_not_taken_from_the_cache(tmp_path):
+    path = write_txt(tmp_path / "notes.txt", NOTES[:1])
+    assert texts_of([path], streaming=False) == NOTES[:1]
+    write_txt(tmp_path / "notes.txt", NOTES)
+    assert texts_of([path], streaming=False) == NOTES

@@ -90,34 +90,56 @@ def test_json_numbers_are_metadata_but_json_text_is_scanned(tmp_path: Path) -> N
     (tmp_path / "tokenizer.json").write_text(
         json.dumps({"model": {"vocab": {"[PAD]": 0, "diabetes": 100000, "1234567": 100001}}}, indent=2)
     )
-    (tmp_path / "widget.json").write_text(json.dumps({"text": "seen at 212 555 0199, dob: 1960-01-02"}))
+    (tmp_path / "eval_results.json").write_text(json.dumps({"example": "seen at 212 555 0199, dob: 1960-01-02"}))
     assert scan_for_identifiers(tmp_path) == [
         Finding("config.json", 5, "MRN"),  # labelled, so a number value still counts
+        Finding("eval_results.json", 1, "date of birth"),
+        Finding("eval_results.json", 1, "phone number"),
         Finding("tokenizer.json", 6, "MRN"),  # a learned 7-digit token: the vocabulary memorised a number
-        Finding("widget.json", 1, "date of birth"),
-        Finding("widget.json", 1, "phone number"),
     ]
 
 
-def test_saved_model_folder_is_clean_and_binaries_are_skipped(tmp_path: Path) -> None:
+def test_saved_model_folder_is_clean_and_tensor_data_is_not_read_as_text(tmp_path: Path) -> None:
     folder = save_tiny_model(tmp_path / "model")
     save_file({"w": torch.arange(1234567, 1234567 + 64, dtype=torch.int64)}, folder / "extra.safetensors")
-    (folder / "optimizer.bin").write_bytes(b"\0\x01MRN: 1234567")
+    (folder / "optimizer.bin").write_bytes(b"\0\x01MRN: 1234567")  # not a model repo file: never pushed
     assert scan_for_identifiers(folder) == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-8-sig"])
+def test_text_in_utf16_or_utf32_is_decoded_and_scanned(tmp_path: Path, encoding: str) -> None:
+    (tmp_path / "README.md").write_text("# Card\nExample: MRN 4829113, DOB 01/02/1960, call 212-555-0199\n",
+                                        encoding=encoding)
+    assert kinds(tmp_path) == ["MRN", "date of birth", "phone number"]
+
+
+def test_safetensors_metadata_is_scanned_and_unreadable_files_are_refused_even_with_override(
+    loopback_hub, tmp_path: Path
+) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    save_file({"w": torch.zeros(2)}, folder / "extra.safetensors", metadata={"note": "MRN: 4829113"})
+    (folder / "config.json").write_bytes(b"\x00\x93\xff MRN 4829113 \x00\x00\x01\x02" * 64)
+    assert scan_for_identifiers(folder) == [
+        Finding("config.json", 1, "binary file that cannot be scanned"), Finding("extra.safetensors", 1, "MRN"),
+    ]
+    with pytest.raises(IdentifiersFoundError, match="config.json:1: binary file that cannot be scanned"):
+        push_folder(folder, REPO_ID, token=loopback_hub.token, allow_phi=True)
+    assert loopback_hub.repos == {}
 
 
 def test_push_is_private_and_loads_with_the_same_logits(loopback_hub, tmp_path: Path) -> None:
     folder = save_tiny_model(tmp_path / "model")
+    model_files = set(snapshot(folder))
     (folder / "step_10").mkdir()
-    (folder / "step_10" / "notes.txt").write_text("MRN: 1234567\n")  # a checkpoint the caller leaves out
+    (folder / "step_10" / "notes.txt").write_text("MRN: 1234567\n")  # not a model repo file: stays local
 
-    url = push_folder(folder, REPO_ID, token=loopback_hub.token, ignore_patterns=["step_*"])
+    url = push_folder(folder, REPO_ID, token=loopback_hub.token)
 
     assert url == f"{loopback_hub.endpoint}/{REPO_ID}"
     assert HfApi().model_info(REPO_ID, token=loopback_hub.token).private
     with pytest.raises(RepositoryNotFoundError):
         HfApi().model_info(REPO_ID, token=False)
-    assert sorted(loopback_hub.repos[REPO_ID].files) == sorted(set(snapshot(folder)) - {"step_10/notes.txt"})
+    assert sorted(loopback_hub.repos[REPO_ID].files) == sorted(model_files)
     cache = tmp_path / "cache"
     assert torch.equal(logits(REPO_ID, token=loopback_hub.token, cache_dir=cache), logits(folder))
     assert (cache / "models--hospital--bert-xml-icd10").is_dir()  # really loaded from the Hub, not from disk
@@ -159,10 +181,10 @@ def test_identifiers_refuse_the_push_until_overridden(loopback_hub, tmp_path: Pa
 def test_token_in_files_is_refused_even_with_override(loopback_hub, tmp_path: Path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "training_args.json").write_text(json.dumps({"hub_token": loopback_hub.token}))
+    (folder / "config.json").write_text(json.dumps({"hub_token": loopback_hub.token}))
     with pytest.raises(IdentifiersFoundError) as refused:
         push_folder(folder, REPO_ID, token=loopback_hub.token, allow_phi=True)
-    assert "training_args.json:1: access token" in str(refused.value)
+    assert "config.json:1: access token" in str(refused.value)
     assert loopback_hub.token not in str(refused.value)
     assert loopback_hub.repos == {}
 
@@ -221,3 +243,19 @@ def test_train_args_push_and_never_show_the_token(loopback_hub, tmp_path: Path, 
     shown = str(args) + json.dumps(vars(args), default=str) + caplog.text + captured.out + captured.err
     assert "Request" in caplog.text  # the client's debug log was captured, and still holds no token
     assert loopback_hub.token not in shown
+
+
+def test_the_cli_pushes_only_what_a_model_repo_holds(loopback_hub, tmp_path: Path, caplog) -> None:
+    """`python -m modeling_bertxml.hub OUTPUT_DIR` (what train.py prints after a failed push) on a run's folder."""
+    folder = save_tiny_model(tmp_path / "run")
+    model_files = set(snapshot(folder))
+    (folder / "checkpoints" / "step_7").mkdir(parents=True)
+    (folder / "checkpoints" / "step_7" / "optimizer.bin").write_bytes(b"\x80\x04 optimizer state")
+    (folder / "checkpoints" / "step_7" / "random_states_0.pkl").write_bytes(b"\x80\x04 rng")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "hparams.yml").write_text("learning_rate: 0.001\n")
+    (folder / "run_args.json").write_text(json.dumps({"train_file": "/data/notes.jsonl"}))
+    caplog.set_level(logging.INFO)
+    main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
+    assert set(loopback_hub.repos[REPO_ID].files) == model_files
+    assert "Not pushed (not part of a model repo): checkpoints/, logs/, run_args.json" in caplog.text

@@ -10,9 +10,8 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding, BertXMLModel
-from tests.conftest import WORDS, run_in_fresh_interpreter, tiny_config, tiny_tokenizer
+from tests.conftest import WORDS, assert_close_scaled, run_in_fresh_interpreter, tiny_config, tiny_tokenizer
 
-ATOL = 1e-5
 
 
 def random_ids(config: BertXMLConfig, batch: int, length: int) -> torch.Tensor:
@@ -47,8 +46,8 @@ def test_padding_never_changes_logits_and_gets_zero_attention(config: BertXMLCon
     with torch.no_grad():
         alone = model(note).logits
         batch = model(padded, attention_mask=mask, output_label_attentions=True)
-    torch.testing.assert_close(batch.logits[0:1], alone, atol=ATOL, rtol=0)
-    torch.testing.assert_close(batch.logits[1:2], model(long_note).logits, atol=ATOL, rtol=0)
+    assert_close_scaled(batch.logits[0:1], alone)
+    assert_close_scaled(batch.logits[1:2], model(long_note).logits)
     assert torch.all(batch.label_attentions[0, :, 21:] == 0)
     torch.testing.assert_close(batch.label_attentions.sum(-1), torch.ones(2, config.num_labels))
 
@@ -61,7 +60,7 @@ def test_attention_mask_hides_padding_tokens_whatever_their_ids(config: BertXMLC
     mask[:, 30:] = 0
     with torch.no_grad():
         logits = model(ids, attention_mask=mask).logits
-    torch.testing.assert_close(logits[0], logits[1], atol=ATOL, rtol=0)
+    assert_close_scaled(logits[0], logits[1])
 
 
 def test_one_chunk_note_gives_same_logits_whatever_max_chunks() -> None:
@@ -70,7 +69,7 @@ def test_one_chunk_note_gives_same_logits_whatever_max_chunks() -> None:
     long.load_state_dict(short.state_dict())
     note = random_ids(short.config, 3, 16)
     with torch.no_grad():
-        torch.testing.assert_close(short(note).logits, long(note).logits, atol=ATOL, rtol=0)
+        assert_close_scaled(short(note).logits, long(note).logits)
 
 
 def test_chunks_are_encoded_independently_with_restarted_positions(config: BertXMLConfig) -> None:
@@ -79,7 +78,7 @@ def test_chunks_are_encoded_independently_with_restarted_positions(config: BertX
     with torch.no_grad():
         whole = encoder(note).last_hidden_state
         pieces = [encoder(note[:, start : start + 16]).last_hidden_state for start in (0, 16, 32)]
-    torch.testing.assert_close(whole, torch.cat(pieces, dim=1), atol=ATOL, rtol=0)
+    assert_close_scaled(whole, torch.cat(pieces, dim=1))
 
 
 def test_note_longer_than_limit_is_refused_with_the_limit(config: BertXMLConfig) -> None:
@@ -108,8 +107,8 @@ def test_label_block_size_does_not_change_logits(label_attention_dim: int | None
         with torch.no_grad():
             results.append(model(ids, attention_mask=mask, output_label_attentions=True))
     for other in results[1:]:
-        torch.testing.assert_close(other.logits, results[0].logits, atol=ATOL, rtol=0)
-        torch.testing.assert_close(other.label_attentions, results[0].label_attentions, atol=ATOL, rtol=0)
+        assert_close_scaled(other.logits, results[0].logits)
+        assert_close_scaled(other.label_attentions, results[0].label_attentions)
 
 
 def test_full_icd10cm_code_set_on_a_4096_token_note_runs_on_cpu() -> None:
@@ -167,7 +166,7 @@ def test_auto_classes_resolve_to_the_coding_model(tmp_path: Path, config: BertXM
             reloaded = auto.from_pretrained(tmp_path).eval()
             assert isinstance(reloaded, BertXMLForMultiLabelCoding)
             # Weights mmapped from safetensors have another alignment, so the kernels may round differently.
-            torch.testing.assert_close(reloaded(ids).logits, expected, atol=ATOL, rtol=0)
+            assert_close_scaled(reloaded(ids).logits, expected)
 
 
 REMOTE_CODE_SCRIPT = textwrap.dedent(
@@ -206,7 +205,7 @@ def test_remote_code_loads_without_the_package(tmp_path: Path) -> None:
     ids = json.dumps(encoded.input_ids.tolist())
     result = run_in_fresh_interpreter(REMOTE_CODE_SCRIPT, str(tmp_path), note, ids, cwd=tmp_path.parent)
     for name in ("AutoModel", "AutoModelForSequenceClassification"):
-        torch.testing.assert_close(torch.tensor(result[name][0]), expected, atol=ATOL, rtol=0)
+        assert_close_scaled(torch.tensor(result[name][0]), expected)
     scores = {item["label"]: item["score"] for item in result["pipeline"]}
     assert set(scores) == set(config.id2label.values())
     expected_scores = {config.id2label[i]: torch.sigmoid(expected[i]).item() for i in range(config.num_labels)}

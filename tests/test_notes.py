@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -24,6 +25,7 @@ from modeling_bertxml.notes import (
 from tests.conftest import tiny_tokenizer
 
 SECRET = "Mrs Secretname"  # stands for PHI: must never appear in an error or a log line
+SECRET_ID = "MRN4829113"  # note ids are often built from MRNs: never in an error either
 ROWS = [
     {"id": "n1", "text": f"{SECRET} denies chest pain", "labels": ["e119", "I10"]},
     {"id": "n2", "text": "history of hypertension\nadmitted, stable", "labels": ["I10"]},
@@ -84,14 +86,22 @@ BAD_INPUTS = [
     ("bad.jsonl", [{"text": SECRET, "labels": "E11.9;I10"}],
      r"bad\.jsonl:1: field 'labels': a string, expected a list"),
     ("bad.jsonl", [{"text": SECRET, "labels": {"E11.9": 1}}], r"bad\.jsonl:1: field 'labels': expected a list .*dict"),
-    ("bad.jsonl", [{"text": SECRET, "labels": [250]}], r"bad\.jsonl:1: field 'labels': code 250 is a int"),
-    ("bad.jsonl", [ROWS[0], ROWS[1], {**ROWS[2], "id": "n1"}],
-     r"bad\.jsonl:3: field 'id': duplicate note id 'n1' \(first at .*bad\.jsonl:1\)"),
+    ("bad.jsonl", [{"text": SECRET, "labels": ["I10", 4829113]}], r"bad\.jsonl:1: field 'labels': code 2 is a int"),
+    ("bad.jsonl", [{"text": [SECRET], "labels": []}], r"bad\.jsonl:1: field 'text': the note is a list"),
+    ("bad.jsonl", ['{"text": "\\ud800 %s", "labels": []}' % SECRET], r"bad\.jsonl:1: field 'text': .*invalid"),
+    ("bad.jsonl", [{**ROWS[0], "id": SECRET_ID}, ROWS[1], {**ROWS[2], "id": SECRET_ID}],
+     r"bad\.jsonl:3: field 'id': the same note id as .*bad\.jsonl:1$"),
+    ("bad.jsonl", f'{{"text": "{SECRET}", "labels": []}}\n{{"text": "\xe9 {SECRET}"}}\n'.encode("latin-1"),
+     r"bad\.jsonl:2: not UTF-8 text"),
+    ("bad.jsonl", "", r"bad\.jsonl: no notes in the train split"),
     ("bad.csv", "notes,labels\nx,I10\n", r"bad\.csv: no column 'text' \(columns: notes, labels\).*--text_column"),
     ("bad.csv", f'text,labels\n"{SECRET}\nline two",I10\nx,"[E11.9"\n',
      r"bad\.csv:4: field 'labels': starts with '\['"),  # the quoted note spans lines 2-3
-    ("bad.csv", "text,labels\nx,I10,extra\n", r"bad\.csv:2: more cells than columns"),
-    ("bad.txt", "x\n", r"bad\.txt: unknown file type '\.txt'"),
+    ("bad.csv", "text,labels\nx,I10,extra\n", r"bad\.csv:2: 3 cells, but the header has 2 columns"),
+    ("bad.csv", f'text,labels\n"{SECRET},I10\n', r"bad\.csv:2: 1 cells, but the header has 2 columns"),
+    ("bad.csv", f"text,labels\n{SECRET}\r{SECRET},I10\n", r"bad\.csv:2: not valid CSV \(new-line character"),
+    ("bad.txt", f"{SECRET}\n", r"bad\.txt: no column 'labels' \(columns: text\)"),
+    ("bad.docx", "x\n", r"bad\.docx: unknown file type '\.docx'"),
 ]
 
 
@@ -100,15 +110,26 @@ def test_bad_input_is_refused_naming_file_line_and_field_but_not_the_note(
     tmp_path: Path, name: str, content, message: str
 ) -> None:
     path = tmp_path / name
-    write_jsonl(path, content) if isinstance(content, list) else path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        write_jsonl(path, content) if isinstance(content, list) else path.write_text(content)
     with pytest.raises(NotesError, match=message) as error:
         read_notes(path, "train")
-    assert SECRET not in str(error.value)
+    assert SECRET not in str(error.value) and SECRET_ID not in str(error.value)
 
 
-def test_missing_file_and_missing_split_are_named(tmp_path: Path) -> None:
+def test_missing_file_plain_folder_unreadable_file_and_missing_split_are_named(tmp_path: Path) -> None:
     with pytest.raises(NotesError, match="nope.jsonl: no such file"):
         read_notes(tmp_path / "nope.jsonl", "train")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(NotesError, match="folder: folder holds no .txt files and is not a dataset saved"):
+        read_notes(tmp_path / "folder", "train")
+    locked = write_jsonl(tmp_path / "locked.jsonl", ROWS)
+    locked.chmod(0)
+    if not os.access(locked, os.R_OK):  # root reads anything
+        with pytest.raises(NotesError, match="locked.jsonl: cannot be read"):
+            read_notes(locked, "train")
     saved = write_saved_dataset(tmp_path / "saved", ROWS)
     with pytest.raises(NotesError, match="no split 'test'.*validation"):
         read_notes(saved, "test")
@@ -154,8 +175,17 @@ def test_a_note_id_in_two_splits_is_refused(tmp_path: Path) -> None:
     train = read_notes(write_jsonl(tmp_path / "train.jsonl", ROWS), "train")
     test = read_notes(write_jsonl(tmp_path / "test.jsonl", [{**ROWS[0], "id": "n9"}, {**ROWS[1], "id": "n2"}]), "test")
     check_disjoint(train, read_notes(write_jsonl(tmp_path / "other.jsonl", [{**ROWS[0], "id": "n7"}]), "validation"))
-    with pytest.raises(NotesError, match="'n2' is in both the train split and the test split"):
+    with pytest.raises(NotesError, match=r"test\.jsonl:2: the note id of .*train\.jsonl:2 \(the train split\) is also "
+                       "in the test split") as error:
         check_disjoint(train, test)
+    assert "n2" not in str(error.value).replace(str(tmp_path), "")
+
+
+def test_excel_csv_with_a_byte_order_mark_keeps_its_id_column(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_text("id,text,labels\nn1,chest pain,I10\nn1,cough,J18.9\n", encoding="utf-8-sig")
+    with pytest.raises(NotesError, match=r"excel\.csv:3: field 'id': the same note id as"):
+        read_notes(path, "train")
 
 
 def test_label_space_from_training_counts_or_a_label_file(tmp_path: Path) -> None:

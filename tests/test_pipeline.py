@@ -16,8 +16,9 @@ from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
 from modeling_bertxml import pipeline_bertxml
 from modeling_bertxml.pipeline_bertxml import code_attention, evidence_spans, select_codes
 from modeling_bertxml.pipeline_folder import make_pipeline_ready
+from modeling_bertxml import predict
 from modeling_bertxml.predict import main as predict_main
-from tests.conftest import run_in_fresh_interpreter, tiny_config
+from tests.conftest import run_in_fresh_interpreter, tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, DESCRIPTIONS, synthetic_note, trained_coder
 
 
@@ -261,5 +262,61 @@ def test_predict_cli_writes_one_line_per_note_keeping_ids(
     assert_same_coding([row["codes"] for row in written], coder([row["text"] for row in rows], top_k=2))
 
     notes.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "n9", "note": "chest pain"}) + "\n")
-    with pytest.raises(ValueError, match=r"notes\.jsonl, line 2: .*'text'"):
+    with pytest.raises(SystemExit, match=r"notes\.jsonl:2: no field 'text'"):
         predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(output)])
+
+
+@pytest.mark.parametrize("make_output", [
+    lambda notes: notes,
+    lambda notes: notes.parent / "." / notes.name,
+    lambda notes: os.link(notes, notes.parent / "hard.jsonl") or notes.parent / "hard.jsonl",
+    lambda notes: os.symlink(notes, notes.parent / "soft.jsonl") or notes.parent / "soft.jsonl",
+])
+def test_predict_refuses_to_write_over_its_input(model_folder: Path, tmp_path: Path, make_output) -> None:
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text(json.dumps({"id": "n1", "text": "chest pain"}) + "\n")
+    before = notes.read_bytes()
+    with pytest.raises(SystemExit, match="is the input file"):
+        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(make_output(notes))])
+    assert notes.read_bytes() == before
+
+
+def test_predict_killed_midway_leaves_the_previous_output_and_no_partial_file(
+    model_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("".join(json.dumps({"id": f"n{i}", "text": "chest pain"}) + "\n" for i in range(3)))
+    output = tmp_path / "codes.jsonl"
+    output.write_text("previous run\n")
+
+    def dies_after_one(pairs, **_):
+        yield next(iter(pairs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "tqdm", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(output)])
+    assert output.read_text() == "previous run\n" and sorted(os.listdir(tmp_path)) == ["codes.jsonl", "notes.jsonl"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", r"notes\.jsonl:1: not UTF-8 text"),
+    ('{"text": ["Mr. John Smith"]}\n'.encode(), r"notes\.jsonl:1: field 'text': the note is a list"),
+    (b"", r"notes\.jsonl: holds no notes"),
+])
+def test_predict_bad_input_is_one_line_naming_file_and_line(
+    model_folder: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    notes = tmp_path / "notes.jsonl"
+    notes.write_bytes(content)
+    with pytest.raises(SystemExit, match=message) as error:
+        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(tmp_path / "out.jsonl")])
+    assert "John" not in str(error.value)
+    with pytest.raises(SystemExit, match="is a folder"):
+        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(tmp_path)])
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_at_load(tmp_path: Path) -> None:
+    model = BertXMLForMultiLabelCoding(tiny_config(vocab_size=8))
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model only 8"):
+        pipeline("icd-coding", model=model, tokenizer=tiny_tokenizer(), pipeline_class=ICDCodingPipeline)

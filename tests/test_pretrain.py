@@ -21,7 +21,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenize
 import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 
-from conftest import free_port, tiny_tokenizer
+from conftest import assert_close_scaled, free_port, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (
@@ -160,7 +160,33 @@ def test_kill_9_mid_epoch_then_resume_latest_ends_with_the_uninterrupted_weights
     expected, got = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
+        assert_close_scaled(got[name], expected[name], rtol=1e-6)
+
+
+STREAMING = ["--streaming", "--max_train_steps", "2"]
+NAMED_ROW = '{"text": "pain"}\n{"text": ["Mr. John Smith"]}\n'
+BAD_CORPORA = [
+    ("", r"error: empty corpus: no non-blank note in", []),
+    ("", r"error: empty corpus: no non-blank note in", STREAMING),
+    (NAMED_ROW, r"error: .*notes\.jsonl:2: field 'text': the note is a list", []),
+    (NAMED_ROW, r"error: .*notes\.jsonl:2: field 'text': the note is a list", STREAMING),
+    ('{"text": "chest pain"}\n', r"error: .*fewer tokens than one block", []),  # a stream has no length to check
+]
+
+
+@pytest.mark.parametrize("content, message, streaming", BAD_CORPORA)
+def test_bad_corpus_stops_with_file_and_line_not_a_traceback(corpus, tmp_path, run_main, content, message, streaming):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text(content)
+    with pytest.raises(SystemExit, match=message) as error:
+        run_main(base_args(corpus, tmp_path / "out", "--train_file", str(notes), *streaming))
+    assert "John" not in str(error.value)
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_error(corpus, tmp_path, run_main):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(SystemExit, match="error: --output_dir .*out is not writable"):
+        run_main(base_args(corpus, tmp_path / "out"))
 
 
 @pytest.mark.parametrize("learning_rate", ["1e6", "10"])

@@ -115,11 +115,29 @@ def test_ascii_characters_absent_from_training_are_still_codable(trained):
 def test_no_identifier_like_entry_in_a_vocabulary_trained_on_mrns(trained, notes_file, tmp_path):
     tokenizer, report, _ = trained
     assert not [token for token in tokenizer.get_vocab() if looks_like_identifier(token)]
-    assert report["identifier_like_tokens_in_vocab"] == 0
+    assert report["identifier_like_tokens_in_vocab"] == 0 and report["name_like_tokens_in_vocab"] == 0
     # The same corpus without the privacy rule learns MRNs, dates and phone numbers as tokens.
     _, leaky_report = train_tokenizer([notes_file], str(tmp_path), vocab_size=1000, min_frequency=2,
                                       allow_identifier_tokens=True)
     assert leaky_report["identifier_like_tokens_in_vocab"] > 0
+
+
+def test_names_written_after_a_title_are_counted_and_removed_but_not_words(notes_file, tmp_path, caplog):
+    rng = random.Random(1)
+    names = ["Mr. Zorblatt Quixley", "Mrs. Ondrava", "Patient: Will Brennick"]  # "will" is also a word below
+    notes = [f"{rng.choice(names)} seen today. {note} Patient will follow up." for note in synthetic_notes(300, seed=3)]
+    corpus = write_lines(tmp_path / "named.txt", notes)
+    caplog.set_level("INFO")
+    tokenizer, report = train_tokenizer([corpus], str(tmp_path / "out"), vocab_size=1000, min_frequency=2)
+    vocab = tokenizer.get_vocab()
+    assert not {"zorblatt", "quixley", "ondrava", "brennick"} & set(vocab) and "will" in vocab
+    assert (report["name_like_tokens_removed"], report["name_like_tokens_in_vocab"]) == (4, 0)
+    assert "de-identified" in caplog.text and "4 vocabulary entries are written as names" in caplog.text
+    assert not re.search("zorblatt|quixley|ondrava|brennick", caplog.text, re.IGNORECASE)
+
+    _, kept = train_tokenizer([corpus], str(tmp_path / "kept"), vocab_size=1000, min_frequency=2,
+                              allow_name_tokens=True)
+    assert (kept["name_like_tokens_removed"], kept["name_like_tokens_in_vocab"]) == (0, 4)
 
 
 def test_drop_identifier_tokens_keeps_ids_contiguous_and_numbers_codable(notes_file):
@@ -176,9 +194,19 @@ def test_cli_with_validation_file_max_notes_and_cased_vocab(notes_file, tmp_path
     (lambda d: str(d / "missing.txt"), "missing.txt: no such file"),
     (lambda d: write_lines(d / "blank.txt", ["", "   "]), "empty corpus"),
     (lambda d: write_lines(d / "notes.jsonl", ['{"body": "chest pain", "id": 1}']),
-     "notes.jsonl: no text column 'text' (columns: body, id)"),
+     "notes.jsonl:1: no field 'text' (fields: body, id); pass --text_column"),
+    (lambda d: write_lines(d / "notes.jsonl", ['{"text": "chest pain"}'] * 10 + ['{"text": ["Mr. John Smith"]}']),
+     "notes.jsonl:11: field 'text': the note is a list, not a string"),
+    (lambda d: write_lines(d / "empty.jsonl", []), "empty corpus"),
     (lambda d: write_lines(d / "one.txt", ["a single note"]), "corpus too small"),
 ])
 def test_cli_errors_are_clear(tmp_path, make_input, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(SystemExit, match=re.escape(message)) as error:
         main(["--train_file", make_input(tmp_path), "--output_dir", str(tmp_path / "out")])
+    assert "John Smith" not in str(error.value)
+
+
+def test_an_output_dir_that_is_a_file_fails_before_training(notes_file, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(SystemExit, match="error: .*File exists"):
+        main(["--train_file", notes_file, "--output_dir", str(tmp_path / "out")])

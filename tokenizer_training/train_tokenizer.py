@@ -3,7 +3,9 @@
 BERT-XML's gain over off-the-shelf BERT comes partly from a vocabulary learned on EHR text ("dyspnea" one token,
 not five). Notes are full of identifiers, and a vocabulary is published with every model, so by default no entry
 may look like one (`looks_like_identifier`): digits are split one by one before training, which also keeps every
-number codable, and the trained vocabulary is checked against the rule.
+number codable, and the trained vocabulary is checked against the rule. Names cannot be told apart from words in
+general, so notes must be de-identified before training; as a check, entries that the notes write as a person's name
+(`NAME_AFTER_TITLE`) and never in lower case are counted in the report and removed.
 
     python tokenizer_training/train_tokenizer.py --train_file notes/*.jsonl --output_dir my-tokenizer
 """
@@ -18,13 +20,13 @@ import os
 import re
 import string
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from modeling_bertxml.data import iter_texts, load_text_dataset
+from modeling_bertxml.readers import iter_texts
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ IDENTIFIER_PATTERNS = {
     "date: day, month and year (2019-03-04, 03/04/2019, 3.4.19)": re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}"),
     "phone number (555-1234, (555) 123-4567)": re.compile(r"(?<!\d)\d{3}[-.\s]\d{4}(?!\d)"),
 }
+
+
+# A person's name as notes write it: a title, then one or two capitalised words ("Mr. John Smith", "Patient: Jane").
+NAME_AFTER_TITLE = re.compile(
+    r"(?:\b(?:Mr|Mrs|Ms|Miss|Dr)\.?|\bPatient:|\bPt:)[ \t]+([A-Z][a-z]+)(?:[ \t]+([A-Z][a-z]+))?"
+)
+DE_IDENTIFY = ("Notes must be de-identified before tokenizer training: the vocabulary ships with every model trained "
+               "on it, and only identifier-like strings and names written after a title are filtered.")
 
 
 def looks_like_identifier(token: str) -> bool:
@@ -62,18 +72,44 @@ def build_tokenizer(lowercase: bool = True, split_digits: bool = True) -> Tokeni
     return tokenizer
 
 
-def drop_identifier_tokens(tokenizer: Tokenizer) -> list[str]:
-    """Remove identifier-like entries from a trained WordPiece vocabulary, renumbering the rest; return them.
-
-    Digit splitting already keeps them out; this is the check that does not depend on the pre-tokeniser.
-    """
+def drop_tokens(tokenizer: Tokenizer, unwanted: Callable[[str], bool]) -> list[str]:
+    """Remove the `unwanted` entries from a trained WordPiece vocabulary, renumbering the rest; return them."""
     vocab = tokenizer.get_vocab()
     ordered = sorted(vocab, key=vocab.get)
-    removed = [token for token in ordered if looks_like_identifier(token)]
+    removed = [token for token in ordered if unwanted(token)]
     if removed:
-        kept = [token for token in ordered if not looks_like_identifier(token)]
+        kept = [token for token in ordered if not unwanted(token)]
         tokenizer.model = models.WordPiece({token: i for i, token in enumerate(kept)}, unk_token="[UNK]")
     return removed
+
+
+def drop_identifier_tokens(tokenizer: Tokenizer) -> list[str]:
+    """Remove identifier-like entries; digit splitting already keeps them out, this check does not depend on it."""
+    return drop_tokens(tokenizer, looks_like_identifier)
+
+
+def _collect_names(texts: Iterable[str], names: set[str]) -> Iterator[str]:
+    """Pass `texts` through, adding to `names` every word written as a name after a title."""
+    for text in texts:
+        for match in NAME_AFTER_TITLE.finditer(text):
+            names.update(word for word in match.groups() if word)
+        yield text
+
+
+def name_like_tokens(tokenizer: Tokenizer, names: set[str], texts: Iterable[str]) -> set[str]:
+    """Vocabulary entries that the notes write as a name after a title and never in lower case ("Will" is a name in
+    "Mr. Will Smith", but "will" is a word). `texts` are read again only when some entry is a suspect."""
+    spelling = {tokenizer.normalizer.normalize_str(name): name.lower() for name in names}
+    suspects = {entry: spelling[entry] for entry in tokenizer.get_vocab() if entry in spelling}
+    if not suspects:
+        return set()
+    lower_case = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(set(suspects.values())))) + r")\b")
+    words = set(suspects.values())
+    for text in texts:
+        words.difference_update(lower_case.findall(text))
+        if not words:
+            break
+    return {entry for entry, word in suspects.items() if word in words}
 
 
 class _CountingIterator:
@@ -133,14 +169,18 @@ def train_tokenizer(
     max_notes: int | None = None,
     model_max_length: int = 4096,
     allow_identifier_tokens: bool = False,
+    allow_name_tokens: bool = False,
 ) -> tuple[PreTrainedTokenizerFast, dict]:
     """Train, save to `output_dir` (loadable with `AutoTokenizer.from_pretrained`) and report on held-out notes.
 
     Notes are streamed, so the corpus may be larger than memory; `max_notes` keeps the first notes only. Without
     `validation_files` the last 1% of the (first `max_notes`) notes is held out of training for the report.
     """
+    logger.info(DE_IDENTIFY)
+    os.makedirs(output_dir, exist_ok=True)  # a file in the way fails now, not after training
     start = time.perf_counter()
-    notes: Iterable[str] = iter_texts(load_text_dataset(train_files, text_column, streaming=True), max_notes)
+    names: set[str] = set()
+    notes: Iterable[str] = _collect_names(itertools.islice(iter_texts(train_files, text_column), max_notes), names)
     held_out: list[str] = []
     if validation_files is None:
         notes = _hold_out_tail(notes, held_out)
@@ -156,6 +196,15 @@ def train_tokenizer(
         raise ValueError(f"corpus too small: {len(held_out)} note(s) in {', '.join(train_files)}, all held out "
                          "for evaluation; add notes or pass --validation_file")
     removed = [] if allow_identifier_tokens else drop_identifier_tokens(tokenizer)
+    notes_again = itertools.islice(iter_texts(train_files, text_column), max_notes)
+    names = name_like_tokens(tokenizer, names, notes_again)
+    removed_names = [] if allow_name_tokens else drop_tokens(tokenizer, names.__contains__)
+    if names:  # the entries themselves are never logged: they are names of patients or staff
+        logger.warning(
+            "%d vocabulary entries are written as names after Mr./Mrs./Ms./Dr./Patient: in the notes and never in "
+            "lower case; %s. The notes are not de-identified: %s", len(names),
+            "kept (--allow_name_tokens)" if allow_name_tokens else "removed", DE_IDENTIFY,
+        )
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[(token, tokenizer.token_to_id(token)) for token in ("[CLS]", "[SEP]")],
@@ -171,8 +220,7 @@ def train_tokenizer(
         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
     )
     fast_tokenizer.save_pretrained(output_dir)
-    eval_texts = held_out if validation_files is None else iter_texts(
-        load_text_dataset(validation_files, text_column, streaming=True))
+    eval_texts = held_out if validation_files is None else iter_texts(validation_files, text_column)
     report = {
         "vocab_size": tokenizer.get_vocab_size(),
         "train_notes": num_train_notes,
@@ -181,6 +229,8 @@ def train_tokenizer(
         "training_time_s": round(training_time, 2),
         "identifier_like_tokens_removed": len(removed),
         "identifier_like_tokens_in_vocab": surviving,
+        "name_like_tokens_removed": len(removed_names),
+        "name_like_tokens_in_vocab": len(names) - len(removed_names),
         "lowercase": lowercase, "min_frequency": min_frequency, "model_max_length": model_max_length,
     }
     with open(os.path.join(output_dir, "tokenizer_report.json"), "w", encoding="utf-8") as f:
@@ -206,6 +256,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow_identifier_tokens", action="store_true",
                         help="do not split digits nor filter the vocabulary: MRNs and dates may become entries "
                              "(never for a model you publish)")
+    parser.add_argument("--allow_name_tokens", action="store_true",
+                        help="keep entries that the notes write as names after a title (never for a model you "
+                             "publish; de-identify the notes instead)")
     return parser.parse_args(argv)
 
 
@@ -217,9 +270,9 @@ def main(argv: list[str] | None = None) -> None:
             args.train_file, args.output_dir, validation_files=args.validation_file, text_column=args.text_column,
             vocab_size=args.vocab_size, min_frequency=args.min_frequency, lowercase=args.lowercase,
             max_notes=args.max_notes, model_max_length=args.model_max_length,
-            allow_identifier_tokens=args.allow_identifier_tokens,
+            allow_identifier_tokens=args.allow_identifier_tokens, allow_name_tokens=args.allow_name_tokens,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # NotesError (file:line, field), an output dir that cannot be made
         raise SystemExit(f"error: {err}") from None
     logger.info("Saved tokenizer to %s: %s", args.output_dir, json.dumps(report))
 
