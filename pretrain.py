@@ -52,6 +52,7 @@ from modeling_bertxml.training import (
     check_parameters,
     create_optimizer,
     create_scheduler,
+    default_learning_rate,
     epoch_batches,
     load_config,
     load_tokenizer,
@@ -64,6 +65,9 @@ from modeling_bertxml.training import (
 logger = get_logger(__name__)
 
 STREAMING_SHUFFLE_BUFFER = 10_000  # notes held in memory to shuffle a streamed corpus
+# Default peak rate for a 256-wide model, scaled by width (training.default_learning_rate).
+LEARNING_RATE_AT_256 = 1e-3
+UNIGRAM_BLOCKS = 20_000  # training blocks counted for the unigram baseline (plenty for token frequencies)
 RESULTS_FILE = "train_results.json"
 
 
@@ -194,6 +198,18 @@ def build_dataloaders(
     return train_loader, eval_loader
 
 
+def unigram_log_probs(blocks: datasets.Dataset | datasets.IterableDataset, vocab_size: int) -> torch.Tensor:
+    """log p(token) from the frequencies in (the first UNIGRAM_BLOCKS) training blocks, add-half smoothed.
+
+    The baseline MLM must beat: a model that ignores the context and predicts token frequencies scores exactly
+    this on masked tokens (the unigram plateau every run passes through first).
+    """
+    counts = torch.full((vocab_size,), 0.5, dtype=torch.float64)
+    for block in itertools.islice(iter(blocks), UNIGRAM_BLOCKS):
+        counts += torch.bincount(torch.as_tensor(block["input_ids"]), minlength=vocab_size)[:vocab_size]
+    return (counts / counts.sum()).log().float()
+
+
 # ----------------------------------------------------------------------------------------------------------- model
 def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMaskedLM:
     if args.model_name_or_path:
@@ -208,16 +224,25 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
 
 
 @torch.no_grad()
-def evaluate(args: argparse.Namespace, accelerator: Accelerator, model, eval_loader: DataLoader) -> dict[str, float]:
-    """Validation MLM loss and perplexity (gathered over ranks, without the padding batches of uneven shards)."""
+def evaluate(accelerator: Accelerator, model, eval_loader: DataLoader, unigram: torch.Tensor) -> dict[str, float]:
+    """Validation MLM loss and perplexity, and the unigram baseline's on the same masked tokens (gathered over ranks,
+    without the padding batches of uneven shards)."""
     model.eval()
-    losses = []
+    losses, unigram_losses = [], []
     for batch in eval_loader:
         loss = model(**batch).loss
-        losses.append(accelerator.gather_for_metrics(loss.detach().float().repeat(batch["input_ids"].shape[0])))
+        labels = batch["labels"][batch["labels"] != -100]
+        unigram_loss = -unigram.to(labels.device)[labels].mean()
+        rows = batch["input_ids"].shape[0]
+        losses.append(accelerator.gather_for_metrics(loss.detach().float().repeat(rows)))
+        unigram_losses.append(accelerator.gather_for_metrics(unigram_loss.repeat(rows)))
     model.train()
-    eval_loss = torch.cat(losses).mean().item()
-    return {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss) if eval_loss < 700 else math.inf}
+    eval_loss, unigram_loss = torch.cat(losses).mean().item(), torch.cat(unigram_losses).mean().item()
+    return {
+        "eval_loss": eval_loss,
+        "perplexity": math.exp(eval_loss) if eval_loss < 700 else math.inf,
+        "unigram_perplexity": math.exp(unigram_loss),
+    }
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -237,8 +262,10 @@ class LossWindow:
         return mean
 
 
-def log_eval(args, accelerator: Accelerator, model, eval_loader: DataLoader, progress: Progress) -> dict[str, float]:
-    metrics = evaluate(args, accelerator, model, eval_loader)
+def log_eval(
+    args, accelerator: Accelerator, model, eval_loader: DataLoader, unigram: torch.Tensor, progress: Progress
+) -> dict[str, float]:
+    metrics = evaluate(accelerator, model, eval_loader, unigram)
     values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     logger.info(f"step {progress.step} (epoch {progress.epoch}): {values}")
     if args.with_tracking:
@@ -246,8 +273,11 @@ def log_eval(args, accelerator: Accelerator, model, eval_loader: DataLoader, pro
     return {**metrics, "eval_step": progress.step}
 
 
-def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress: Progress) -> dict:
-    """The Accelerate loop: optimizer steps, logging, evaluation, checkpoints; returns the last evaluation."""
+def train(
+    args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, unigram: torch.Tensor, progress: Progress
+) -> dict:
+    """The Accelerate loop: optimizer steps, logging, evaluation (beside the `unigram` baseline), checkpoints;
+    returns the last evaluation."""
     checkpoints = CheckpointManager(args.output_dir)
     bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
@@ -269,7 +299,7 @@ def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loa
                 if args.with_tracking:
                     accelerator.log({"train_loss": loss, "tokens": progress.tokens}, step=progress.step)
             if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
-                metrics = log_eval(args, accelerator, model, eval_loader, progress)
+                metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
             if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
             if progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader:
@@ -277,11 +307,11 @@ def train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loa
         else:  # the whole epoch was trained
             progress.next_epoch()
             if eval_loader is not None and not args.eval_steps:
-                metrics = log_eval(args, accelerator, model, eval_loader, progress)
+                metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
             if args.checkpointing_steps == "epoch":
                 save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
     if eval_loader is not None and metrics.get("eval_step") != progress.step:
-        metrics = log_eval(args, accelerator, model, eval_loader, progress)
+        metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
     bar.close()
     return metrics
 
@@ -341,8 +371,12 @@ def run(args: argparse.Namespace) -> None:
     )
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
+    if args.learning_rate is None:
+        args.learning_rate = default_learning_rate(config.hidden_size, LEARNING_RATE_AT_256)
+        logger.info(f"Learning rate {args.learning_rate:.2g} (default for hidden size {config.hidden_size})")
     block_size = block_size_for(args, tokenizer, config)
     train_loader, eval_loader = build_dataloaders(args, accelerator, tokenizer, block_size)
+    unigram = unigram_log_probs(train_loader.dataset, config.vocab_size)
     model = build_model(args, config)
     # The schedule needs the per-process length, known once the dataloader is prepared (sharded).
     train_loader = accelerator.prepare(train_loader)
@@ -356,7 +390,9 @@ def run(args: argparse.Namespace) -> None:
     progress = CheckpointManager(args.output_dir).resume(accelerator, args.resume_from_checkpoint)
     start = time.perf_counter()
     try:
-        metrics = train(args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, progress)
+        metrics = train(
+            args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, unigram, progress
+        )
         finish(args, accelerator, model, tokenizer, progress, metrics, time.perf_counter() - start)
     finally:
         accelerator.end_training()

@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ from modeling_bertxml.training import (
     add_optimization_args,
     create_optimizer,
     create_scheduler,
+    default_learning_rate,
     epoch_batches,
     load_tokenizer,
     run_args,
@@ -78,6 +80,10 @@ REPO_ROOT = Path(__file__).resolve().parent
 MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
 HANDLER_SOURCE = REPO_ROOT / "modeling_bertxml" / "endpoint_handler.py"
 THRESHOLD_GRID = 100  # Edin et al.
+# Default encoder rate for a 256-wide model (scaled by width: training.default_learning_rate). From scratch or after
+# a short pretraining, the encoder has to learn to single out the few tokens that name a code: at 5e-4 on a 128-wide
+# model it had not after an epoch (validation MAP at the code-prior level), at 2e-3 it had (README: "What mattered").
+LEARNING_RATE_AT_256 = 1e-3
 UNIFORM_LOSS = math.log(2)  # BCE per code of a model that answers 0.5 everywhere: the divergence guard's yardstick
 
 
@@ -96,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     coding.add_argument("--min_code_count", type=int, default=1, help="Keep training codes seen at least this often.")
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
-    coding.add_argument("--head_learning_rate", type=float, default=1e-3, help="Learning rate of the new head.")
+    coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")
     coding.add_argument(
         "--init_label_queries_from_descriptions", action="store_true",
         help="Start each code's attention query and output weight from the encoder's embedding of its ICD-10-CM "
@@ -144,6 +150,12 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
     if accelerator.is_main_process:
         logger.info(f"Label space: {len(labels):,} codes")
     return Splits(read["train"], read["validation"], read.get("test"), labels)
+
+
+def label_frequencies(notes: Notes, labels: list[str]) -> dict[str, float]:
+    """Share of the notes that carry each code, add-half smoothed (a code of --label_file may never occur)."""
+    counts = Counter(code for codes in notes.codes for code in codes)
+    return {code: (counts[code] + 0.5) / (len(notes) + 1) for code in labels}
 
 
 def build_dataloaders(
@@ -332,7 +344,11 @@ def run(args: argparse.Namespace) -> None:
     model = build_coding_model(
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=args.init_label_queries_from_descriptions,
+        label_frequencies=label_frequencies(splits.train, splits.labels),
     )  # fmt: skip
+    if args.learning_rate is None:
+        args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)
+        logger.info(f"Encoder learning rate {args.learning_rate:.2g}, the default for width {model.config.hidden_size}")
     max_length = min(args.max_seq_length or model.config.max_note_length, model.config.max_note_length)
     tokenizer.model_max_length = max_length  # pipelines called with truncation=True cut notes where training did
     loaders = build_dataloaders(args, splits, tokenizer, max_length, tokenizer.pad_token_id)

@@ -26,6 +26,10 @@ class BertXMLConfig(BertConfig):
             the logits do not depend on it.
         threshold (`float`, defaults to 0.5):
             Decision threshold on the sigmoid scores, tuned on the validation split by `train.py`.
+        position_embedding_type (`str`, defaults to `"absolute"`):
+            `"absolute"`: BERT's learned position table (any BERT checkpoint loads). `"rotary"`: rotary positions
+            (RoFormer's RoPE) in every self-attention, so attention sees how far apart two tokens are from the first
+            step; pretrain.py and train.py build new models this way (the absolute table then starts at zero).
         label_descriptions (`dict[str, str]`, *optional*):
             The description of each code of the label space (ICD-10-CM's, from `simple-icd-10-cm`), stored with the
             model so that the `icd-coding` pipeline can show them to users who do not have that package.
@@ -37,6 +41,7 @@ class BertXMLConfig(BertConfig):
     label_attention_dim: int | None = None
     label_block_size: int = 1024
     threshold: float = 0.5
+    position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
 
     def __post_init__(self, **kwargs):
@@ -46,6 +51,10 @@ class BertXMLConfig(BertConfig):
         if self.problem_type != "multi_label_classification":
             raise ValueError(f"BERT-XML codes notes with multi-hot labels; got problem_type={self.problem_type!r}")
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        if self.position_embedding_type not in ("absolute", "rotary"):
+            raise ValueError(
+                f'position_embedding_type must be "absolute" or "rotary", got {self.position_embedding_type!r}'
+            )
         if self.max_chunks < 1 or self.label_block_size < 1:
             raise ValueError("max_chunks and label_block_size must be positive")
 

@@ -35,6 +35,7 @@ def build_coding_model(
     config_name: str | os.PathLike | None = None,
     config_overrides: str | None = None,
     init_from_descriptions: bool = False,
+    label_frequencies: dict[str, float] | None = None,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, or any BERT checkpoint) with a head for
     `labels`.
@@ -44,6 +45,7 @@ def build_coding_model(
     `config_overrides`), which only makes sense for tests and baselines. `init_from_descriptions` starts each new
 code's query from its ICD-10-CM description (`label_init`). Weights load in float32 whatever the
     checkpoint's dtype: mixed precision is Accelerate's job, and the optimizer needs float32 master weights.
+    `label_frequencies` (share of training notes carrying each code) start new codes at their prior.
     """
     id2label = dict(enumerate(labels))
     config = load_config(
@@ -60,11 +62,22 @@ code's query from its ICD-10-CM description (`label_init`). Weights load in floa
             model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
         )
         known = reuse_head_rows_by_code(model, model_name_or_path)
+    new = [code for code in labels if code not in set(known)]
+    if label_frequencies is not None:
+        init_output_bias_from_priors(model, {code: label_frequencies[code] for code in new})
     if init_from_descriptions:
-        new = [code for code in labels if code not in set(known)]
         initialised = init_label_queries_from_descriptions(model, tokenizer, code_descriptions(new))
         logger.info(f"{len(initialised)} of {len(new)} new label queries start from their ICD-10-CM descriptions")
     return model
+
+
+def init_output_bias_from_priors(model: BertXMLForMultiLabelCoding, frequencies: dict[str, float]) -> None:
+    """Start each code's output bias at its log prior odds, so that the first steps are not spent learning that a
+    code is rare (a zero bias starts every code at probability 0.5; RetinaNet's prior initialisation)."""
+    rows = [model.config.label2id[code] for code in frequencies]
+    share = torch.tensor(list(frequencies.values()), dtype=torch.float32).clamp(1e-6, 1 - 1e-6)
+    with torch.no_grad():
+        model.label_head.output_bias[rows] = torch.logit(share)
 
 
 def reuse_head_rows_by_code(model: BertXMLForMultiLabelCoding, source: str | os.PathLike) -> list[str]:
@@ -163,6 +176,7 @@ __all__ = [
     "build_coding_model",
     "coding_config",
     "head_prefix",
+    "init_output_bias_from_priors",
     "load_coding_model",
     "save_coding_model",
 ]

@@ -13,7 +13,10 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    processed in blocks of `label_block_size` by a fused attention kernel, so the (batch, codes, tokens) score tensor
    never exists whole: the full ICD-10-CM set (74,736 codes) fits in bounded memory. An optional LAAT projection
    (`label_attention_dim`) scores `tanh(W h)`.
-3. There is no pooler and no next-sentence head.
+3. Rotary positions (`position_embedding_type="rotary"`, what pretrain.py and train.py build from scratch): BERT's
+   self-attention with RoFormer's rotary embedding on queries and keys, so attention knows token distances from
+   the first step instead of waiting for a random position table to organise (the MLM "unigram plateau").
+4. There is no pooler and no next-sentence head.
 """
 
 from dataclasses import dataclass
@@ -24,12 +27,16 @@ from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
     BertEncoder,
     BertOnlyMLMHead,
     BertPreTrainedModel,
+    BertSelfAttention,
+    eager_attention_forward,
 )
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
@@ -56,6 +63,42 @@ def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> t
     if pad:
         tensor = torch.cat([tensor, tensor.new_full((tensor.shape[0], pad, *tensor.shape[2:]), fill)], dim=1)
     return tensor.reshape(-1, chunk_length, *tensor.shape[2:])
+
+
+class BertXMLRotarySelfAttention(BertSelfAttention):
+    """BERT's self-attention (same weights, any attention implementation) with rotary positions on queries and keys.
+
+    Why: with BERT's learned position table, which starts random, attention cannot tell a token's neighbours from
+    the rest of a 512-token block until that table has organised itself, and MLM sits at the unigram plateau
+    (predicting token frequencies) for thousands of steps. Rotary positions (RoFormer) make every query-key score a
+    function of the tokens' distance from the first step. Positions restart in every chunk, as the chunks are rows.
+    """
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kwargs.pop("cache", None)  # an encoder: nothing to cache
+        input_shape = hidden_states.shape[:-1]
+        shape = (*input_shape, -1, self.attention_head_size)
+        query, key, value = (
+            layer(hidden_states).view(shape).transpose(1, 2) for layer in (self.query, self.key, self.value)
+        )
+        cos, sin = self._rotary(input_shape[1], hidden_states.device, query.dtype)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(
+            self, query, key, value, attention_mask, dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling, **kwargs,
+        )  # fmt: skip
+        return output.reshape(*input_shape, -1).contiguous(), weights
+
+    def _rotary(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of position x frequency, (length, head_size), with RoPE's base 10,000."""
+        even = torch.arange(0, self.attention_head_size, 2, device=device, dtype=torch.float32)
+        frequencies = 10_000.0 ** (-even / self.attention_head_size)
+        angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), frequencies)
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class BertXMLLabelWiseHead(nn.Module):
@@ -137,10 +180,20 @@ class BertXMLPreTrainedModel(BertPreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, BertEmbeddings) and self.config.position_embedding_type == "rotary":
+            init.zeros_(module.position_embeddings.weight)  # rotary attention has the positions; this learns extras
         if isinstance(module, BertXMLLabelWiseHead):
-            init.normal_(module.queries, mean=0.0, std=self.config.initializer_range)
-            init.normal_(module.output_weight, mean=0.0, std=self.config.initializer_range)
-            init.zeros_(module.output_bias)
+            # Label attention must leave the code-prior plateau by itself: with BERT's std 0.02, every query gives
+            # near-uniform attention over a ~1,000-token note, whose mean carries almost nothing of the few tokens
+            # that name a code, and output weights that small cannot use it. Queries of std 1/sqrt(size) give
+            # unit-scale scores on LayerNorm'd states, and each output weight starts as its query (same width), so
+            # the tokens a code attends to are the ones that raise its score. (README: "What mattered".)
+            init.normal_(module.queries, mean=0.0, std=module.queries.shape[1] ** -0.5)
+            if module.projection is None:
+                init.copy_(module.output_weight, module.queries)
+            else:
+                init.normal_(module.output_weight, mean=0.0, std=module.output_weight.shape[1] ** -0.5)
+            init.zeros_(module.output_bias)  # train.py starts it at each code's log prior odds
 
 
 class BertXMLModel(BertXMLPreTrainedModel):
@@ -152,6 +205,9 @@ class BertXMLModel(BertXMLPreTrainedModel):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
+        if config.position_embedding_type == "rotary":
+            for index, layer in enumerate(self.encoder.layer):
+                layer.attention.self = BertXMLRotarySelfAttention(config, layer_idx=index)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -335,5 +391,6 @@ __all__ = [
     "BertXMLLabelWiseHead",
     "BertXMLModel",
     "BertXMLPreTrainedModel",
+    "BertXMLRotarySelfAttention",
     "MultiLabelCodingOutput",
 ]

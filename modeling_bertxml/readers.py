@@ -298,7 +298,9 @@ def iter_notes(
             yield where, {name: value for name, value in row.items() if name != column}, text
 
 
-def iter_texts(files: str | Path | Sequence[str | Path], text_column: str = "text", split: str = "train") -> Iterator[str]:
+def iter_texts(
+    files: str | Path | Sequence[str | Path], text_column: str = "text", split: str = "train"
+) -> Iterator[str]:
     """The non-blank notes of `files`, in order, for tokenizer training and MLM; blank notes are skipped.
 
     A corpus without any note is a `NotesError` (raised when the notes run out).

@@ -55,19 +55,37 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+WARMUP_RATIO = 0.06  # BERT's and RoBERTa's: the high default rates below need it, a post-LayerNorm BERT most
+
+
+def default_learning_rate(hidden_size: int, rate_at_256: float) -> float:
+    """A script's default peak rate for a model `hidden_size` wide: `rate_at_256 * 256 / hidden_size`.
+
+    Adam moves every weight by about the learning rate per step, so a unit's output moves in proportion to its fan-in:
+    the fastest stable rate falls as 1 / width (muP's rule for Adam). A fixed small rate (5e-5, tuned for fine-tuning
+    BERT-base) left the narrow models from scratch on their plateaus (README: "What mattered").
+    """
+    return rate_at_256 * 256 / hidden_size
+
+
 def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimization")
     group.add_argument("--per_device_train_batch_size", type=int, default=8)
     group.add_argument("--per_device_eval_batch_size", type=int, default=8)
-    group.add_argument("--learning_rate", type=float, default=5e-5, help="Peak learning rate of AdamW.")
+    group.add_argument(
+        "--learning_rate", type=float,
+        help="Peak learning rate of AdamW (default: the script's rate for the model's width, default_learning_rate).",
+    )  # fmt: skip
     group.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (not on biases/LayerNorm).")
     group.add_argument("--num_train_epochs", type=int, default=3)
     group.add_argument("--max_train_steps", type=int, help="Optimizer steps in total; overrides --num_train_epochs.")
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
     group.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear", choices=list(SchedulerType))
     warmup = group.add_mutually_exclusive_group()
-    warmup.add_argument("--num_warmup_steps", type=int, help="Linear warmup steps (default 0).")
-    warmup.add_argument("--warmup_ratio", type=float, help="Linear warmup as a fraction of all optimizer steps.")
+    warmup.add_argument("--num_warmup_steps", type=int, help="Linear warmup steps.")
+    warmup.add_argument(
+        "--warmup_ratio", type=float, help=f"Linear warmup, a fraction of all optimizer steps (default {WARMUP_RATIO})."
+    )
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; 0 turns it off.")
     group.add_argument(
         "--mixed_precision", choices=["no", "fp16", "bf16"], help="Overrides the accelerate config's setting."
@@ -182,13 +200,14 @@ def load_config(
 ) -> BertXMLConfig:
     """The config of `name` (else BERT-base sizes), then `config_overrides` ("hidden_size=128,..."), then `values`.
 
-    A config made from scratch (no `name`) takes its vocabulary size and padding id from `tokenizer`; any other
-    config must already agree with it (checked, with a clear error).
+    A config made from scratch (no `name`) has rotary positions (learned absolute ones keep MLM at the unigram
+    plateau, see `BertXMLRotarySelfAttention`) and takes its vocabulary size and padding id from `tokenizer`; any
+    other config must already agree with it (checked, with a clear error).
     """
     if name is not None:
         config = BertXMLConfig.from_pretrained(name)
     else:
-        config = BertXMLConfig()
+        config = BertXMLConfig(position_embedding_type="rotary")
         if tokenizer is not None:
             config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
     if config_overrides:
@@ -257,18 +276,19 @@ def create_scheduler(
     num_warmup_steps: int | None = None,
     warmup_ratio: float | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Warmup (`num_warmup_steps`, or `warmup_ratio` of all steps) then decay over `num_training_steps` optimizer
-    steps; pass the result to `accelerator.prepare`.
+    """Warmup (`num_warmup_steps`, or `warmup_ratio` of all steps, by default WARMUP_RATIO) then decay over
+    `num_training_steps` optimizer steps; pass the result to `accelerator.prepare`.
 
     A prepared scheduler steps once per process per optimizer step, hence the factor num_processes (as in
     transformers' no_trainer examples), so the schedule does not depend on how many GPUs run it.
     """
-    warmup = math.ceil(warmup_ratio * num_training_steps) if warmup_ratio is not None else num_warmup_steps or 0
+    if num_warmup_steps is None:
+        num_warmup_steps = math.ceil((WARMUP_RATIO if warmup_ratio is None else warmup_ratio) * num_training_steps)
     processes = PartialState().num_processes
     return get_scheduler(
         name,
         optimizer=optimizer,
-        num_warmup_steps=warmup * processes,
+        num_warmup_steps=num_warmup_steps * processes,
         num_training_steps=num_training_steps * processes,
     )
 
@@ -395,6 +415,7 @@ def save_checkpoint(
 
 __all__ = [
     "DIVERGENCE_FACTOR",
+    "WARMUP_RATIO",
     "TrainingDivergedError",
     "accelerator_settings",
     "add_checkpoint_args",
@@ -407,6 +428,7 @@ __all__ = [
     "check_weights",
     "create_optimizer",
     "create_scheduler",
+    "default_learning_rate",
     "epoch_batches",
     "load_config",
     "load_tokenizer",

@@ -69,7 +69,8 @@ def trained(tmp_path):
     accelerator = setup_accelerator(tmp_path / "run", project_name="test")
     model = BertXMLForMaskedLM(tiny_config())
     optimizer = create_optimizer(model, learning_rate=1e-3)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, create_scheduler(optimizer, 10))
+    scheduler = create_scheduler(optimizer, 10, num_warmup_steps=0)  # every step moves the weights
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     return accelerator, model, optimizer, CheckpointManager(tmp_path / "run")
 
 
