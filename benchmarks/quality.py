@@ -1,0 +1,103 @@
+"""Does BERT-XML learn? The real command-line scripts on the hard synthetic corpus, against the baselines of the run.
+
+    python benchmarks/quality.py --budget cpu    # 4 x 256, 512-token chunks, 2 CPU cores (configs/quality/cpu.yaml)
+    python benchmarks/quality.py --budget gpu    # BERT-base sizes, one GPU (configs/quality/gpu.yaml)
+
+Stages, each the CLI a user runs (`demo.py`'s runner; a finished stage is reused, `--fresh` starts over): corpus
+(`python -m modeling_bertxml.synthetic --preset hard`) -> tokenizer -> pretrain.py -> train.py (the scripts' default
+recipe: the YAML gives only files, sizes and budgets) -> TF-IDF + logistic regression. Prints one markdown table:
+MLM perplexity beside the unigram perplexity of the same masked tokens, BERT-XML beside code priors and TF-IDF on the
+test split, and each stage's wall time; writes it, with every number, to `<output_dir>/quality.json`.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # demo.py's stage runner; the package itself is installed
+
+from demo import as_flags, run_stage, stage_commands  # noqa: E402
+
+from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold  # noqa: E402
+from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
+
+METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
+
+
+def prior_baseline(data: Path) -> dict[str, float]:
+    """Every note gets each code's training frequency: what a model that learnt only code priors scores."""
+    train = read_notes(str(data / "train.jsonl"), "train", NoteColumns())
+    codes = sorted({code for note in train.codes for code in note})
+    label2id = {code: i for i, code in enumerate(codes)}
+    priors = multi_hot(label_indices(train, label2id), len(codes)).mean(axis=0)
+    results = {}
+    for split in ("validation", "test"):
+        notes = read_notes(str(data / f"{split}.jsonl"), split, NoteColumns())
+        targets = multi_hot(label_indices(notes, label2id), len(codes))
+        unseen = sum(notes.report.outside_label_space.values())
+        scores = np.tile(priors, (len(targets), 1))
+        threshold = results["validation"]["threshold"] if split == "test" else None
+        if threshold is None:
+            threshold, _ = tune_threshold(scores, targets, num_unseen_positives=unseen)
+        results[split] = compute_metrics(scores, targets, threshold, num_unseen_positives=unseen)
+    return results["test"]
+
+
+def collect(out: Path, timings: dict[str, float]) -> dict:
+    pretrain = json.loads((out / "pretrained" / "train_results.json").read_text())
+    model = json.loads((out / "model" / "test_results.json").read_text())
+    tfidf = json.loads((out / "baseline_results.json").read_text())["test"]
+    return {
+        "mlm": {key: pretrain[key] for key in ("perplexity", "unigram_perplexity", "train_steps", "train_runtime")},
+        "test": {
+            "BERT-XML": {key: model[key] for key in METRICS},
+            "TF-IDF + LR": {key: tfidf[key] for key in METRICS},
+            "code priors": {key: value for key, value in prior_baseline(out / "data").items() if key in METRICS},
+        },
+        "seconds": timings,
+    }
+
+
+def report(results: dict, budget: str) -> str:
+    mlm, seconds = results["mlm"], results["seconds"]
+    lines = [
+        f"Budget {budget}: MLM perplexity {mlm['perplexity']:.1f} vs unigram {mlm['unigram_perplexity']:.1f} "
+        f"({mlm['perplexity'] / mlm['unigram_perplexity']:.0%} of it) after {mlm['train_steps']} steps",
+        "",
+        format_table(results["test"]),
+        "",
+        "| stage | " + " | ".join(seconds) + " | total |",
+        "|---|" + "---|" * (len(seconds) + 1),
+        "| wall time (min) | " + " | ".join(f"{s / 60:.1f}" for s in seconds.values())
+        + f" | {sum(seconds.values()) / 60:.1f} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--config", help="YAML with one section per stage (default: configs/quality/<budget>.yaml)")
+    parser.add_argument("--fresh", action="store_true", help="Delete the output dir first: time every stage.")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(Path(args.config or ROOT / "configs" / "quality" / f"{args.budget}.yaml").read_text())
+    out = Path(config["output_dir"])
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for name, (command, done) in stage_commands(out).items():
+        timings[name] = run_stage(name, command + as_flags(config.get(name)), done, out)  # 0 when reused
+    results = collect(out, timings)
+    (out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n" + report(results, args.budget))
+
+
+if __name__ == "__main__":
+    main()
