@@ -91,9 +91,10 @@ def run_in_fresh_interpreter(script: str, *args: str, cwd: Path) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def config() -> BertXMLConfig:
-    return tiny_config()
+@pytest.fixture(params=["absolute", "rotary"])
+def config(request) -> BertXMLConfig:
+    """Both position schemes: BERT's learned table (loaded checkpoints) and rotary (what the scripts build)."""
+    return tiny_config(position_embedding_type=request.param)
 
 
 @pytest.fixture(autouse=True)

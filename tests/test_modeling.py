@@ -81,6 +81,20 @@ def test_chunks_are_encoded_independently_with_restarted_positions(config: BertX
     assert_close_scaled(whole, torch.cat(pieces, dim=1))
 
 
+def test_rotary_states_depend_on_token_distances_not_positions() -> None:
+    """What rotary positions are for: a fresh model sees how far apart tokens are, not where they sit, so masked
+    tokens in front of a note leave its states unchanged; with BERT's position table they move them."""
+    note = random_ids(tiny_config(), 1, 8)
+    shifted = torch.cat([random_ids(tiny_config(), 1, 5), note], dim=1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
+    for scheme, invariant in (("rotary", True), ("absolute", False)):
+        encoder = BertXMLModel(tiny_config(position_embedding_type=scheme)).eval()
+        with torch.no_grad():
+            plain = encoder(note).last_hidden_state
+            moved = encoder(shifted, attention_mask=mask).last_hidden_state[:, 5:]
+        assert torch.allclose(plain, moved, rtol=1e-4, atol=1e-4 * plain.abs().max().item()) == invariant, scheme
+
+
 def test_note_longer_than_limit_is_refused_with_the_limit(config: BertXMLConfig) -> None:
     model = BertXMLForMultiLabelCoding(config)
     with pytest.raises(ValueError, match="64"):
@@ -191,7 +205,7 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_loads_without_the_package(tmp_path: Path) -> None:
-    config = tiny_config(max_chunks=8)
+    config = tiny_config(max_chunks=8, position_embedding_type="rotary")
     tokenizer = tiny_tokenizer(model_max_length=config.max_note_length)
     model = BertXMLForMultiLabelCoding(config).eval()
     model.save_pretrained(tmp_path)

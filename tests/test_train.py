@@ -420,6 +420,19 @@ def test_fine_tuning_a_coder_keeps_each_codes_head_row_whatever_the_order(data: 
     assert head.output_bias[-1] == 0
 
 
+def test_new_codes_start_at_their_training_frequency_and_known_codes_keep_their_rows(data: Path, trained) -> None:
+    """A zero bias starts every code at probability 0.5; a new code's bias starts at its log prior odds instead."""
+    coder, _ = trained
+    source = load_coding_model(coder).label_head
+    source_codes = [load_coding_model(coder).config.id2label[i] for i in range(source.queries.shape[0])]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(coder)
+    codes = [source_codes[0], "Z99.89", "R51.9"]
+    shares = {source_codes[0]: 0.5, "Z99.89": 0.02, "R51.9": 0.3}
+    head = build_coding_model(codes, tokenizer, coder, label_frequencies=shares).label_head
+    assert head.output_bias[0] == source.output_bias[0]  # learnt: kept
+    torch.testing.assert_close(torch.sigmoid(head.output_bias[1:]), torch.tensor([0.02, 0.3]))
+
+
 def test_resuming_after_the_training_codes_changed_is_refused(data: Path, tmp_path: Path) -> None:
     train_file = tmp_path / "train.jsonl"
     train_file.write_text((data / "train.jsonl").read_text())
