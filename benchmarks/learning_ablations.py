@@ -1,0 +1,190 @@
+"""The ablations behind the README's "What mattered" tables: what keeps BERT-XML on its plateaus, and what moves it.
+
+    python benchmarks/learning_ablations.py mlm --positions absolute        # MLM, 2 x 128, 512-token blocks
+    python benchmarks/learning_ablations.py mlm --positions rotary
+    python benchmarks/learning_ablations.py coding --learning_rate 5e-4 --query_std 0.02 --output_std 0.02 --zero_bias
+    python benchmarks/learning_ablations.py coding                          # today's defaults
+
+Both run small models on the demo corpus (`python -m modeling_bertxml.synthetic --output_dir data/synthetic` and
+`python tokenizer_training/train_tokenizer.py --train_file data/synthetic/train.jsonl --output_dir
+data/synthetic-tokenizer --vocab_size 4000 --min_frequency 2`) with a plain loop, one thread, so that one setting
+changes at a time. `mlm` prints the validation perplexity every 50 steps beside the unigram perplexity of the same
+masked tokens (token masking, 15 %); `coding` trains from scratch (512-token chunks, notes cut at 1,024 tokens) and
+prints validation MAP, micro- and macro-AUC every half epoch beside the code-prior MAP.
+"""
+
+import argparse
+import itertools
+import json
+import math
+import time
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.metrics import compute_metrics
+
+
+def model_config(args: argparse.Namespace, vocab_size: int, chunk: int, **values) -> BertXMLConfig:
+    return BertXMLConfig(
+        vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+        num_attention_heads=max(2, args.hidden_size // 64), intermediate_size=4 * args.hidden_size,
+        max_position_embeddings=chunk, pad_token_id=0, **values,
+    )  # fmt: skip
+
+
+def read(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1 - step / steps)
+    )
+
+
+def run_mlm(args: argparse.Namespace, tokenizer) -> None:
+    def blocks(texts: list[str]) -> list[dict]:
+        ids = list(itertools.chain.from_iterable(tokenizer(texts)["input_ids"]))
+        size = args.block
+        return [{"input_ids": ids[i : i + size]} for i in range(0, len(ids) // size * size, size)]
+
+    train = blocks([note["text"] for note in read(f"{args.data}/train.jsonl")])
+    validation = blocks([note["text"] for note in read(f"{args.data}/validation.jsonl")][:60])
+    counts = np.bincount([t for block in train for t in block["input_ids"]], minlength=len(tokenizer)) + 0.5
+    unigram = -np.log(counts / counts.sum())
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    torch.manual_seed(1)
+    eval_batches = [collator(validation[i : i + 32]) for i in range(0, len(validation), 32)]
+    unigram_loss = np.mean([unigram[b["labels"][b["labels"] != -100].numpy()].mean() for b in eval_batches])
+    torch.manual_seed(0)
+    config = model_config(args, len(tokenizer), args.block, max_chunks=1, position_embedding_type=args.positions)
+    model = BertXMLForMaskedLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
+    scheduler = linear_schedule(optimizer, args.steps, args.warmup)
+    print(f"{vars(args)}\nunigram perplexity {math.exp(unigram_loss):.1f}")
+    order, step, start = torch.Generator().manual_seed(0), 0, time.time()
+    while step < args.steps:
+        for indices in torch.randperm(len(train), generator=order).split(args.batch_size):
+            model.train()
+            model(**collator([train[i] for i in indices])).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step(), scheduler.step(), optimizer.zero_grad()
+            step += 1
+            if step % 50 == 0:
+                model.eval()
+                with torch.no_grad():
+                    loss = np.mean([model(**batch).loss.item() for batch in eval_batches])
+                print(f"step {step}: perplexity {math.exp(loss):.1f} (unigram {math.exp(unigram_loss):.1f}), "
+                      f"{time.time() - start:.0f} s")  # fmt: skip
+            if step >= args.steps:
+                return
+
+
+def run_coding(args: argparse.Namespace, tokenizer) -> None:
+    train, validation = read(f"{args.data}/train.jsonl"), read(f"{args.data}/validation.jsonl")
+    codes = sorted({code for note in train for code in note["labels"]})
+    column = {code: i for i, code in enumerate(codes)}
+
+    def encode(notes: list[dict]) -> tuple[list[list[int]], torch.Tensor]:
+        ids = tokenizer([note["text"] for note in notes], truncation=True, max_length=args.max_length)["input_ids"]
+        targets = torch.zeros(len(notes), len(codes))
+        for row, note in enumerate(notes):
+            targets[row, [column[code] for code in note["labels"] if code in column]] = 1
+        return ids, targets
+
+    def batch(ids: list[list[int]], rows: list[int]) -> dict:
+        length = max(len(ids[row]) for row in rows)
+        input_ids = torch.tensor([ids[row] + [0] * (length - len(ids[row])) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+
+    (train_ids, train_targets), (val_ids, val_targets) = encode(train), encode(validation)
+    torch.manual_seed(0)
+    config = model_config(args, len(tokenizer), 512, max_chunks=math.ceil(args.max_length / 512),
+                          num_labels=len(codes), label_attention_dim=args.label_attention_dim)  # fmt: skip
+    model = BertXMLForMultiLabelCoding(config)
+    head = model.label_head
+    with torch.no_grad():
+        if args.query_std is not None:
+            head.queries.normal_(0.0, args.query_std)
+        if args.output_std is not None:
+            head.output_weight.normal_(0.0, args.output_std)
+        elif head.projection is None:
+            head.output_weight.copy_(head.queries)
+        if not args.zero_bias:
+            share = train_targets.mean(0).clamp(1e-4, 1 - 1e-4)
+            head.output_bias.copy_(torch.logit(share))
+    encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
+    for parameter in encoder:
+        parameter.requires_grad_(not args.freeze_encoder)
+    optimizer = torch.optim.AdamW([
+        {"params": [] if args.freeze_encoder else encoder, "lr": args.learning_rate},
+        {"params": list(head.parameters()), "lr": args.head_learning_rate},
+    ], weight_decay=0.0)  # fmt: skip
+    steps_per_epoch = len(train_ids) // args.batch_size
+    steps = int(args.epochs * steps_per_epoch)
+    scheduler = linear_schedule(optimizer, steps, int(args.warmup_ratio * steps))
+    priors = np.tile(train_targets.mean(0).numpy(), (len(val_ids), 1))
+    prior_map = compute_metrics(priors, val_targets.numpy().astype(np.int64), 0.5)["map"]
+    print(f"{vars(args)}\n{len(codes)} codes, code-prior MAP {prior_map:.3f}")
+    order, step, start = torch.Generator().manual_seed(0), 0, time.time()
+    while step < steps:
+        for indices in torch.randperm(len(train_ids), generator=order).split(args.batch_size):
+            model.train()
+            rows = indices.tolist()
+            model(**batch(train_ids, rows), labels=train_targets[rows]).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step(), scheduler.step(), optimizer.zero_grad()
+            step += 1
+            if step % (steps_per_epoch // 2) == 0 or step == steps:
+                model.eval()
+                with torch.no_grad():
+                    probs = torch.cat([
+                        torch.sigmoid(model(**batch(val_ids, list(range(i, min(i + 16, len(val_ids)))))).logits)
+                        for i in range(0, len(val_ids), 16)
+                    ]).numpy()  # fmt: skip
+                result = compute_metrics(probs, val_targets.numpy().astype(np.int64), 0.5)
+                print(f"epoch {step / steps_per_epoch:.1f}: validation MAP {result['map']:.3f}, micro-AUC "
+                      f"{result['micro_auc']:.3f}, macro-AUC {result['macro_auc']:.3f}, {time.time() - start:.0f} s")
+            if step >= steps:
+                return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/synthetic", help="Folder with train.jsonl and validation.jsonl.")
+    parser.add_argument("--tokenizer", default="data/synthetic-tokenizer")
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    sub = parser.add_subparsers(dest="task", required=True)
+    mlm = sub.add_parser("mlm", help="MLM from scratch on 512-token blocks")
+    mlm.add_argument("--positions", choices=["absolute", "rotary"], default="rotary")
+    mlm.add_argument("--learning_rate", type=float, default=1e-3)
+    mlm.add_argument("--warmup", type=int, default=0)
+    mlm.add_argument("--steps", type=int, default=200)
+    mlm.add_argument("--batch_size", type=int, default=16)
+    mlm.add_argument("--block", type=int, default=512)
+    coding = sub.add_parser("coding", help="Fine-tuning from scratch, 512-token chunks")
+    coding.add_argument("--learning_rate", type=float, default=2e-3, help="Encoder rate.")
+    coding.add_argument("--head_learning_rate", type=float, default=3e-3)
+    coding.add_argument("--query_std", type=float, help="Re-draw the queries (default: the model's init).")
+    coding.add_argument("--output_std", type=float, help="Re-draw the output weights (default: = the queries).")
+    coding.add_argument("--zero_bias", action="store_true", help="Output bias 0 instead of the log prior odds.")
+    coding.add_argument("--freeze_encoder", action="store_true", help="Train the head on the random encoder.")
+    coding.add_argument("--label_attention_dim", type=int, help="LAAT's projection.")
+    coding.add_argument("--warmup_ratio", type=float, default=0.0)
+    coding.add_argument("--epochs", type=float, default=1.0)
+    coding.add_argument("--batch_size", type=int, default=8)
+    coding.add_argument("--max_length", type=int, default=1024)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    (run_mlm if args.task == "mlm" else run_coding)(args, tokenizer)
+
+
+if __name__ == "__main__":
+    main()
