@@ -82,17 +82,6 @@ def select_codes(
     return top_codes.masked_fill(~keep, -1), top_scores
 
 
-def code_attention(
-    label_head: torch.nn.Module, states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor
-) -> torch.Tensor:
-    """The label attention of `codes` (batch, k) over the tokens: (batch, k, tokens), as the model's head computes it
-    for all codes (`output_label_attentions=True`), but without the (batch, all codes, tokens) tensor."""
-    keys = torch.tanh(label_head.projection(states)) if label_head.projection is not None else states
-    scores = torch.matmul(label_head.queries[codes.clamp(min=0)], keys.transpose(1, 2)).float()
-    padding = ~attention_mask.bool()[:, None, :]
-    return scores.masked_fill(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
-
-
 class ICDCodingPipeline(Pipeline):
     """ICD-10 codes for clinical notes, with descriptions and evidence spans.
 
@@ -175,7 +164,8 @@ class ICDCodingPipeline(Pipeline):
         return {
             "codes": codes,
             "scores": scores,
-            "attentions": code_attention(self.model.label_head, states, attention_mask, codes),
+            # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
+            "attentions": self.model.label_head.attention(states, attention_mask, codes.clamp(min=0)),
             "offset_mapping": model_inputs["offset_mapping"],
             "word_ids": model_inputs["word_ids"],
             "text": model_inputs["text"],
