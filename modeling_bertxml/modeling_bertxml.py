@@ -1,4 +1,6 @@
-"""BERT-XML (Zhang, Liu and Razavian, ClinicalNLP 2020): BERT for multi-label ICD coding of whole clinical notes.
+"""Remote code: travels with every saved model; imports only torch, transformers and its siblings.
+
+BERT-XML (Zhang, Liu and Razavian, ClinicalNLP 2020): BERT for multi-label ICD coding of whole clinical notes.
 
 Everything that is not listed here is transformers' BERT, module for module (embeddings, SDPA self-attention, layers,
 MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What BERT-XML changes:

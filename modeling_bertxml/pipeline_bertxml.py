@@ -1,4 +1,6 @@
-"""The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
+"""Remote code: travels with every saved model; imports only torch, transformers and its siblings.
+
+The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
 
 A coder does not trust a bare list of codes, so every predicted code comes with its ICD-10-CM description and the
 spans of the note its label attention rests on, as exact character offsets into the original text:
@@ -6,10 +8,10 @@ spans of the note its label attention rests on, as exact character offsets into 
     [{"code": "E11.9", "description": "Type 2 diabetes mellitus without complications", "score": 0.97,
       "evidence": [{"start": 18, "end": 42, "text": "type 2 diabetes mellitus", "attention": 0.81}]}]
 
-This file is remote code: it imports only torch and transformers and is saved next to the model, with
-`custom_pipelines` in config.json, so `pipeline("icd-coding", model=repo, trust_remote_code=True)` works for a user
-who never installed bert-xml. The model must be a `BertXMLForMultiLabelCoding` (it reads `model.bert` and
-`model.label_head`, so that attention is computed only for the predicted codes, never for the whole code set).
+It is saved next to the model with `custom_pipelines` in config.json, so
+`pipeline("icd-coding", model=repo, trust_remote_code=True)` works for a user who never installed bert-xml. The model
+must be a `BertXMLForMultiLabelCoding` (it reads `model.bert` and `model.label_head`, so that attention is computed
+only for the predicted codes, never for the whole code set).
 """
 
 import torch
