@@ -9,6 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["modeling_bertxml", "modeling_bertxml.*", "tokenizer_training"]),
+    package_data={"modeling_bertxml": ["templates/*.md"]},  # train.py's model card, found without the repository
     py_modules=["pretrain", "train"],
     python_requires=">=3.11",
     install_requires=[

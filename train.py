@@ -27,6 +27,7 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from modeling_bertxml import endpoint_handler
 from modeling_bertxml.checkpointing import (
     CheckpointManager,
     OutputDirError,
@@ -76,9 +77,7 @@ from modeling_bertxml.training import (
 
 logger = get_logger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent
-MODEL_CARD_TEMPLATE = REPO_ROOT / "model_card.md"
-HANDLER_SOURCE = REPO_ROOT / "modeling_bertxml" / "endpoint_handler.py"
+HANDLER_SOURCE = Path(endpoint_handler.__file__)  # shipped as the model folder's handler.py
 THRESHOLD_GRID = 100  # Edin et al.
 # Default encoder rate for a 256-wide model (scaled by width: training.default_learning_rate). From scratch or after
 # a short pretraining, the encoder has to learn to single out the few tokens that name a code: at 5e-4 on a 128-wide
@@ -314,7 +313,6 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
 
 def model_card(args, accelerator: Accelerator, config, splits: Splits, results: dict, progress: Progress):
     return render_model_card(
-        MODEL_CARD_TEMPLATE,
         repo_id=args.hub_model_id or Path(args.output_dir).resolve().name,
         results=results,
         base_model=Path(args.model_name_or_path).name if args.model_name_or_path else None,

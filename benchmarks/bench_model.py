@@ -209,7 +209,7 @@ def explicit_forward(head: BertXMLLabelWiseHead, states: torch.Tensor, mask: tor
 
 def fused_forward(head: BertXMLLabelWiseHead, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The fused path even where the head would not choose it (bf16 inference on CPU)."""
-    return head._fused_logits(states.masked_fill(mask[..., None] == 0, 0.0), mask.bool())
+    return head._fused_logits(*head._zero_padding(states, mask))
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The label-attention head written the direct way, as PLM-ICD's code does: one (batch, tokens, codes) score tensor.
 
 It is the reference that tests/test_label_head.py holds the model's head to, and the comparison row of
-bench_model.py. It reads the parameters of a `BertXMLLabelWiseHead`, so both compute the same function, and keeps the
-padding mask that PLM-ICD's released code forgets.
+bench_model.py: never a way to run the model, and written apart from the head's code on purpose, so that a mistake in
+the head's shared helpers cannot pass unseen. It reads the parameters of a `BertXMLLabelWiseHead`, so both compute
+the same function, and keeps the padding mask that PLM-ICD's released code forgets.
 """
 
 import torch

@@ -1,4 +1,6 @@
-"""BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head."""
+"""Remote code: travels with every saved model; imports only torch, transformers and its siblings.
+
+BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head."""
 
 from transformers import BertConfig
 

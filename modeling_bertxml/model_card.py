@@ -11,6 +11,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .metrics import METRIC_KEYS, format_table
 
+# Package data (setup.py), so that an installed bert-xml finds it without the repository.
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TAGS = ["bert-xml", "icd-10", "icd-10-cm", "medical-coding", "clinical-notes", "multi-label-classification"]
 # Invented notes, no patient behind them: the only text a card may show.
 WIDGET_EXAMPLES = [
@@ -46,13 +48,13 @@ def eval_results(results: dict[str, dict], dataset_name: str) -> list[EvalResult
 
 
 def render_model_card(
-    template_path: str | Path,
     repo_id: str,
     results: dict[str, dict],
     dataset_name: str = "clinical notes (private)",
+    template_path: str | Path = TEMPLATE,
     **facts,
 ) -> ModelCard:
-    """Fill `template_path` (a Jinja template such as the repository's `model_card.md`).
+    """Fill `template_path`, a Jinja template (by default bert-xml's card, shipped inside the package).
 
     `facts` are the template's variables about the run (num_labels, threshold, max_note_length, num_train_notes, ...).
     """
@@ -75,4 +77,4 @@ def render_model_card(
     )
 
 
-__all__ = ["TAGS", "WIDGET_EXAMPLES", "eval_results", "render_model_card"]
+__all__ = ["TAGS", "TEMPLATE", "WIDGET_EXAMPLES", "eval_results", "render_model_card"]

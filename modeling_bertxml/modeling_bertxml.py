@@ -1,4 +1,6 @@
-"""BERT-XML (Zhang, Liu and Razavian, ClinicalNLP 2020): BERT for multi-label ICD coding of whole clinical notes.
+"""Remote code: travels with every saved model; imports only torch, transformers and its siblings.
+
+BERT-XML (Zhang, Liu and Razavian, ClinicalNLP 2020): BERT for multi-label ICD coding of whole clinical notes.
 
 Everything that is not listed here is transformers' BERT, module for module (embeddings, SDPA self-attention, layers,
 MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What BERT-XML changes:
@@ -109,6 +111,7 @@ class BertXMLLabelWiseHead(nn.Module):
     token states, scale 1) whose kernels keep the scores in float32 accumulators and store no (batch, codes, tokens)
     tensor, not even for the backward pass. Otherwise one block's scores at a time are formed explicitly and
     soft-maxed in float32 (see `_fused_kernel_fits`); there a float16 matmul would overflow past 65,504, bf16 cannot.
+    `attention` gives the explicit path's weights for chosen codes only (the pipeline's evidence).
     """
 
     def __init__(self, config: BertXMLConfig):
@@ -124,29 +127,44 @@ class BertXMLLabelWiseHead(nn.Module):
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states (batch, tokens, hidden), attention_mask (batch, tokens) -> logits (batch, codes)."""
-        keep = attention_mask.bool()
-        # Padded states are zeroed with `where` (not a product) so that NaN from an all-padding chunk cannot leak.
-        hidden_states = torch.where(keep[..., None], hidden_states, torch.zeros_like(hidden_states))
+        hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
         if self._fused_kernel_fits(hidden_states, output_attentions):
             return self._fused_logits(hidden_states, keep), None
-        keys = torch.tanh(self.projection(hidden_states)) if self.projection is not None else hidden_states
-        padding = ~keep[:, None, :]
+        keys = self._keys(hidden_states)
         logits, attentions = [], []
         for queries, output_weight, output_bias in self._blocks():
             # Batched queries, so that the scores come out (batch, block, tokens) without a transposing copy.
-            scores = torch.matmul(queries.expand(keys.shape[0], -1, -1), keys.transpose(1, 2)).float()
-            weights = scores.masked_fill_(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
+            weights = self._weights(queries.expand(keys.shape[0], -1, -1), keys, keep)
             documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block, hidden)
             logits.append((documents * output_weight).sum(-1) + output_bias)
             if output_attentions:
                 attentions.append(weights)
         return torch.cat(logits, dim=-1), torch.cat(attentions, dim=1) if output_attentions else None
 
+    def attention(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The label attention of `codes` (batch, k) over the tokens, (batch, k, tokens) in float32: the rows that
+        `forward(..., output_attentions=True)` returns for those codes, without a (batch, all codes, tokens) tensor."""
+        hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
+        return self._weights(self.queries[codes], self._keys(hidden_states), keep)
+
+    @staticmethod
+    def _zero_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded states zeroed with `where` (not a product), so that NaN from an all-padding chunk cannot leak."""
+        keep = attention_mask.bool()
+        return torch.where(keep[..., None], hidden_states, torch.zeros_like(hidden_states)), keep
+
+    def _keys(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.projection(hidden_states)) if self.projection is not None else hidden_states
+
+    @staticmethod
+    def _weights(queries: torch.Tensor, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(batch, codes, query), (batch, tokens, query) -> float32 softmax over kept tokens, (batch, codes, tokens)."""
+        scores = torch.matmul(queries, keys.transpose(1, 2)).float()
+        return scores.masked_fill_(~keep[:, None, :], torch.finfo(torch.float32).min).softmax(dim=-1)
+
     def _fused_kernel_fits(self, hidden_states: torch.Tensor, output_attentions: bool) -> bool:
-        """SDPA returns no weights and needs keys as wide as values (no LAAT projection). And PyTorch's CPU flash
-        kernel runs bf16 no faster than float32, while explicit bf16 blocks run 3x faster on a CPU with AVX512-BF16
-        (10,000 codes x 4,096 tokens: 204 vs 641 ms), so bf16 inference on CPU takes them (safe: bf16 has float32's
-        range; bounded: one block; not for training, whose backward would keep every block's weights)."""
+        """SDPA returns no weights and needs keys as wide as values (no LAAT projection); bf16 inference on CPU takes
+        the explicit blocks, which run faster there than PyTorch's CPU flash kernel (benchmarks/README.md)."""
         if output_attentions or self.projection is not None:
             return False
         device = hidden_states.device.type

@@ -1,4 +1,6 @@
-"""The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
+"""Remote code: travels with every saved model; imports only torch, transformers and its siblings.
+
+The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
 
 A coder does not trust a bare list of codes, so every predicted code comes with its ICD-10-CM description and the
 spans of the note its label attention rests on, as exact character offsets into the original text:
@@ -6,10 +8,10 @@ spans of the note its label attention rests on, as exact character offsets into 
     [{"code": "E11.9", "description": "Type 2 diabetes mellitus without complications", "score": 0.97,
       "evidence": [{"start": 18, "end": 42, "text": "type 2 diabetes mellitus", "attention": 0.81}]}]
 
-This file is remote code: it imports only torch and transformers and is saved next to the model, with
-`custom_pipelines` in config.json, so `pipeline("icd-coding", model=repo, trust_remote_code=True)` works for a user
-who never installed bert-xml. The model must be a `BertXMLForMultiLabelCoding` (it reads `model.bert` and
-`model.label_head`, so that attention is computed only for the predicted codes, never for the whole code set).
+It is saved next to the model with `custom_pipelines` in config.json, so
+`pipeline("icd-coding", model=repo, trust_remote_code=True)` works for a user who never installed bert-xml. The model
+must be a `BertXMLForMultiLabelCoding` (it reads `model.bert` and `model.label_head`, so that attention is computed
+only for the predicted codes, never for the whole code set).
 """
 
 import torch
@@ -80,17 +82,6 @@ def select_codes(
     top_scores, top_codes = scores.topk(k, dim=-1)
     keep = top_scores > threshold if threshold is not None else torch.ones_like(top_scores, dtype=torch.bool)
     return top_codes.masked_fill(~keep, -1), top_scores
-
-
-def code_attention(
-    label_head: torch.nn.Module, states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor
-) -> torch.Tensor:
-    """The label attention of `codes` (batch, k) over the tokens: (batch, k, tokens), as the model's head computes it
-    for all codes (`output_label_attentions=True`), but without the (batch, all codes, tokens) tensor."""
-    keys = torch.tanh(label_head.projection(states)) if label_head.projection is not None else states
-    scores = torch.matmul(label_head.queries[codes.clamp(min=0)], keys.transpose(1, 2)).float()
-    padding = ~attention_mask.bool()[:, None, :]
-    return scores.masked_fill(padding, torch.finfo(torch.float32).min).softmax(dim=-1)
 
 
 class ICDCodingPipeline(Pipeline):
@@ -175,7 +166,8 @@ class ICDCodingPipeline(Pipeline):
         return {
             "codes": codes,
             "scores": scores,
-            "attentions": code_attention(self.model.label_head, states, attention_mask, codes),
+            # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
+            "attentions": self.model.label_head.attention(states, attention_mask, codes.clamp(min=0)),
             "offset_mapping": model_inputs["offset_mapping"],
             "word_ids": model_inputs["word_ids"],
             "text": model_inputs["text"],

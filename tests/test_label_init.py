@@ -12,7 +12,7 @@ from transformers.testing_utils import CaptureLogger
 
 from modeling_bertxml import BertXMLForMultiLabelCoding, label_init
 from modeling_bertxml.label_init import code_descriptions, embed_texts, init_label_queries_from_descriptions
-from modeling_bertxml.pipeline_bertxml import code_attention, evidence_spans
+from modeling_bertxml.pipeline_bertxml import evidence_spans
 from modeling_bertxml.pipeline_folder import make_pipeline_ready
 from tests.conftest import tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, FILLER, TRIGGERS, trained_coder
@@ -40,7 +40,7 @@ def top_evidence(model: BertXMLForMultiLabelCoding, tokenizer, note: str) -> lis
     with torch.no_grad():
         states = model.bert(encoded["input_ids"], attention_mask=encoded["attention_mask"]).last_hidden_state
         codes = torch.arange(model.config.num_labels)[None]
-        attentions = code_attention(model.label_head, states, encoded["attention_mask"], codes)[0]
+        attentions = model.label_head.attention(states, encoded["attention_mask"], codes)[0]
     offsets = encoded["offset_mapping"][0]
     return [evidence_spans(note, offsets, word_ids, weights, 1)[0]["text"] for weights in attentions]
 
@@ -51,7 +51,7 @@ def attention_on_own_words(model: BertXMLForMultiLabelCoding, tokenizer, note: s
     with torch.no_grad():
         states = model.bert(encoded["input_ids"], attention_mask=encoded["attention_mask"]).last_hidden_state
         codes = torch.arange(model.config.num_labels)[None]
-        attentions = code_attention(model.label_head, states, encoded["attention_mask"], codes)[0]
+        attentions = model.label_head.attention(states, encoded["attention_mask"], codes)[0]
     masses = []
     offsets = encoded["offset_mapping"][0].tolist()
     for code, weights in zip(CODES, attentions):

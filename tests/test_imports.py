@@ -1,0 +1,39 @@
+"""Importing the package is cheap (no torch for numpy-only modules), and it registers with transformers in any order."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_in_fresh_interpreter
+
+ROOT = Path(__file__).resolve().parents[1]  # the working directory comes first on `python -c`'s path: this checkout
+
+NO_TORCH = "import json, sys; {imports}; print(json.dumps('torch' not in sys.modules))"
+REGISTERED = """import json; {imports}
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.pipelines import PIPELINE_REGISTRY
+model = MODEL_MAPPING[CONFIG_MAPPING["bertxml"]]  # not through the package: its attributes register on access
+print(json.dumps([model.__name__, "icd-coding" in PIPELINE_REGISTRY.get_supported_tasks()]))
+"""
+
+
+@pytest.mark.parametrize(
+    "imports", ["import modeling_bertxml.metrics", "import modeling_bertxml, tokenizer_training.train_tokenizer"]
+)
+def test_modules_without_the_model_do_not_import_torch(imports: str) -> None:
+    assert run_in_fresh_interpreter(NO_TORCH.format(imports=imports), cwd=ROOT) is True
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import modeling_bertxml; from transformers import AutoModel",
+        "from transformers import AutoModel; import modeling_bertxml",
+        "import modeling_bertxml; from transformers import BertModel",  # BERT's modeling loads the Auto classes midway
+        "from modeling_bertxml.modeling_bertxml import BertXMLModel",  # ours too: registering must wait for the file
+    ],
+)
+def test_importing_the_package_registers_in_any_order(imports: str) -> None:
+    result = run_in_fresh_interpreter(REGISTERED.format(imports=imports), cwd=ROOT)
+    assert result == ["BertXMLForMultiLabelCoding", True]
