@@ -103,9 +103,13 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
 
     (train_ids, train_targets), (val_ids, val_targets) = encode(train), encode(validation)
     torch.manual_seed(0)
-    config = model_config(args, len(tokenizer), 512, max_chunks=math.ceil(args.max_length / 512),
-                          num_labels=len(codes), label_attention_dim=args.label_attention_dim)  # fmt: skip
-    model = BertXMLForMultiLabelCoding(config)
+    config = model_config(args, len(tokenizer), 512, max_chunks=math.ceil(args.max_length / 512), num_labels=len(codes),
+                          label_attention_dim=args.label_attention_dim, position_embedding_type=args.positions)  # fmt: skip
+    if args.model_name_or_path:  # a pretrain.py output: its encoder (and its position scheme), a new head
+        values = {key: getattr(config, key) for key in ("num_labels", "max_chunks", "label_attention_dim")}
+        model = BertXMLForMultiLabelCoding.from_pretrained(args.model_name_or_path, **values)
+    else:
+        model = BertXMLForMultiLabelCoding(config)
     head = model.label_head
     with torch.no_grad():
         if args.query_std is not None:
@@ -169,6 +173,8 @@ def main() -> None:
     mlm.add_argument("--batch_size", type=int, default=16)
     mlm.add_argument("--block", type=int, default=512)
     coding = sub.add_parser("coding", help="Fine-tuning from scratch, 512-token chunks")
+    coding.add_argument("--model_name_or_path", help="Start from this pretrained encoder (default: from scratch).")
+    coding.add_argument("--positions", choices=["absolute", "rotary"], default="rotary", help="From scratch only.")
     coding.add_argument("--learning_rate", type=float, default=2e-3, help="Encoder rate.")
     coding.add_argument("--head_learning_rate", type=float, default=3e-3)
     coding.add_argument("--query_std", type=float, help="Re-draw the queries (default: the model's init).")
