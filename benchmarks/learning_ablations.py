@@ -60,13 +60,13 @@ def run_mlm(args: argparse.Namespace, tokenizer) -> None:
     torch.manual_seed(1)
     eval_batches = [collator(validation[i : i + 32]) for i in range(0, len(validation), 32)]
     unigram_loss = np.mean([unigram[b["labels"][b["labels"] != -100].numpy()].mean() for b in eval_batches])
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     config = model_config(args, len(tokenizer), args.block, max_chunks=1, position_embedding_type=args.positions)
     model = BertXMLForMaskedLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
     scheduler = linear_schedule(optimizer, args.steps, args.warmup)
     print(f"{vars(args)}\nunigram perplexity {math.exp(unigram_loss):.1f}")
-    order, step, start = torch.Generator().manual_seed(0), 0, time.time()
+    order, step, start = torch.Generator().manual_seed(args.seed), 0, time.time()
     while step < args.steps:
         for indices in torch.randperm(len(train), generator=order).split(args.batch_size):
             model.train()
@@ -102,7 +102,7 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
         return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
 
     (train_ids, train_targets), (val_ids, val_targets) = encode(train), encode(validation)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     config = model_config(args, len(tokenizer), 512, max_chunks=math.ceil(args.max_length / 512), num_labels=len(codes),
                           label_attention_dim=args.label_attention_dim, position_embedding_type=args.positions)  # fmt: skip
     if args.model_name_or_path:  # a pretrain.py output: its encoder (and its position scheme), a new head
@@ -134,7 +134,7 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
     priors = np.tile(train_targets.mean(0).numpy(), (len(val_ids), 1))
     prior_map = compute_metrics(priors, val_targets.numpy().astype(np.int64), 0.5)["map"]
     print(f"{vars(args)}\n{len(codes)} codes, code-prior MAP {prior_map:.3f}")
-    order, step, start = torch.Generator().manual_seed(0), 0, time.time()
+    order, step, start = torch.Generator().manual_seed(args.seed), 0, time.time()
     while step < steps:
         for indices in torch.randperm(len(train_ids), generator=order).split(args.batch_size):
             model.train()
@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="Model initialisation and data order.")
     sub = parser.add_subparsers(dest="task", required=True)
     mlm = sub.add_parser("mlm", help="MLM from scratch on 512-token blocks")
     mlm.add_argument("--positions", choices=["absolute", "rotary"], default="rotary")
