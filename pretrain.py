@@ -43,6 +43,7 @@ from modeling_bertxml.checkpointing import (
 )
 from modeling_bertxml.readers import NotesError, load_text_dataset
 from modeling_bertxml.training import (
+    ConfigError,
     TrainingDivergedError,
     accelerator_settings,
     add_checkpoint_args,
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
             run(args)
     # Expected failures of a run: the message (file, line, field; or what to do), not a traceback. A bad row of a
     # streamed corpus is only found while training.
-    except (NotesError, TrainingDivergedError, OutputDirError, OutputWriteError, PermissionError) as error:
+    except (NotesError, ConfigError, TrainingDivergedError, OutputDirError, OutputWriteError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

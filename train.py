@@ -58,6 +58,7 @@ from modeling_bertxml.notes import (
     tokenize_notes,
 )
 from modeling_bertxml.training import (
+    ConfigError,
     TrainingDivergedError,
     accelerator_settings,
     add_checkpoint_args,
@@ -372,7 +373,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Expected failures of a run: the message (file, line, field; or what to do), not a traceback.
-    expected = (NotesError, TrainingDivergedError, OutputDirError, OutputWriteError, HubPushError,
+    expected = (NotesError, ConfigError, TrainingDivergedError, OutputDirError, OutputWriteError, HubPushError,
                 IdentifiersFoundError, PermissionError)  # fmt: skip
     try:
         with claim_output_dir(

@@ -53,6 +53,11 @@ class BertXMLConfig(BertConfig):
         if self.problem_type != "multi_label_classification":
             raise ValueError(f"BERT-XML codes notes with multi-hot labels; got problem_type={self.problem_type!r}")
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Refuse values BERT-XML cannot run (construction checks them; call it again after setting attributes, as
+        `--config_overrides` does, since a typo like "rotry" would otherwise silently mean absolute positions)."""
         if self.position_embedding_type not in ("absolute", "rotary"):
             raise ValueError(
                 f'position_embedding_type must be "absolute" or "rotary", got {self.position_embedding_type!r}'

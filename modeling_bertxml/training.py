@@ -192,6 +192,10 @@ def load_tokenizer(name: str | os.PathLike, config: BertXMLConfig | None = None)
     return tokenizer
 
 
+class ConfigError(ValueError):
+    """A config value (from --config_overrides or a config file) that BERT-XML cannot run."""
+
+
 def load_config(
     name: str | os.PathLike | None = None,
     config_overrides: str | None = None,
@@ -215,9 +219,13 @@ def load_config(
         try:
             config.update_from_string(config_overrides)
         except ValueError as error:
-            raise ValueError(f"--config_overrides {config_overrides!r}: {error}") from error
+            raise ConfigError(f"--config_overrides {config_overrides!r}: {error}") from error
     for key, value in values.items():
         setattr(config, key, value)
+    try:
+        config.check_values()
+    except ValueError as error:
+        raise ConfigError(f"--config_overrides {config_overrides!r}: {error}") from error
     if tokenizer is not None:
         check_tokenizer_matches_config(tokenizer, config, tokenizer.name_or_path)
     return config
@@ -414,6 +422,7 @@ def save_checkpoint(
 
 
 __all__ = [
+    "ConfigError",
     "DIVERGENCE_FACTOR",
     "WARMUP_RATIO",
     "TrainingDivergedError",

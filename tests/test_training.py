@@ -21,6 +21,7 @@ from modeling_bertxml.checkpointing import (
     save_model_folder,
 )
 from modeling_bertxml.training import (
+    ConfigError,
     TrainingDivergedError,
     add_checkpoint_args,
     add_data_args,
@@ -298,3 +299,10 @@ def test_check_loss_names_the_step_and_stops_on_nan_or_divergence():
         check_loss(torch.tensor(float("inf")), step=7, uniform_loss=1.0)
     with pytest.raises(TrainingDivergedError, match=r"loss is 1234 at optimizer step 8 .*limit is 10\)"):
         check_loss(torch.tensor(1234.0), step=8, uniform_loss=1.0)
+
+
+def test_new_configs_are_rotary_and_a_mistyped_override_is_refused() -> None:
+    assert load_config(None, "hidden_size=32,num_attention_heads=4").position_embedding_type == "rotary"
+    assert load_config(None, "position_embedding_type=absolute").position_embedding_type == "absolute"
+    with pytest.raises(ConfigError, match="position_embedding_type must be .* got 'rotry'"):
+        load_config(None, "position_embedding_type=rotry")
