@@ -139,3 +139,10 @@ def test_bad_arguments_are_refused(tmp_path):
         synthetic.generate_corpus(tmp_path, min_words=900, max_words=500)
     with pytest.raises(ValueError, match="num_codes"):
         synthetic.select_codes(0)
+
+
+def test_hard_preset_sets_the_benchmark_sizes_and_flags_still_override_it() -> None:
+    hard = synthetic.parse_args(["--preset", "hard"])
+    assert (hard.num_train, hard.num_validation, hard.num_test, hard.num_codes) == (3000, 500, 1000, 300)
+    assert synthetic.parse_args(["--preset", "hard", "--num_codes", "120"]).num_codes == 120
+    assert synthetic.parse_args([]).num_codes == 50  # the demo corpus stays the default
