@@ -10,14 +10,38 @@ mentions (same words as real diagnoses), so its micro-F1 stays well below 1.
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
-from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes
+from modeling_bertxml.notes import NoteColumns, Notes, label_indices, multi_hot, read_notes
+
+
+def score_splits(
+    validation_file: str,
+    test_file: str,
+    columns: NoteColumns,
+    label2id: dict[str, int],
+    score: Callable[[Notes], np.ndarray],
+) -> dict[str, dict[str, float]]:
+    """Metrics of `score(notes) -> (notes, codes) probabilities` on validation and test, the threshold tuned on
+    validation only; codes outside `label2id` count as misses. Shared by every baseline so that they compare."""
+    results, threshold = {}, None
+    for split, path in (("validation", validation_file), ("test", test_file)):
+        notes = read_notes(path, split, columns)
+        targets = multi_hot(label_indices(notes, label2id), len(label2id))
+        unseen = sum(notes.report.outside_label_space.values())
+        scores = score(notes)
+        if threshold is None:
+            threshold, _ = tune_threshold(scores, targets, num_unseen_positives=unseen)
+        results[split] = compute_metrics(scores, targets, threshold, num_unseen_positives=unseen)
+    return results
 
 
 def run_tfidf_baseline(
@@ -46,16 +70,10 @@ def run_tfidf_baseline(
     targets = multi_hot(label_indices(train, label2id), len(codes)).astype(bool)
     classifier.fit(vectorizer.fit_transform(train.texts), targets)
 
-    results, threshold = {}, None
-    for split, path in (("validation", validation_file), ("test", test_file)):
-        notes = read_notes(path, split, columns)
-        targets = multi_hot(label_indices(notes, label2id), len(codes))
-        unseen = sum(notes.report.outside_label_space.values())
-        scores = classifier.predict_proba(vectorizer.transform(notes.texts))
-        if threshold is None:
-            threshold, _ = tune_threshold(scores, targets, num_unseen_positives=unseen)
-        results[split] = compute_metrics(scores, targets, threshold, num_unseen_positives=unseen)
-    return results
+    return score_splits(
+        validation_file, test_file, columns, label2id,
+        lambda notes: classifier.predict_proba(vectorizer.transform(notes.texts)),
+    )  # fmt: skip
 
 
 def main() -> None:

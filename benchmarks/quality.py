@@ -20,11 +20,12 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # demo.py's stage runner; the package itself is installed
+sys.path.insert(0, str(ROOT))  # demo.py's stage runner and the shared baseline scoring; the package is installed
 
 from demo import as_flags, run_stage, stage_commands  # noqa: E402
 
-from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold  # noqa: E402
+from benchmarks.baseline_tfidf import score_splits  # noqa: E402
+from modeling_bertxml.metrics import format_table  # noqa: E402
 from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
 
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
@@ -36,16 +37,10 @@ def prior_baseline(data: Path) -> dict[str, float]:
     codes = sorted({code for note in train.codes for code in note})
     label2id = {code: i for i, code in enumerate(codes)}
     priors = multi_hot(label_indices(train, label2id), len(codes)).mean(axis=0)
-    results = {}
-    for split in ("validation", "test"):
-        notes = read_notes(str(data / f"{split}.jsonl"), split, NoteColumns())
-        targets = multi_hot(label_indices(notes, label2id), len(codes))
-        unseen = sum(notes.report.outside_label_space.values())
-        scores = np.tile(priors, (len(targets), 1))
-        threshold = results["validation"]["threshold"] if split == "test" else None
-        if threshold is None:
-            threshold, _ = tune_threshold(scores, targets, num_unseen_positives=unseen)
-        results[split] = compute_metrics(scores, targets, threshold, num_unseen_positives=unseen)
+    results = score_splits(
+        str(data / "validation.jsonl"), str(data / "test.jsonl"), NoteColumns(), label2id,
+        lambda notes: np.tile(priors, (len(notes), 1)),
+    )  # fmt: skip
     return results["test"]
 
 
