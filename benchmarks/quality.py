@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML with one section per stage (default: configs/quality/<budget>.yaml)")
     parser.add_argument("--fresh", action="store_true", help="Delete the output dir first: time every stage.")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config or ROOT / "configs" / "quality" / f"{args.budget}.yaml").read_text())
+    config_file = Path(args.config or ROOT / "configs" / "quality" / f"{args.budget}.yaml")
+    if not config_file.is_file():
+        parser.error(f"--config {config_file}: no such file")
+    config = yaml.safe_load(config_file.read_text())
     out = Path(config["output_dir"])
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
