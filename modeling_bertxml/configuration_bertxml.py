@@ -11,6 +11,9 @@ AUTO_MAP = {
     "AutoModelForMaskedLM": "modeling_bertxml.BertXMLForMaskedLM",
 }
 
+# The code systems a label space can be read in (bert-xml's `code_systems` module implements them).
+CODE_SYSTEMS = ("icd10cm", "icd10pcs", "icd10", "icd9cm", "any")
+
 
 class BertXMLConfig(BertConfig):
     r"""
@@ -35,6 +38,9 @@ class BertXMLConfig(BertConfig):
         label_descriptions (`dict[str, str]`, *optional*):
             The description of each code of the label space (ICD-10-CM's, from `simple-icd-10-cm`), stored with the
             model so that the `icd-coding` pipeline can show them to users who do not have that package.
+        code_system (`str`, defaults to `"icd10"`):
+            What the labels are: `"icd10cm"` (ICD-10-CM diagnoses), `"icd10pcs"` (ICD-10-PCS procedures), `"icd10"`
+            (both), `"icd9cm"` (ICD-9-CM diagnoses and procedures, dotted) or `"any"` (a local code set).
     """
 
     model_type = "bertxml"
@@ -45,6 +51,7 @@ class BertXMLConfig(BertConfig):
     threshold: float = 0.5
     position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
+    code_system: str = "icd10"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -62,6 +69,8 @@ class BertXMLConfig(BertConfig):
             raise ValueError(
                 f'position_embedding_type must be "absolute" or "rotary", got {self.position_embedding_type!r}'
             )
+        if self.code_system not in CODE_SYSTEMS:
+            raise ValueError(f"code_system must be one of {', '.join(CODE_SYSTEMS)}; got {self.code_system!r}")
         if self.max_chunks < 1 or self.label_block_size < 1:
             raise ValueError("max_chunks and label_block_size must be positive")
 
@@ -71,4 +80,4 @@ class BertXMLConfig(BertConfig):
         return self.max_chunks * self.max_position_embeddings
 
 
-__all__ = ["BertXMLConfig"]
+__all__ = ["CODE_SYSTEMS", "BertXMLConfig"]

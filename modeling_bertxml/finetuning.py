@@ -36,21 +36,23 @@ def build_coding_model(
     config_overrides: str | None = None,
     init_from_descriptions: bool = False,
     label_frequencies: dict[str, float] | None = None,
+    code_system: str = "icd10",
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, or any BERT checkpoint) with a head for
     `labels`.
 
     Starting from a coder, each code it already knows keeps its own head row (matched by code, not by position);
     other codes start fresh. Without `model_name_or_path` the encoder starts from scratch (`config_name` /
-    `config_overrides`), which only makes sense for tests and baselines. `init_from_descriptions` starts each new
-code's query from its ICD-10-CM description (`label_init`). Weights load in float32 whatever the
-    checkpoint's dtype: mixed precision is Accelerate's job, and the optimizer needs float32 master weights.
-    `label_frequencies` (share of training notes carrying each code) start new codes at their prior.
+    `config_overrides`), which only makes sense for tests and baselines. `code_system` (what the labels are) is
+    stored in the config; `init_from_descriptions` starts each new code's query from its official description
+    (`label_init`). Weights load in float32 whatever the checkpoint's dtype: mixed precision is Accelerate's job,
+    and the optimizer needs float32 master weights. `label_frequencies` (share of training notes carrying each
+    code) start new codes at their prior.
     """
     id2label = dict(enumerate(labels))
     config = load_config(
         config_name or model_name_or_path, config_overrides, tokenizer,
-        id2label=id2label, label2id={code: i for i, code in id2label.items()},
+        id2label=id2label, label2id={code: i for i, code in id2label.items()}, code_system=code_system,
     )  # fmt: skip
     known: list[str] = []
     if model_name_or_path is None:
@@ -66,8 +68,9 @@ code's query from its ICD-10-CM description (`label_init`). Weights load in floa
     if label_frequencies is not None:
         init_output_bias_from_priors(model, {code: label_frequencies[code] for code in new})
     if init_from_descriptions:
-        initialised = init_label_queries_from_descriptions(model, tokenizer, code_descriptions(new))
-        logger.info(f"{len(initialised)} of {len(new)} new label queries start from their ICD-10-CM descriptions")
+        descriptions = code_descriptions(new, code_system=code_system)
+        initialised = init_label_queries_from_descriptions(model, tokenizer, descriptions)
+        logger.info(f"{len(initialised)} of {len(new)} new label queries start from their official descriptions")
     return model
 
 

@@ -8,8 +8,6 @@ blocks (`"E08-E13"`) and chapters (`"4"`) are accepted where the hierarchy is wa
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from types import ModuleType
 
 # A letter, a digit (or "A": the April 2026 list added category QA0), a digit or letter, then up to four more after
@@ -126,93 +124,61 @@ def billable_codes() -> list[str]:
     return list(_billable_codes())
 
 
+@functools.cache
+def _seventh_characters() -> dict[str, str]:
+    """The 7th characters (extensions) each six-character stem takes: `S02.0XX` -> "ABDGKS"."""
+    stems: dict[str, str] = {}
+    for code in _billable_codes():
+        if len(code) == 8:  # seven characters and the dot
+            stems[code[:-1]] = stems.get(code[:-1], "") + code[-1]
+    return stems
+
+
+@functools.cache
+def _codes_with_placeholders() -> dict[str, tuple[str, ...]]:
+    """Seven-character codes holding placeholder Xs, by category (`S02` -> ("S02.0XXA", ...))."""
+    by_category: dict[str, list[str]] = {}
+    for code in _billable_codes():
+        if len(code) == 8 and "X" in code[4:7]:
+            by_category.setdefault(code[:3], []).append(code)
+    return {category: tuple(codes) for category, codes in by_category.items()}
+
+
+def seventh_character_hint(name: str) -> str | None:
+    """What is wrong with a normalised code that lacks its 7th character or misplaces the placeholder X, else None.
+
+    `S02.0XX` -> "7th character missing; S02.0XXA/B/D/G/K/S exist", `S02.0A` -> "placeholder X missing: S02.0XXA",
+    `S02.0ZZA` -> "wrong placeholder: S02.0XXA". National editions and exports often drop or change these characters.
+    """
+    stems = _seventh_characters()
+    body = name.replace(".", "")
+    padded = normalize_code(body.ljust(6, "X")) if len(body) <= 6 else None
+    if padded in stems:
+        missing = "" if padded == name else " (and placeholder X)"
+        return f"7th character missing{missing}; {padded}{'/'.join(stems[padded])} exist"
+    candidates = _codes_with_placeholders().get(body[:3], ())
+    if len(body) < 7:  # the 7th character written right after the last real one
+        matches = [code for code in candidates if code.replace(".", "").replace("X", "") == body.replace("X", "")]
+        return f"placeholder X missing: {' or '.join(matches)}" if matches else None
+    if len(body) == 7:  # another character where the placeholder goes
+        def fits(code: str) -> bool:
+            return all(a == b or (b == "X" and not a.isdigit()) for a, b in zip(body, code.replace(".", "")))
+
+        matches = [code for code in candidates if fits(code)]
+        return f"wrong placeholder: {' or '.join(matches)}" if matches else None
+    return None
+
+
 def code_problem(code: str, allow_non_billable: bool = False) -> str | None:
-    """Why `code` cannot be used as an ICD-10-CM label ("malformed", "unknown", "not billable"), or None if it can."""
+    """Why `code` cannot be used as an ICD-10-CM label, or None if it can: "malformed", "unknown", "not billable", or
+    a 7th-character or placeholder hint (`seventh_character_hint`) where one applies."""
     try:
         name = normalize_code(code)
     except ValueError:
         return "malformed"
     if not is_valid(name):
-        return "unknown"
+        return seventh_character_hint(name) or "unknown"
     if not allow_non_billable and not is_billable(name):
-        return "not billable"
+        hint = seventh_character_hint(name)
+        return f"not billable; {hint}" if hint else "not billable"
     return None
-
-
-@dataclass
-class CodeProblem:
-    """One distinct bad code: why it is bad, how often it occurs and where it first occurs."""
-
-    code: str
-    reason: str
-    count: int
-    file: str
-    line: int
-
-
-@dataclass
-class CodeReport:
-    """What `check_codes` found; `str(report)` is the message train.py logs (or raises under `--strict_codes`)."""
-
-    num_records: int = 0
-    num_codes: int = 0
-    problems: list[CodeProblem] = field(default_factory=list)
-
-    @property
-    def num_bad(self) -> int:
-        return sum(problem.count for problem in self.problems)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def format(self, max_rows: int = 20) -> str:
-        """A readable summary: one line per distinct bad code (`file:line: 'code' reason (N occurrences)`)."""
-        if not self.problems:
-            return f"all {self.num_codes} codes in {self.num_records} records are billable ICD-10-CM codes"
-        lines = [
-            f"{self.num_bad} of {self.num_codes} codes in {self.num_records} records are not billable ICD-10-CM "
-            f"codes ({len(self.problems)} distinct; first occurrence shown):"
-        ]
-        for problem in self.problems[:max_rows]:
-            lines.append(
-                f"  {problem.file}:{problem.line}: {problem.code!r} {problem.reason} "
-                f"({problem.count} occurrence{'s' if problem.count > 1 else ''})"
-            )
-        if len(self.problems) > max_rows:
-            lines.append(f"  ... and {len(self.problems) - max_rows} more")
-        return "\n".join(lines)
-
-
-def check_codes(
-    records: Iterable[tuple[str, int, Sequence[str]]], allow_non_billable: bool = False
-) -> CodeReport:
-    """Check the codes of (file, line, codes) records against the CMS list.
-
-    Returns every distinct bad code with its count and first location, most frequent first, so a user can find and
-    fix the source rows; spelling variants of one code (`e119`, `E11.9`) are counted together.
-    """
-    report = CodeReport()
-    verdicts: dict[str, str | None] = {}
-    found: dict[str, CodeProblem] = {}
-    for file, line, codes in records:
-        report.num_records += 1
-        for code in codes:
-            report.num_codes += 1
-            if code not in verdicts:
-                verdicts[code] = code_problem(code, allow_non_billable)
-            if verdicts[code] is None:
-                continue
-            try:
-                key = normalize_code(code)
-            except ValueError:
-                key = code.strip()
-            if key in found:
-                found[key].count += 1
-            else:
-                found[key] = CodeProblem(code=code, reason=verdicts[code], count=1, file=str(file), line=line)
-    report.problems = sorted(found.values(), key=lambda problem: -problem.count)
-    return report

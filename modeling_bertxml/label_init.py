@@ -13,21 +13,24 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from . import icd10
+from .code_systems import CodeSystem, get_code_system
 from .modeling_bertxml import BertXMLForMultiLabelCoding
 
 logger = logging.get_logger(__name__)
 
 
-def code_descriptions(codes: Iterable[str], inclusion_terms: bool = True) -> dict[str, list[str]]:
-    """ICD-10-CM texts of each code: `[description, *inclusion terms]` (CMS list, `simple-icd-10-cm`).
+def code_descriptions(
+    codes: Iterable[str], inclusion_terms: bool = True, code_system: str | CodeSystem = "icd10"
+) -> dict[str, list[str]]:
+    """The official texts of each code: `[description, *inclusion terms]` (inclusion terms: ICD-10-CM only).
 
-    Codes that are not in the CMS list (a hospital's local codes) are left out, so their queries stay random.
+    Codes that the code system's list lacks (a hospital's local codes) are left out, so their queries stay random.
     """
+    system = get_code_system(code_system)
     texts = {}
     for code in codes:
-        if icd10.is_valid(code):
-            texts[code] = [icd10.description(code)] + (icd10.inclusion_terms(code) if inclusion_terms else [])
+        if code_texts := system.texts(code):
+            texts[code] = code_texts if inclusion_terms else code_texts[:1]
     return texts
 
 

@@ -16,9 +16,11 @@ Replicability Study", code: JoakimEdin/medical-coding-reproducibility), with the
 - Gold codes outside the label space (seen only in validation/test) cannot be predicted: pass their count as
   `num_unseen_positives` and they are false negatives in `micro_recall` and `micro_f1`.
 - A metric with nothing to average (no gold code in the split, no prediction, a single class) is 0.0, never NaN.
+- `compute_metrics_by_group` scores subsets of the label space (diagnoses and procedures, as Edin et al. report them
+  separately) with the same threshold: each group is a label space of its own for the micro, macro and ranking scores.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,6 +43,7 @@ METRIC_KEYS = (
     "num_notes",
     "num_codes",
 )
+GROUPS_KEY = "code_systems"  # a split's per-group results (diagnoses, procedures) in eval/test_results.json
 # Rows per block are chosen so that one (rows, num_codes) array holds about this many cells (32 MB of int64):
 # ranking the full ICD-10-CM code set for a large test split stays within memory.
 _BLOCK_CELLS = 1 << 22
@@ -183,6 +186,25 @@ def compute_metrics(probs, targets, threshold: float = 0.5, num_unseen_positives
     return {key: results[key] for key in METRIC_KEYS}
 
 
+def compute_metrics_by_group(
+    probs,
+    targets,
+    groups: Mapping[str, Sequence[int]],
+    threshold: float = 0.5,
+    num_unseen_positives: Mapping[str, int] | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """`compute_metrics` of each group of code columns (`{"diagnoses": [0, 2], "procedures": [1]}`).
+
+    `num_unseen_positives` gives each group's gold codes outside the label space (false negatives of that group).
+    """
+    probs, targets = np.asarray(probs), np.asarray(targets)
+    unseen = num_unseen_positives or {}
+    return {
+        name: compute_metrics(probs[:, list(columns)], targets[:, list(columns)], threshold, unseen.get(name, 0))
+        for name, columns in groups.items()
+    }
+
+
 def _count_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """For each threshold t (sorted ascending), how many of `values` are > t; one pass over the values."""
     values = values.reshape(values.shape[0], -1)
@@ -219,7 +241,17 @@ def _format_value(value) -> str:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A markdown table with one row per metric and one column per split or model, for scripts to print."""
+    """A markdown table with one row per metric and one column per split or model, for scripts to print.
+
+    A split's nested groups (`{"test": {..., "code_systems": {"diagnoses": {...}}}}`) become columns of their own
+    ("test diagnoses").
+    """
+    results = {
+        f"{name} {group}" if group else name: metrics
+        for name, result in results.items()
+        for group, metrics in [("", result), *(result.get(GROUPS_KEY) or {}).items()]
+    }
+    results = {name: {k: v for k, v in metrics.items() if k != GROUPS_KEY} for name, metrics in results.items()}
     columns = list(results)
     present = dict.fromkeys(key for result in results.values() for key in result)
     keys = [key for key in METRIC_KEYS if key in present] + [key for key in present if key not in METRIC_KEYS]
@@ -229,4 +261,12 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["METRIC_KEYS", "TOP_K", "compute_metrics", "format_table", "tune_threshold"]
+__all__ = [
+    "GROUPS_KEY",
+    "METRIC_KEYS",
+    "TOP_K",
+    "compute_metrics",
+    "compute_metrics_by_group",
+    "format_table",
+    "tune_threshold",
+]

@@ -1,4 +1,4 @@
-"""Notes with ICD-10 codes for fine-tuning and evaluation (not remote code): validate, label space, batches.
+"""Notes with ICD codes for fine-tuning and evaluation (not remote code): validate, label space, batches.
 
 Files are read by `readers` (formats, and errors with file, line or row and field). Every problem is reported with
 its location and never with the note's text or id (notes are PHI). What is fatal and what is counted:
@@ -7,8 +7,9 @@ its location and never with the note's text or id (notes are PHI). What is fatal
   label list that is not a list (only CSV writes codes as one `;`-separated string), a code that is not a string,
   the same note id twice (within a split or across splits: a note in both train and test inflates the metrics);
 - counted and reported: empty notes (kept, not a crash; the Endpoint handler answers them with no codes); codes that
-  are malformed (dropped), unknown to the CMS list or not billable (kept), each with its count and first location
-  (`icd10.check_codes`), all fatal with `strict_codes`; codes outside the label space (dropped from the training
+  cannot be read in the run's code system (malformed, or ICD-9-CM without the dot that tells diagnosis from
+  procedure: dropped), unknown to the official list or not billable (kept), each with its count and first location
+  (`code_systems.check_codes`), all fatal with `strict_codes`; codes outside the label space (dropped from the training
   targets; in validation/test reported and passed to the metrics as misses, never silently dropped); notes longer
   than the model reads (truncated, one warning).
 
@@ -27,7 +28,7 @@ import datasets
 import numpy as np
 import torch
 
-from .icd10 import CodeReport, check_codes, normalize_code
+from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system
 from .readers import Location, NotesError, file_format, iter_notes, row_field
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def log_report(notes: Notes, max_length: int | None = None) -> None:
     if report.empty_notes:
         logger.warning(f"{notes.split}: {report.empty_notes:,} empty notes, kept as notes without text")
     if not report.codes.ok:
-        logger.warning(f"{notes.split}: {report.codes}\nMalformed codes are dropped, the others kept; "
+        logger.warning(f"{notes.split}: {report.codes}\nMalformed and ambiguous codes are dropped, the others kept; "
                        "--strict_codes makes any of them an error")
     if report.outside_label_space:
         consequence = "dropped from the training targets" if notes.split == "train" else "counted as misses"
@@ -130,12 +131,12 @@ def _check_code_types(raw: list, where: Location, column: str) -> list[str]:
     return raw
 
 
-def _normalized(raw: list[str]) -> list[str]:
-    """Normalised codes of one note, malformed ones dropped (reported by `check_codes`), duplicates once."""
+def _normalized(raw: list[str], system: CodeSystem) -> list[str]:
+    """Normalised codes of one note, unreadable ones dropped (reported by `check_codes`), duplicates once."""
     codes: dict[str, None] = {}
     for item in raw:
         try:
-            codes[normalize_code(item)] = None
+            codes[system.normalize(item)] = None
         except ValueError:
             pass
     return list(codes)
@@ -147,13 +148,16 @@ def read_notes(
     columns: NoteColumns = NoteColumns(),
     strict_codes: bool = False,
     allow_non_billable: bool = False,
+    code_system: str | CodeSystem = "icd10",
 ) -> Notes:
     """Read and validate one split from one or more files (rows concatenated in order).
 
     Raises `NotesError` naming file, line/row and field for anything that cannot be a labelled note; see the
-    module docstring for what is only counted. Codes are checked against the CMS list (`icd10.check_codes`):
-    malformed ones are dropped, unknown or non-billable ones kept; with `strict_codes` any of them is an error.
+    module docstring for what is only counted. Codes are read in `code_system` and checked against its official
+    list (`code_systems.check_codes`): malformed or ambiguous ones are dropped, unknown or non-billable ones kept;
+    with `strict_codes` any of them is an error.
     """
+    system = get_code_system(code_system)
     files = [files] if isinstance(files, (str, Path)) else list(files)
     report = NotesReport()
     ids, texts, raw_codes, locations = [], [], [], []
@@ -171,11 +175,11 @@ def read_notes(
     if not texts:
         raise NotesError(f"{source}: no notes in the {split} split")
     report.codes = check_codes(
-        ((where.file, where.number, raw) for where, raw in zip(locations, raw_codes)), allow_non_billable
+        ((where.file, where.number, raw) for where, raw in zip(locations, raw_codes)), allow_non_billable, system
     )
     if strict_codes and not report.codes.ok:
         raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
-    return Notes(split, source, ids, texts, [_normalized(raw) for raw in raw_codes], report, locations)
+    return Notes(split, source, ids, texts, [_normalized(raw, system) for raw in raw_codes], report, locations)
 
 
 def _note_id(value: object, where: Location, column: str, first_seen: dict[str, Location]) -> str | None:
@@ -204,8 +208,9 @@ def check_disjoint(*splits: Notes) -> None:
 # --- label space -------------------------------------------------------------------------------------------------
 
 
-def read_label_file(path: str | Path) -> list[str]:
+def read_label_file(path: str | Path, code_system: str | CodeSystem = "icd10") -> list[str]:
     """Codes from a file of one code per line (blank lines and `#` comments skipped), normalised, in file order."""
+    system = get_code_system(code_system)
     codes: dict[str, None] = {}
     with Path(path).open(encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
@@ -213,18 +218,20 @@ def read_label_file(path: str | Path) -> list[str]:
             if not line:
                 continue
             try:
-                codes[normalize_code(line)] = None
-            except ValueError:
-                raise NotesError(f"{path}:{number}: {line!r} is not an ICD-10-CM code") from None
+                codes[system.normalize(line)] = None
+            except ValueError as error:
+                raise NotesError(f"{path}:{number}: {line!r} is not a label of --code_system {system.name}: {error}") from None
     if not codes:
         raise NotesError(f"{path}: the label file holds no codes")
     return list(codes)
 
 
-def build_label_space(train: Notes, min_code_count: int = 1, label_file: str | None = None) -> list[str]:
+def build_label_space(
+    train: Notes, min_code_count: int = 1, label_file: str | None = None, code_system: str | CodeSystem = "icd10"
+) -> list[str]:
     """The codes the model predicts: those of `label_file`, else the training codes seen `min_code_count` times."""
     if label_file is not None:
-        return read_label_file(label_file)
+        return read_label_file(label_file, code_system)
     counts = Counter(code for note_codes in train.codes for code in note_codes)
     labels = sorted(code for code, count in counts.items() if count >= min_code_count)
     if not labels:

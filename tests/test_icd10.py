@@ -3,6 +3,7 @@
 import pytest
 
 from modeling_bertxml import icd10
+from modeling_bertxml.code_systems import check_codes
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,7 @@ def test_check_codes_reports_counts_and_first_location():
         ("train.jsonl", 3, ["E11", "Z99.99"]),
         ("validation.jsonl", 1, ["z9999"]),
     ]
-    report = icd10.check_codes(records)
+    report = check_codes(records)
     assert (report.num_records, report.num_codes, report.num_bad) == (4, 8, 5)
     assert not report.ok
     by_code = {problem.code: problem for problem in report.problems}
@@ -110,6 +111,6 @@ def test_check_codes_reports_counts_and_first_location():
 
 
 def test_check_codes_can_allow_non_billable_codes():
-    report = icd10.check_codes([("notes.csv", 7, ["E11", "I10"])], allow_non_billable=True)
+    report = check_codes([("notes.csv", 7, ["E11", "I10"])], allow_non_billable=True)
     assert report.ok
     assert "all 2 codes in 1 records" in str(report)
