@@ -13,6 +13,9 @@ downloaded. The steps follow the medical-coding-reproducibility preprocessing:
   (`--train_ids --validation_ids --test_ids`) or Edin's split table (`--split_file`, columns `_id`/`hadm_id` and
   `split` with train/val/test).
 
+Codes are written as train.py's `--code_system` reads them (`CODE_SYSTEM`: icd9cm for the ICD-9 sets, icd10 for
+mimiciv_icd10), so none is dropped on the way; the ICD-9 dot stays, since it tells diagnosis 401.9 from procedure 40.19.
+
     python data/prepare_mimic.py --dataset mimiciv_icd10 --mimic_dir physionet.org/files/mimiciv/2.2 \
         --note_dir physionet.org/files/mimic-iv-note/2.2 --split_file mimiciv_icd10_split.feather \
         --output_dir data/mimiciv_icd10
@@ -41,6 +44,10 @@ MULLENBACH_TOP_50 = {
     "244.9", "486", "38.91", "285.1", "36.15", "276.2", "496", "99.15", "995.92", "V58.61",
     "507.0", "038.9", "88.72", "585.9", "403.90", "311", "305.1", "37.22", "412", "33.24",
     "39.95", "287.5", "410.71", "276.1", "V45.81", "424.0", "45.13", "V15.82", "511.9", "37.23",
+}
+CODE_SYSTEM = {  # train.py --code_system for each dataset
+    "mimiciii_full": "icd9cm", "mimiciii_50": "icd9cm", "mimiciii_clean": "icd9cm", "mimiciv_icd9": "icd9cm",
+    "mimiciv_icd10": "icd10",
 }
 SPLIT_NAMES = {"train": "train", "val": "validation", "dev": "validation", "validation": "validation", "test": "test"}
 CHUNK_ROWS = 100_000
@@ -235,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sizes = prepare(args)
     logger.info("Wrote %s to %s", ", ".join(f"{count} {split}" for split, count in sizes.items()), args.output_dir)
+    logger.info("Train with: python train.py --code_system %s --train_file %s/train.jsonl --validation_file "
+                "%s/validation.jsonl --test_file %s/test.jsonl ...", CODE_SYSTEM[args.dataset], *[args.output_dir] * 3)
 
 
 if __name__ == "__main__":

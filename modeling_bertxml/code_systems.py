@@ -274,12 +274,13 @@ def warn_local_codes(system: "str | CodeSystem", codes: Iterable[str]) -> list[s
 
 
 def code_groups(system: "str | CodeSystem", labels: Sequence[str]) -> dict[str, list[int]]:
-    """Label indices per kind (diagnoses, procedures, local), for per-system metrics; only kinds that occur."""
+    """Label indices per kind (diagnoses, procedures, local, in that order), for per-system metrics; only kinds that
+    occur."""
     system = get_code_system(system)
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, list[int]] = {kind: [] for kind in (DIAGNOSES, PROCEDURES, LOCAL)}
     for index, code in enumerate(labels):
-        groups.setdefault(system.kind(code), []).append(index)
-    return groups
+        groups[system.kind(code)].append(index)
+    return {kind: indices for kind, indices in groups.items() if indices}
 
 
 @dataclass
@@ -318,8 +319,8 @@ class CodeReport:
         if not self.problems:
             return f"all {self.num_codes} codes in {self.num_records} records are billable {self.system} codes"
         lines = [
-            f"{self.num_bad} of {self.num_codes} codes in {self.num_records} records are not billable {self.system} "
-            f"codes ({len(self.problems)} distinct; first occurrence shown):"
+            f"{self.num_bad} of {self.num_codes} codes in {self.num_records} records are not valid, billable "
+            f"{self.system} codes ({len(self.problems)} distinct; first occurrence shown):"
         ]
         for problem in self.problems[:max_rows]:
             lines.append(

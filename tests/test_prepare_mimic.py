@@ -52,13 +52,14 @@ def mimic4_dirs(tmp_path):
     hosp.mkdir(parents=True)
     note.mkdir(parents=True)
     diagnoses, procedures, notes = [], [], []
-    for hadm_id in range(2001, 2015):
+    for hadm_id in range(2001, 2019):  # 2001-2012 are coded in ICD-10, 2013-2018 in ICD-9
         icd10 = hadm_id <= 2012
         codes = ["I10"] + (["E119"] if hadm_id <= 2010 else []) + (["J189"] if hadm_id <= 2002 else [])
         for seq, code in enumerate(codes if icd10 else ["4019"], 1):
             diagnoses.append((hadm_id - 2000, hadm_id, seq, code, 10 if icd10 else 9))
-        if hadm_id <= 2010:
-            procedures.append((hadm_id - 2000, hadm_id, 1, "2180-01-02", "0DTJ4ZZ", 10))
+        if hadm_id <= 2010 or hadm_id >= 2013:
+            procedure = ("0DTJ4ZZ", 10) if icd10 else ("3893", 9)  # ICD-9 procedure 38.93, not diagnosis 389.3
+            procedures.append((hadm_id - 2000, hadm_id, 1, "2180-01-02", *procedure))
         notes.append((f"{hadm_id}-DS-1", hadm_id - 2000, hadm_id, "DS", 1, "2180-01-03", "2180-01-03",
                       f"Discharge summary of {hadm_id}. BP 120/80."))
     notes.append(notes[0])  # a repeated note is kept once
@@ -69,8 +70,8 @@ def mimic4_dirs(tmp_path):
     pd.DataFrame(procedures, columns=procedure_columns).to_csv(hosp / "procedures_icd.csv", index=False)  # unzipped
     columns = ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"]
     pd.DataFrame(notes, columns=columns).to_csv(note / "discharge.csv.gz", index=False)
-    split = ["train"] * 8 + ["val"] * 2 + ["test"] * 2 + ["train"] * 2
-    pd.DataFrame({"_id": range(2001, 2015), "split": split}).to_feather(tmp_path / "mimiciv_icd10_split.feather")
+    split = ["train"] * 8 + ["val"] * 2 + ["test"] * 2 + ["train"] * 2 + ["val"] * 2 + ["test"] * 2
+    pd.DataFrame({"_id": range(2001, 2019), "split": split}).to_feather(tmp_path / "mimiciv_icd10_split.feather")
     return tmp_path / "mimiciv" / "2.2", tmp_path / "mimic-iv-note" / "2.2", tmp_path / "mimiciv_icd10_split.feather"
 
 
@@ -156,7 +157,9 @@ def test_mimiciv_icd9_takes_the_version_9_codes(mimic4_dirs, tmp_path):
         "--split_file", str(split_file), "--output_dir", str(tmp_path / "icd9"), "--min_code_count", "1",
     ])
     train = _read(tmp_path / "icd9", "train")
-    assert {hadm_id: record["labels"] for hadm_id, record in train.items()} == {"2013": ["401.9"], "2014": ["401.9"]}
+    assert {hadm_id: record["labels"] for hadm_id, record in train.items()} == {
+        "2013": ["38.93", "401.9"], "2014": ["38.93", "401.9"]
+    }
 
 
 def test_missing_column_names_the_file(mimic3_dir, tmp_path):
@@ -180,3 +183,97 @@ def test_split_arguments_must_be_one_kind(tmp_path, capsys):
         with pytest.raises(SystemExit):
             prepare_mimic.parse_args(base + extra)
     assert "give either --split_file" in capsys.readouterr().err
+
+
+# --- prepare -> train: every dataset's codes reach the model -------------------------------------------------------
+
+# The fake tables' raw codes as labels (ICD-9: dot restored; ICD-10-CM: dot after 3; PCS as is), written out here
+# rather than computed by prepare_mimic, so the label space is checked against the tables themselves.
+RAW_LABELS = {"4019": "401.9", "4280": "428.0", "V5861": "V58.61", "E8786": "E878.6", "3893": "38.93",
+              "I10": "I10", "E119": "E11.9", "J189": "J18.9", "0DTJ4ZZ": "0DTJ4ZZ"}
+
+
+def _train_codes_in_tables(dataset: str, tables: dict[str, pd.DataFrame], train_ids: set[int], min_count: int):
+    """Labels of the train admissions straight from the raw code tables, as the dataset's rules select them."""
+    counts = pd.concat(tables.values()).drop_duplicates().groupby("code")["hadm_id"].nunique()
+    codes = set(pd.concat(tables.values()).query("hadm_id in @train_ids")["code"])
+    frequent = {code for code in codes if counts[code] >= min_count}
+    if dataset == "mimiciii_50":
+        frequent &= prepare_mimic.MULLENBACH_TOP_50
+    return frequent
+
+
+def _mimic3_tables(mimic3_dir) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for name in ("DIAGNOSES_ICD", "PROCEDURES_ICD"):
+        table = pd.read_csv(mimic3_dir / f"{name}.csv.gz", dtype={"ICD9_CODE": str}).dropna()
+        tables[name] = pd.DataFrame({"hadm_id": table["HADM_ID"], "code": table["ICD9_CODE"].map(RAW_LABELS)})
+    return tables
+
+
+def _mimic4_tables(mimic_dir, version: int) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for name in ("diagnoses_icd.csv.gz", "procedures_icd.csv"):
+        table = pd.read_csv(mimic_dir / "hosp" / name, dtype={"icd_code": str}).query("icd_version == @version")
+        tables[name] = pd.DataFrame({"hadm_id": table["hadm_id"], "code": table["icd_code"].map(RAW_LABELS)})
+    return tables
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny MLM checkpoint and tokenizer, as pretrain.py writes them."""
+    from modeling_bertxml import BertXMLForMaskedLM
+    from tests.conftest import tiny_config, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(max_chunks=2, vocab_size=len(tokenizer))
+    BertXMLForMaskedLM(config).save_pretrained(folder)
+    tiny_tokenizer(model_max_length=config.max_note_length).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "dataset, extra",
+    [("mimiciii_full", []), ("mimiciii_50", []), ("mimiciii_clean", []),
+     ("mimiciv_icd9", ["--min_code_count", "1"]), ("mimiciv_icd10", [])],
+)
+def test_every_prepared_dataset_trains_with_all_its_codes(
+    dataset, extra, mimic3_dir, mimic4_dirs, pretrained, tmp_path
+):
+    from transformers import AutoConfig
+
+    from train import main as train_main
+
+    output_dir = tmp_path / dataset
+    if dataset.startswith("mimiciii"):
+        _run_mimic3(mimic3_dir, output_dir, dataset, *extra)
+        tables = _mimic3_tables(mimic3_dir)
+    else:
+        mimic_dir, note_dir, split_file = mimic4_dirs
+        prepare_mimic.main(["--dataset", dataset, "--mimic_dir", str(mimic_dir), "--note_dir", str(note_dir),
+                            "--split_file", str(split_file), "--output_dir", str(output_dir), *extra])
+        tables = _mimic4_tables(mimic_dir, 9 if dataset == "mimiciv_icd9" else 10)
+    code_system = prepare_mimic.CODE_SYSTEM[dataset]
+    train_main([
+        "--model_name_or_path", str(pretrained), "--code_system", code_system, "--strict_codes",
+        *(f"--{name}_file={output_dir / name}.jsonl" for name in ("train", "validation", "test")),
+        "--output_dir", str(output_dir / "coder"), "--max_train_steps", "2", "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-3", "--seed", "0",
+    ])  # --strict_codes: a code train.py could not read (dropped) or does not know would stop the run
+
+    config = AutoConfig.from_pretrained(output_dir / "coder")
+    labels = set(config.label2id)
+    train_ids = {int(record["id"]) for record in _read(output_dir, "train").values()}
+    min_count = int(extra[1]) if extra else prepare_mimic.MIN_CODE_COUNT[dataset]
+    assert labels == _train_codes_in_tables(dataset, tables, train_ids, min_count)
+    assert config.code_system == code_system
+    assert f"`{code_system}`" in (output_dir / "coder" / "README.md").read_text()  # the model card names it
+    assert set(config.label_descriptions) == labels  # every code has its official description
+    results = json.loads((output_dir / "coder" / "test_results.json").read_text())
+    test_codes = {code for record in _read(output_dir, "test").values() for code in record["labels"]}
+    assert test_codes <= labels  # nothing of the test split counted as unseen
+    groups = results.get("code_systems", {})
+    if {"401.9", "38.93"} <= labels or {"E11.9", "0DTJ4ZZ"} <= labels:  # diagnoses and procedures
+        assert set(groups) == {"diagnoses", "procedures"}
+        assert sum(group["num_codes"] for group in groups.values()) == results["num_codes"] == len(labels)
