@@ -25,7 +25,7 @@ WIDGET_EXAMPLES = [
 _NOT_SCORES = {"threshold", "num_notes", "num_codes"}
 
 
-def eval_results(results: dict[str, dict], dataset_name: str) -> list[EvalResult]:
+def eval_results(results: dict[str, dict], dataset_name: str, codes: str = "ICD-10-CM") -> list[EvalResult]:
     """One model-index entry per split and score (`results` maps split name to `compute_metrics` output)."""
     entries = []
     for split, metrics in results.items():
@@ -35,7 +35,7 @@ def eval_results(results: dict[str, dict], dataset_name: str) -> list[EvalResult
             entries.append(
                 EvalResult(
                     task_type="text-classification",
-                    task_name="Multi-label ICD-10-CM coding",
+                    task_name=f"Multi-label {codes} coding",
                     dataset_type="private-clinical-notes",
                     dataset_name=dataset_name,
                     dataset_split=split,
@@ -56,7 +56,8 @@ def render_model_card(
 ) -> ModelCard:
     """Fill `template_path`, a Jinja template (by default bert-xml's card, shipped inside the package).
 
-    `facts` are the template's variables about the run (num_labels, threshold, max_note_length, num_train_notes, ...).
+    `facts` are the template's variables about the run (num_labels, threshold, max_note_length, num_train_notes,
+    code_system_title, ...).
     """
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
@@ -64,7 +65,7 @@ def render_model_card(
         pipeline_tag="text-classification",
         language="en",
         tags=TAGS,
-        eval_results=eval_results(results, dataset_name),
+        eval_results=eval_results(results, dataset_name, facts.get("code_system_title", "ICD-10-CM")),
         widget=[{"text": text} for text in WIDGET_EXAMPLES],
     )
     return ModelCard.from_template(

@@ -84,8 +84,8 @@ def log_report(notes: Notes, max_length: int | None = None) -> None:
     if report.empty_notes:
         logger.warning(f"{notes.split}: {report.empty_notes:,} empty notes, kept as notes without text")
     if not report.codes.ok:
-        logger.warning(f"{notes.split}: {report.codes}\nMalformed and ambiguous codes are dropped, the others kept; "
-                       "--strict_codes makes any of them an error")
+        logger.warning(f"{notes.split}: {report.codes}\nMalformed and ambiguous codes are dropped (a local code set: "
+                       "--code_system any), the others kept; --strict_codes makes any of them an error")
     if report.outside_label_space:
         consequence = "dropped from the training targets" if notes.split == "train" else "counted as misses"
         logger.warning(
@@ -220,7 +220,8 @@ def read_label_file(path: str | Path, code_system: str | CodeSystem = "icd10") -
             try:
                 codes[system.normalize(line)] = None
             except ValueError as error:
-                raise NotesError(f"{path}:{number}: {line!r} is not a label of --code_system {system.name}: {error}") from None
+                message = f"{line!r} is not a label of --code_system {system.name}: {error}"
+                raise NotesError(f"{path}:{number}: {message}") from None
     if not codes:
         raise NotesError(f"{path}: the label file holds no codes")
     return list(codes)

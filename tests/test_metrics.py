@@ -229,3 +229,27 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     whole, batched = json.loads(out.stdout.splitlines()[-1])
     expected = compute_metrics(PROBS, TARGETS, threshold=0.5, num_unseen_positives=2)
     assert whole == expected and batched == expected
+
+
+def test_metrics_by_group_score_each_kind_of_code_on_its_own():
+    # Codes: 0, 1 diagnoses; 2 a procedure. At 0.5: note 0 predicts {0, 2}, note 1 predicts {1}.
+    probs = np.array([[0.9, 0.2, 0.8], [0.1, 0.7, 0.3]])
+    targets = np.array([[1, 0, 0], [0, 1, 1]])
+    groups = {"diagnoses": [0, 1], "procedures": [2]}
+    results = metrics.compute_metrics_by_group(probs, targets, groups, 0.5, {"diagnoses": 2})
+    diagnoses, procedures = results["diagnoses"], results["procedures"]
+    # diagnoses: TP 2 of 2 predicted; gold 2 + 2 unseen -> recall 2/4, F1 = 2*2 / (2 + 4)
+    assert (diagnoses["micro_precision"], diagnoses["micro_recall"]) == (1.0, 0.5)
+    assert diagnoses["micro_f1"] == pytest.approx(2 / 3, rel=1e-9)
+    assert diagnoses["num_codes"] == 2 and diagnoses["map"] == 1.0
+    # procedures: note 0's prediction is wrong, note 1's code is missed; ranked alone, note 1's code is first
+    assert (procedures["micro_precision"], procedures["micro_recall"], procedures["micro_f1"]) == (0.0, 0.0, 0.0)
+    assert (procedures["map"], procedures["precision_at_5"], procedures["num_codes"]) == (1.0, 1.0, 1)
+    assert procedures == compute_metrics(probs[:, [2]], targets[:, [2]], 0.5)
+
+
+def test_format_table_shows_groups_as_columns():
+    results = {"test": {"micro_f1": 0.5, "code_systems": {"diagnoses": {"micro_f1": 0.25}}}}
+    table = format_table(results).splitlines()
+    assert table[0] == "| metric | test | test diagnoses |"
+    assert table[2] == "| micro_f1 | 0.5000 | 0.2500 |"
