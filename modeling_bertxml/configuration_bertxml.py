@@ -36,8 +36,8 @@ class BertXMLConfig(BertConfig):
             (RoFormer's RoPE) in every self-attention, so attention sees how far apart two tokens are from the first
             step; pretrain.py and train.py build new models this way (the absolute table then starts at zero).
         label_descriptions (`dict[str, str]`, *optional*):
-            The description of each code of the label space (ICD-10-CM's, from `simple-icd-10-cm`), stored with the
-            model so that the `icd-coding` pipeline can show them to users who do not have that package.
+            The description of each code of the label space (the official one of its `code_system`), stored with the
+            model so that the `icd-coding` pipeline can show them to users who have neither bert-xml nor the code lists.
         code_system (`str`, defaults to `"icd10"`):
             What the labels are: `"icd10cm"` (ICD-10-CM diagnoses), `"icd10pcs"` (ICD-10-PCS procedures), `"icd10"`
             (both), `"icd9cm"` (ICD-9-CM diagnoses and procedures, dotted) or `"any"` (a local code set).

@@ -2,7 +2,7 @@
 
 The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
 
-A coder does not trust a bare list of codes, so every predicted code comes with its ICD-10-CM description and the
+A coder does not trust a bare list of codes, so every predicted code comes with its official description and the
 spans of the note its label attention rests on, as exact character offsets into the original text:
 
     [{"code": "E11.9", "description": "Type 2 diabetes mellitus without complications", "score": 0.97,
