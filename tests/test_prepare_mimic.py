@@ -241,7 +241,7 @@ def pretrained(tmp_path_factory):
 def test_every_prepared_dataset_trains_with_all_its_codes(
     dataset, extra, mimic3_dir, mimic4_dirs, pretrained, tmp_path
 ):
-    from transformers import AutoConfig
+    from transformers import AutoConfig, pipeline
 
     from train import main as train_main
 
@@ -270,6 +270,9 @@ def test_every_prepared_dataset_trains_with_all_its_codes(
     assert config.code_system == code_system
     assert f"`{code_system}`" in (output_dir / "coder" / "README.md").read_text()  # the model card names it
     assert set(config.label_descriptions) == labels  # every code has its official description
+    coder = pipeline("icd-coding", model=str(output_dir / "coder"), trust_remote_code=True)
+    coded = coder("discharge summary of bp", threshold=0.0)
+    assert {item["code"] for item in coded} == labels and all(item["description"] for item in coded)
     results = json.loads((output_dir / "coder" / "test_results.json").read_text())
     test_codes = {code for record in _read(output_dir, "test").values() for code in record["labels"]}
     assert test_codes <= labels  # nothing of the test split counted as unseen
