@@ -234,7 +234,10 @@ def _columns_of(path: Path, split: str = "train") -> list[str] | None:
     if kind == ".txt":
         return ["text"]
     if kind == ".csv":
-        return next(csv.reader(_lines(path, [0])), [])
+        try:
+            return next(csv.reader(_lines(path, [0])), [])
+        except csv.Error as error:  # a bare carriage return in the header, as `_csv_rows` reports it for other lines
+            raise NotesError(f"{path}:1: not valid CSV ({error})") from None
     if kind == ".parquet":
         import pyarrow.parquet as pq
 

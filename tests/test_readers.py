@@ -9,7 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modeling_bertxml.notes import read_notes
@@ -48,6 +48,7 @@ def read_all(path: Path) -> None:
 
 @SETTINGS
 @given(content=random_bytes, suffix=st.sampled_from([".jsonl", ".json", ".csv", ".txt", ".parquet", ".jsonl.gz"]))
+@example(content=b"\r\xc2\x80", suffix=".csv")  # a bare carriage return in the header line
 def test_random_bytes_are_read_or_refused_with_a_notes_error(content: bytes, suffix: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"notes{suffix}"
