@@ -48,6 +48,7 @@ from modeling_bertxml.training import (
     accelerator_settings,
     add_checkpoint_args,
     add_data_args,
+    checkpoint_due,
     add_model_args,
     add_optimization_args,
     check_parameters,
@@ -57,6 +58,8 @@ from modeling_bertxml.training import (
     epoch_batches,
     load_config,
     load_tokenizer,
+    log_training,
+    log_validation,
     run_args,
     save_checkpoint,
     setup_accelerator,
@@ -270,7 +273,7 @@ def log_eval(
     values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     logger.info(f"step {progress.step} (epoch {progress.epoch}): {values}")
     if args.with_tracking:
-        accelerator.log(metrics, step=progress.step)
+        log_validation(accelerator, metrics, progress.step)
     return {**metrics, "eval_step": progress.step}
 
 
@@ -279,7 +282,7 @@ def train(
 ) -> dict:
     """The Accelerate loop: optimizer steps, logging, evaluation (beside the `unigram` baseline), checkpoints;
     returns the last evaluation."""
-    checkpoints = CheckpointManager(args.output_dir)
+    checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
     losses, metrics, batch = LossWindow(), {}, None  # batch: the last one trained (see save_checkpoint)
@@ -298,12 +301,14 @@ def train(
                 loss = losses.take_mean()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if args.with_tracking:
-                    accelerator.log({"train_loss": loss, "tokens": progress.tokens}, step=progress.step)
+                    log_training(accelerator, progress, loss, scheduler)
             if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
                 metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+            # Ends inside the epoch (at its end, the epoch's own save below is the last one).
+            last = progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader
+            if checkpoint_due(args.checkpointing_steps, progress.step, last):
                 save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
-            if progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader:
+            if last:
                 break
         else:  # the whole epoch was trained
             progress.next_epoch()
@@ -368,7 +373,7 @@ def run(args: argparse.Namespace) -> None:
         use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
     )
     accelerator = setup_accelerator(
-        args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bertxml_pretraining")
+        args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bert-xml-pretrain")
     )
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)

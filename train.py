@@ -62,6 +62,7 @@ from modeling_bertxml.training import (
     TrainingDivergedError,
     accelerator_settings,
     add_checkpoint_args,
+    checkpoint_due,
     add_data_args,
     add_model_args,
     add_optimization_args,
@@ -70,6 +71,8 @@ from modeling_bertxml.training import (
     default_learning_rate,
     epoch_batches,
     load_tokenizer,
+    log_training,
+    log_validation,
     run_args,
     save_checkpoint,
     setup_accelerator,
@@ -210,7 +213,7 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
     metrics = evaluate(model, loaders["validation"], accelerator, splits.validation)
     logger.info(f"step {progress.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
     if args.with_tracking:
-        accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=progress.step)
+        log_validation(accelerator, metrics, progress.step)
     if metrics["map"] > progress.best_score:
         progress.best_score, progress.best_step, progress.evals_without_improvement = metrics["map"], progress.step, 0
         CheckpointManager(args.output_dir).save_best(accelerator, model)
@@ -224,7 +227,7 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
 
 def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int) -> None:
     """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints."""
-    checkpoints = CheckpointManager(args.output_dir)
+    checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
     window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
@@ -240,13 +243,13 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
             bar.update(1)
             bar.set_postfix(loss=f"{window_loss:.4f}")
             if args.with_tracking:
-                accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
+                log_training(accelerator, progress, window_loss, scheduler)
             window_loss = 0.0
             done = progress.step >= max_steps
             # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
             if done or (args.eval_steps and progress.step % args.eval_steps == 0):
                 done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
-            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+            if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
                 save_checkpoint(
                     accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
                 )

@@ -106,11 +106,31 @@ def checkpointing_steps(value: str) -> int | str:
     return int(value)
 
 
+def positive_int(value: str) -> int:
+    """argparse type for a count that must be at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
+
+
+def checkpoint_due(checkpointing_steps: int | str | None, step: int, last: bool) -> bool:
+    """Whether to save after optimizer step `step` inside an epoch: every N steps, or at the `last` step of training
+    with "epoch" (training that ends inside an epoch, or before the epoch-end save, still leaves its last epoch)."""
+    if isinstance(checkpointing_steps, int):
+        return step % checkpointing_steps == 0
+    return checkpointing_steps == "epoch" and last
+
+
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("checkpoints and tracking")
     group.add_argument(
-        "--checkpointing_steps", type=checkpointing_steps, help='Save the training state every N steps or "epoch".'
-    )
+        "--checkpointing_steps", type=checkpointing_steps,
+        help='Save the training state every N steps, or "epoch": after every epoch and at the end of training.',
+    )  # fmt: skip
+    group.add_argument(
+        "--checkpoints_total_limit", type=positive_int,
+        help="Keep only the newest N checkpoints (each holds the optimizer state); default: keep all.",
+    )  # fmt: skip
     group.add_argument(
         "--resume_from_checkpoint", help='Continue from a checkpoint folder, or "latest" in --output_dir/checkpoints.'
     )
@@ -174,6 +194,21 @@ def setup_accelerator(
         scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (hparams or {}).items()}
         accelerator.init_trackers(project_name, config=scalars)
     return accelerator
+
+
+def log_training(
+    accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> None:
+    """Log a training step under the tags both scripts share: `train/loss`, `train/learning_rate` (the first
+    parameter group's: the encoder's), `train/epoch` and `train/tokens`, so their runs compare in one TensorBoard."""
+    values = {"loss": loss, "learning_rate": scheduler.get_last_lr()[0], "epoch": progress.epoch}
+    accelerator.log({f"train/{key}": value for key, value in {**values, "tokens": progress.tokens}.items()},
+                    step=progress.step)  # fmt: skip
+
+
+def log_validation(accelerator: Accelerator, metrics: dict[str, float], step: int) -> None:
+    """Log an evaluation as `validation/<metric>` (the key of the script's results file)."""
+    accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=step)
 
 
 def run_args(args: argparse.Namespace) -> dict:
@@ -432,6 +467,7 @@ __all__ = [
     "add_model_args",
     "add_optimization_args",
     "check_loss",
+    "checkpoint_due",
     "check_parameters",
     "check_tokenizer_matches_config",
     "check_weights",
@@ -441,6 +477,9 @@ __all__ = [
     "epoch_batches",
     "load_config",
     "load_tokenizer",
+    "log_training",
+    "log_validation",
+    "positive_int",
     "run_args",
     "save_checkpoint",
     "setup_accelerator",
