@@ -41,7 +41,7 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
     save_model_folder,
 )
-from modeling_bertxml.readers import NotesError, load_text_dataset
+from modeling_bertxml.readers import DatasetSource, NotesError, describe, load_text_dataset
 from modeling_bertxml.training import (
     ConfigError,
     TrainingDivergedError,
@@ -54,6 +54,7 @@ from modeling_bertxml.training import (
     check_parameters,
     create_optimizer,
     create_scheduler,
+    data_source,
     default_learning_rate,
     epoch_batches,
     load_config,
@@ -83,11 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_checkpoint_args(parser)
     group = parser.add_argument_group("pretraining")
     group.add_argument("--mlm_probability", type=float, default=0.15, help="Share of words masked (whole words).")
-    group.add_argument("--streaming", action="store_true", help="Read the corpus lazily (larger than memory).")
     group.add_argument("--logging_steps", type=int, default=10, help="Log the training loss every N steps.")
     args = parser.parse_args(argv)
-    if args.train_file is None:
-        parser.error("--train_file is required")
+    if args.train_file is None and args.dataset_name is None:
+        parser.error("--train_file or --dataset_name is required")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a streamed corpus has no known length)")
     if args.model_name_or_path is None and args.tokenizer_name is None:
@@ -144,10 +144,13 @@ def block_size_for(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase,
 
 
 def load_blocks(
-    args: argparse.Namespace, files: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, train: bool
+    args: argparse.Namespace, files: "list[str] | DatasetSource", tokenizer: PreTrainedTokenizerBase, block_size: int,
+    train: bool,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Notes from `files` as packed blocks, cached by `datasets` (built once, on the main process first)."""
-    raw = load_text_dataset(files, text_column=args.text_column, streaming=args.streaming)
+    """Notes from `files` (or a dataset's split) as packed blocks, cached by `datasets` (built once, on the main
+    process first)."""
+    split = "train" if train else "validation"
+    raw = load_text_dataset(files, text_column=args.text_column, streaming=args.streaming, split=split)
     map_kwargs = dict(
         batched=True, remove_columns=["text"], fn_kwargs=dict(tokenizer=tokenizer, block_size=block_size)
     )
@@ -156,12 +159,12 @@ def load_blocks(
             raw = raw.shuffle(seed=args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
         return raw.map(pack_notes, **map_kwargs)
     blocks = raw.map(
-        pack_notes, num_proc=args.preprocessing_num_workers, desc=f"Tokenising and packing {files[0]}",
+        pack_notes, num_proc=args.preprocessing_num_workers, desc=f"Tokenising and packing the {split} notes",
         **map_kwargs,
     )
     if len(blocks) == 0:
         raise NotesError(
-            f"{', '.join(files)}: fewer tokens than one block of --max_seq_length {block_size}; add notes or "
+            f"{describe(files)}: fewer tokens than one block of --max_seq_length {block_size}; add notes or "
             "lower --max_seq_length"
         )
     return blocks
@@ -179,11 +182,10 @@ def build_dataloaders(
     args: argparse.Namespace, accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase, block_size: int
 ) -> tuple[DataLoader, DataLoader | None]:
     with accelerator.main_process_first():
-        train = load_blocks(args, args.train_file, tokenizer, block_size, train=True)
+        train = load_blocks(args, data_source(args, "train"), tokenizer, block_size, train=True)
+        validation_source = data_source(args, "validation")
         validation = (
-            load_blocks(args, args.validation_file, tokenizer, block_size, train=False)
-            if args.validation_file
-            else None
+            load_blocks(args, validation_source, tokenizer, block_size, train=False) if validation_source else None
         )
     # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
     # resumed run, which starts its epoch after restoring that stream, would drop out differently.
@@ -375,7 +377,7 @@ def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(
         args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bert-xml-pretrain")
     )
-    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
+    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(config.hidden_size, LEARNING_RATE_AT_256)

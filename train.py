@@ -16,7 +16,6 @@ import json
 import math
 import shutil
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +67,7 @@ from modeling_bertxml.training import (
     add_optimization_args,
     create_optimizer,
     create_scheduler,
+    data_source,
     default_learning_rate,
     epoch_batches,
     load_tokenizer,
@@ -123,8 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lora.add_argument("--lora_target_modules", nargs="+", default=["query", "value"])
     lora.add_argument("--merge_lora", action="store_true", help="Save a plain model with the adapters merged in.")
     args = parser.parse_args(argv)
-    if not args.train_file or not args.validation_file:
-        parser.error("--train_file and --validation_file are required (the threshold and best model come from it)")
+    if args.dataset_name is None and (not args.train_file or not args.validation_file):
+        parser.error("--train_file and --validation_file (or --dataset_name) are required (the threshold and best "
+                     "model come from the validation split)")
     if args.model_name_or_path is None and args.tokenizer_name is None:
         parser.error("--tokenizer_name is required when training from scratch")
     if args.merge_lora and not args.use_lora:
@@ -143,11 +144,14 @@ class Splits:
 def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
     """Read and validate the three splits and fix the label space (training codes, or --label_file)."""
     columns = NoteColumns(args.text_column, args.label_column, args.id_column)
-    read = {
-        name: read_notes(files, name, columns, args.strict_codes, args.allow_non_billable)
-        for name, files in (("train", args.train_file), ("validation", args.validation_file), ("test", args.test_file))
-        if files
-    }
+    read = {}
+    for name in ("train", "validation", "test"):
+        source = data_source(args, name)
+        if source is None and name != "test":
+            raise NotesError(f"--dataset_name {args.dataset_name}: no {name} split; pass --{name}_file")
+        if source is not None:
+            with accelerator.main_process_first():  # one process writes the split's Arrow cache, the others read it
+                read[name] = read_notes(source, name, columns, args.strict_codes, args.allow_non_billable)
     check_disjoint(*read.values())
     labels = build_label_space(read["train"], args.min_code_count, args.label_file)
     if accelerator.is_main_process:
@@ -157,7 +161,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
 
 def label_frequencies(notes: Notes, labels: list[str]) -> dict[str, float]:
     """Share of the notes that carry each code, add-half smoothed (a code of --label_file may never occur)."""
-    counts = Counter(code for codes in notes.codes for code in codes)
+    counts = notes.code_counts()
     return {code: (counts[code] + 0.5) / (len(notes) + 1) for code in labels}
 
 
@@ -342,7 +346,7 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
 def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
     splits = load_splits(args, accelerator)
-    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
+    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = build_coding_model(
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=args.init_label_queries_from_descriptions,

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, 
 
 from .checkpointing import CheckpointManager, Progress, check_synchronised
 from .configuration_bertxml import BertXMLConfig
+from .readers import DatasetSource
 
 # A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
 logger = logging.getLogger(__name__)
@@ -40,12 +41,25 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help='Override config values for a model trained from scratch, e.g. "hidden_size=128,num_hidden_layers=2".',
     )
     group.add_argument("--tokenizer_name", help="Tokenizer folder (from tokenizer_training) or Hub id.")
+    group.add_argument(
+        "--trust_remote_code", action="store_true",
+        help="Run code from the tokenizer's Hub repo (only for a repo you trust). Datasets cannot run code (datasets "
+        "4+ dropped loading scripts): --dataset_name names data files, a saved dataset or a Hub dataset without one.",
+    )  # fmt: skip
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--train_file", nargs="+", help="Training files: .txt, .jsonl, .csv, .parquet, folders, globs.")
     group.add_argument("--validation_file", nargs="+", help="Validation files, same formats as --train_file.")
+    group.add_argument(
+        "--dataset_name",
+        help="Instead of files: a Hub dataset id, a local folder of data files named by split (train.jsonl, "
+        "validation.jsonl, ...) or a DatasetDict saved with save_to_disk; its train/validation(/test) splits are used "
+        "(a --*_file flag replaces its split).",
+    )  # fmt: skip
+    group.add_argument("--dataset_config_name", help="The configuration (subset) of --dataset_name.")
+    group.add_argument("--streaming", action="store_true", help="Read the training notes lazily (larger than memory).")
     group.add_argument("--text_column", default="text", help="Column holding the note in JSONL/CSV/Parquet files.")
     group.add_argument("--max_seq_length", type=int, help="Tokens per example (default: the tokenizer's limit).")
     group.add_argument("--preprocessing_num_workers", type=int, help="Processes for tokenisation (datasets.map).")
@@ -56,6 +70,18 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 WARMUP_RATIO = 0.06  # BERT's and RoBERTa's: the high default rates below need it, a post-LayerNorm BERT most
+
+
+def data_source(args: argparse.Namespace, split: str) -> "list[str] | DatasetSource | None":
+    """What to read the `split` ("train", "validation", "test") from: its --*_file flag, else --dataset_name's split of
+    that name (None when neither has it)."""
+    files = getattr(args, f"{split}_file", None)
+    if files:
+        return files
+    if args.dataset_name is None:
+        return None
+    source = DatasetSource(args.dataset_name, args.dataset_config_name)
+    return source if split in source.split_names() else None
 
 
 def default_learning_rate(hidden_size: int, rate_at_256: float) -> float:
@@ -217,11 +243,13 @@ def run_args(args: argparse.Namespace) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- config and tokenizer
-def load_tokenizer(name: str | os.PathLike, config: BertXMLConfig | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name: str | os.PathLike, config: BertXMLConfig | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The tokenizer of `name` (a folder from tokenizer_training, a model folder or a Hub id), checked against
     `config` when given."""
     # Our own model dirs carry an auto_map; the tokenizer itself is a plain tokenizers backend, no remote code.
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     if config is not None:
         check_tokenizer_matches_config(tokenizer, config, str(name))
     return tokenizer
@@ -473,6 +501,7 @@ __all__ = [
     "check_weights",
     "create_optimizer",
     "create_scheduler",
+    "data_source",
     "default_learning_rate",
     "epoch_batches",
     "load_config",
