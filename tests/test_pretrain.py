@@ -229,6 +229,21 @@ def test_streaming_epochs_and_continuing_from_a_saved_model(corpus, tmp_path, ru
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_dataset_name_reads_the_train_and_validation_splits(corpus, tmp_path, run_main):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        notes = Path(corpus[f"{split}.txt"]).read_text().splitlines()
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": note}) + "\n" for note in notes))
+    args = [arg for arg in base_args(corpus, tmp_path / "mlm", "--max_train_steps", "2") if arg != corpus["train.txt"]]
+    args.remove("--train_file")
+    run_main([*args, "--dataset_name", str(folder)])
+    results = json.loads((tmp_path / "mlm" / "train_results.json").read_text())
+    assert results["train_steps"] == 2 and math.isfinite(results["eval_loss"])  # validation came from the dataset
+    with pytest.raises(SystemExit, match=r"error: .*notes\[train\]: no column 'body'"):
+        run_main([*args, "--dataset_name", str(folder), "--text_column", "body", "--output_dir", str(tmp_path / "x")])
+
+
 def test_pack_notes_fills_blocks_and_frames_every_note():
     tokenizer = tiny_tokenizer()
     notes = ["patient denies chest pain", "hypertension essential", "no evidence of pneumonia"]

@@ -341,6 +341,29 @@ def test_checkpointing_by_epoch_also_saves_a_last_partial_epoch(data: Path, tmp_
     assert state["step"] == 8 and state["epoch"] == 1 and state["batches_in_epoch"] == 2
 
 
+def test_dataset_name_trains_exactly_like_the_files(data: Path, tmp_path: Path) -> None:
+    """The same splits as a DatasetDict saved with save_to_disk and as a folder of data files that load_dataset reads:
+    the same notes in the same order, so the same results as from --train_file/--validation_file/--test_file."""
+    import datasets
+
+    splits = {name: str(data / f"{name}.jsonl") for name in ("train", "validation", "test")}
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, path in splits.items():
+        (folder / f"{name}.jsonl").write_text(Path(path).read_text())
+    datasets.load_dataset("json", data_files=splits).save_to_disk(str(tmp_path / "saved"))
+    steps = ("--max_train_steps", "2")
+    run_train(train_args(data, tmp_path / "files", "--test_file", splits["test"], *steps))
+    expected = {name: json.loads((tmp_path / "files" / name).read_text())
+                for name in ("eval_results.json", "test_results.json")}  # fmt: skip
+    for source in ("saved", "folder"):
+        args = [arg for arg in train_args(data, tmp_path / f"from_{source}", *steps)
+                if arg not in ("--train_file", "--validation_file", *splits.values())]  # fmt: skip
+        run_train([*args, "--dataset_name", str(tmp_path / source)])
+        for name, results in expected.items():
+            assert json.loads((tmp_path / f"from_{source}" / name).read_text()) == pytest.approx(results, rel=1e-6)
+
+
 def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text((data / "train.jsonl").read_text() + '{"text": "chest pain", "labels": "I10"}\n')
