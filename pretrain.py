@@ -26,7 +26,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
+from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -43,6 +43,7 @@ from modeling_bertxml.checkpointing import (
 )
 from modeling_bertxml.readers import DatasetSource, NotesError, describe, load_text_dataset
 from modeling_bertxml.training import (
+    STREAMING_SHUFFLE_BUFFER,
     ConfigError,
     TrainingDivergedError,
     accelerator_settings,
@@ -69,7 +70,6 @@ from modeling_bertxml.training import (
 
 logger = get_logger(__name__)
 
-STREAMING_SHUFFLE_BUFFER = 10_000  # notes held in memory to shuffle a streamed corpus
 # Default peak rate for a 256-wide model, scaled by width (training.default_learning_rate).
 LEARNING_RATE_AT_256 = 1e-3
 UNIGRAM_BLOCKS = 20_000  # training blocks counted for the unigram baseline (plenty for token frequencies)
@@ -370,13 +370,7 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
 
 
 def run(args: argparse.Namespace) -> None:
-    # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there).
-    loader_config = DataLoaderConfiguration(
-        use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
-    )
-    accelerator = setup_accelerator(
-        args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bert-xml-pretrain")
-    )
+    accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-pretrain"))
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
     if args.learning_rate is None:

@@ -57,6 +57,7 @@ from modeling_bertxml.notes import (
     tokenize_notes,
 )
 from modeling_bertxml.training import (
+    STREAMING_SHUFFLE_BUFFER,
     ConfigError,
     TrainingDivergedError,
     accelerator_settings,
@@ -76,6 +77,7 @@ from modeling_bertxml.training import (
     run_args,
     save_checkpoint,
     setup_accelerator,
+    steps_per_epoch,
     training_step,
 )
 
@@ -151,7 +153,8 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
             raise NotesError(f"--dataset_name {args.dataset_name}: no {name} split; pass --{name}_file")
         if source is not None:
             with accelerator.main_process_first():  # one process writes the split's Arrow cache, the others read it
-                read[name] = read_notes(source, name, columns, args.strict_codes, args.allow_non_billable)
+                streaming = args.streaming and name == "train"  # evaluation splits are scored whole
+                read[name] = read_notes(source, name, columns, args.strict_codes, args.allow_non_billable, streaming)
     check_disjoint(*read.values())
     labels = build_label_space(read["train"], args.min_code_count, args.label_file)
     if accelerator.is_main_process:
@@ -161,7 +164,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
 
 def label_frequencies(notes: Notes, labels: list[str]) -> dict[str, float]:
     """Share of the notes that carry each code, add-half smoothed (a code of --label_file may never occur)."""
-    counts = notes.code_counts()
+    counts = notes.code_counts
     return {code: (counts[code] + 0.5) / (len(notes) + 1) for code in labels}
 
 
@@ -176,12 +179,15 @@ def build_dataloaders(
         if notes is None:
             continue
         dataset = tokenize_notes(notes, label2id, tokenizer, max_length, args.preprocessing_num_workers)
+        shuffle = name == "train"
+        if notes.streaming:  # shuffled within a buffer, anew every epoch (the loader's set_epoch)
+            dataset, shuffle = dataset.shuffle(seed=args.seed or 0, buffer_size=STREAMING_SHUFFLE_BUFFER), False
         batch_size = args.per_device_train_batch_size if name == "train" else args.per_device_eval_batch_size
         # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
         # resumed run would not continue exactly (see training.epoch_batches).
         generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
         loaders[name] = DataLoader(
-            dataset, batch_size=batch_size, shuffle=name == "train", collate_fn=collator, generator=generator
+            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator
         )
     return loaders
 
@@ -233,7 +239,7 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
     """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints."""
     checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
-    epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
+    epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
     window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
     model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
     while progress.epoch < math.ceil(max_steps / epoch_steps):
@@ -267,12 +273,12 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
             return
 
 
-def prepare_training(args, accelerator, model, loaders, labels: list[str]) -> tuple:
+def prepare_training(args, accelerator, model, loaders, splits: Splits) -> tuple:
     """Wrap everything with Accelerate and restore a checkpoint; returns model, optimizer, scheduler, loaders,
     the training state and the number of optimizer steps."""
     names = list(loaders)
     loaders = dict(zip(names, accelerator.prepare(*loaders.values())))
-    epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
+    epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
     max_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
     optimizer = create_optimizer(
         model, args.learning_rate, args.weight_decay, param_groups={head_prefix(model): args.head_learning_rate}
@@ -282,9 +288,10 @@ def prepare_training(args, accelerator, model, loaders, labels: list[str]) -> tu
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # A checkpoint's head rows belong to its codes: refuse one saved for another label space.
-    progress = CheckpointManager(args.output_dir).resume(accelerator, args.resume_from_checkpoint, {"labels": labels})
+    checkpoints = CheckpointManager(args.output_dir)
+    progress = checkpoints.resume(accelerator, args.resume_from_checkpoint, {"labels": splits.labels})
     logger.info(
-        f"{len(loaders['train'].dataset):,} training notes, {max_steps:,} optimizer steps of "
+        f"{len(splits.train):,} training notes, {max_steps:,} optimizer steps of "
         f"{args.per_device_train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps} notes"
     )
     return model, optimizer, scheduler, loaders, progress, max_steps
@@ -367,7 +374,7 @@ def run(args: argparse.Namespace) -> None:
     if args.use_lora:
         model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
     model, optimizer, scheduler, loaders, progress, max_steps = prepare_training(
-        args, accelerator, model, loaders, splits.labels
+        args, accelerator, model, loaders, splits
     )
     train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps)
     results = final_evaluation(args, accelerator, model, loaders, splits)

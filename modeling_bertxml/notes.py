@@ -13,12 +13,15 @@ its location and never with the note's text or id (notes are PHI). What is fatal
   than the model reads (truncated, one warning).
 
 A split is read once into a `datasets.Dataset` in `datasets`' cache (Arrow, memory-mapped: a split larger than memory is
-fine, and a second run over unchanged files reuses it) and never into Python lists of notes. Labels are kept as lists of
+fine, and a second run over unchanged files reuses it) and never into Python lists of notes; with `streaming` it is an
+`IterableDataset` that reads the source again at every pass (no copy on disk; validated by one pass first, which
+counts the notes and codes). Labels are kept as lists of
 code indices; `MultiLabelCollator` turns them into a multi-hot matrix per batch (a dense matrix of 8k codes x 1M notes
 would take ~32 GB).
 """
 
 import ast
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -87,15 +90,21 @@ class NotesReport:
 @dataclass
 class Notes:
     """One split's notes in file order, after validation: `dataset` has the columns of `NOTE_FEATURES` (empty notes
-    are ""; `codes` are normalised, `E11.9`, unique per note). `texts`, `codes` and `ids` are lazy columns."""
+    are ""; `codes` are normalised, `E11.9`, unique per note). `texts`, `codes` and `ids` are lazy columns (of a
+    `Dataset`; a streamed split is an `IterableDataset`, read in `batches`)."""
 
     split: str
     source: str
-    dataset: datasets.Dataset
+    dataset: datasets.Dataset | datasets.IterableDataset
     report: NotesReport
+    num_notes: int
 
     def __len__(self) -> int:
-        return self.dataset.num_rows
+        return self.num_notes
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.dataset, datasets.IterableDataset)
 
     @property
     def texts(self) -> datasets.arrow_dataset.Column:
@@ -118,8 +127,9 @@ class Notes:
         for batch in self.batches("codes"):
             yield from batch["codes"]
 
+    @functools.cached_property
     def code_counts(self) -> Counter:
-        """How many notes carry each code."""
+        """How many notes carry each code (one pass over the codes, kept)."""
         return Counter(code for codes in self.note_codes() for code in codes)
 
 
@@ -199,8 +209,10 @@ def read_notes(
     columns: NoteColumns = NoteColumns(),
     strict_codes: bool = False,
     allow_non_billable: bool = False,
+    streaming: bool = False,
 ) -> Notes:
-    """Read and validate one split from one or more files (rows concatenated in order), or from a dataset's split.
+    """Read and validate one split from one or more files (rows concatenated in order), or from a dataset's split;
+    `streaming` leaves it where it is (an `IterableDataset`) after one validating pass.
 
     Raises `NotesError` naming file, line/row and field for anything that cannot be a labelled note; see the
     module docstring for what is only counted. Codes are checked against the CMS list (`icd10.check_codes`):
@@ -209,17 +221,20 @@ def read_notes(
     source = as_source(files)
     source = source if isinstance(source, DatasetSource) else tuple(map(str, source))
     kwargs = {"files": source, "split": split, "columns": (columns.text, columns.labels, columns.id)}
-    fingerprint = source_fingerprint(source, split, "labelled notes", *kwargs["columns"])
-    dataset = generate_dataset(_validated_rows, NOTE_FEATURES, kwargs, fingerprint)
-    report = NotesReport(empty_notes=pc.sum(pc.equal(dataset.data.column("text"), "")).as_py() or 0)
-    records = (
-        record for batch in dataset.select_columns(["file", "number", "raw_codes"]).iter(batch_size=BATCH)
-        for record in zip(batch["file"], batch["number"], batch["raw_codes"])
-    )  # fmt: skip
-    report.codes = check_codes(records, allow_non_billable)
+    fingerprint = None if streaming else source_fingerprint(source, split, "labelled notes", *kwargs["columns"])
+    dataset = generate_dataset(_validated_rows, NOTE_FEATURES, kwargs, fingerprint, streaming)
+    report, count = NotesReport(), Counter()
+
+    def records() -> Iterator[tuple[str, int, list[str]]]:
+        for batch in dataset.select_columns(["text", "file", "number", "raw_codes"]).iter(batch_size=BATCH):
+            count.update(notes=len(batch["text"]), empty=sum(not text for text in batch["text"]))
+            yield from zip(batch["file"], batch["number"], batch["raw_codes"])
+
+    report.codes = check_codes(records(), allow_non_billable)  # a streamed split: the pass that validates it
+    report.empty_notes = count["empty"]
     if strict_codes and not report.codes.ok:
         raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
-    return Notes(split, describe(files), dataset, report)
+    return Notes(split, describe(files), dataset, report, count["notes"])
 
 
 def _validated_rows(
@@ -297,7 +312,7 @@ def build_label_space(train: Notes, min_code_count: int = 1, label_file: str | N
     """The codes the model predicts: those of `label_file`, else the training codes seen `min_code_count` times."""
     if label_file is not None:
         return read_label_file(label_file)
-    counts = train.code_counts()
+    counts = train.code_counts
     labels = sorted(code for code, count in counts.items() if count >= min_code_count)
     if not labels:
         raise NotesError(f"{train.source}: no code occurs at least {min_code_count} times in the training notes")
@@ -351,21 +366,23 @@ def tokenize_notes(
     """A dataset of `input_ids` (at most `max_length`) and `label_ids`, in file order (written to `datasets`' cache,
     memory-mapped); counts the truncated notes and the codes outside the label space."""
     count_outside_label_space(notes, label2id)
-    dataset = notes.dataset.map(
-        _tokenize_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=notes.dataset.column_names,
-        features=datasets.Features(
-            {
-                "input_ids": datasets.Sequence(datasets.Value("int32")),
-                "label_ids": datasets.Sequence(datasets.Value("int32")),
-                "truncated": datasets.Value("bool"),
-            }
-        ),
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "label2id": label2id},
-        desc=f"Tokenising {notes.split} notes",
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "label_ids": datasets.Sequence(datasets.Value("int32")),
+            "truncated": datasets.Value("bool"),
+        }
     )
+    fn_kwargs = {"tokenizer": tokenizer, "max_length": max_length, "label2id": label2id}
+    columns = list(NOTE_FEATURES)
+    if notes.streaming:  # tokenised while training; truncated notes are not counted ahead
+        mapped = notes.dataset.map(_tokenize_batch, batched=True, remove_columns=columns, features=features,
+                                   fn_kwargs=fn_kwargs)  # fmt: skip
+        return mapped.remove_columns("truncated")
+    dataset = notes.dataset.map(
+        _tokenize_batch, batched=True, num_proc=num_proc, remove_columns=columns, features=features,
+        fn_kwargs=fn_kwargs, desc=f"Tokenising {notes.split} notes",
+    )  # fmt: skip
     notes.report.truncated_notes = pc.sum(dataset.data.column("truncated")).as_py() or 0
     return dataset.remove_columns("truncated")
 

@@ -69,6 +69,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+STREAMING_SHUFFLE_BUFFER = 10_000  # notes (pretrain.py) or tokenised notes (train.py) held to shuffle a stream
 WARMUP_RATIO = 0.06  # BERT's and RoBERTa's: the high default rates below need it, a post-LayerNorm BERT most
 
 
@@ -175,7 +176,22 @@ def accelerator_settings(args: argparse.Namespace, project_name: str) -> dict:
         project_name=project_name,
         hparams=vars(args),
         deterministic=args.deterministic,
+        # A stream is read by every rank (dispatching batches from rank 0 would need the whole corpus there).
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
+        ),
     )
+
+
+def steps_per_epoch(loader, num_examples: int, accelerator: Accelerator) -> int:
+    """Optimizer steps in one pass over a prepared (sharded) training loader. A streamed dataset has no length: its
+    batches per process come from the example count (known after the validating pass), as the sharded loader
+    deals whole batches out to the processes in turn."""
+    try:
+        batches = len(loader)
+    except TypeError:
+        batches = math.ceil(num_examples / (loader.batch_size * accelerator.num_processes))
+    return math.ceil(batches / accelerator.gradient_accumulation_steps)
 
 
 # ---------------------------------------------------------------------------------------------------- accelerator
@@ -487,6 +503,7 @@ def save_checkpoint(
 __all__ = [
     "ConfigError",
     "DIVERGENCE_FACTOR",
+    "STREAMING_SHUFFLE_BUFFER",
     "WARMUP_RATIO",
     "TrainingDivergedError",
     "accelerator_settings",
@@ -512,5 +529,6 @@ __all__ = [
     "run_args",
     "save_checkpoint",
     "setup_accelerator",
+    "steps_per_epoch",
     "training_step",
 ]

@@ -364,6 +364,25 @@ def test_dataset_name_trains_exactly_like_the_files(data: Path, tmp_path: Path) 
             assert json.loads((tmp_path / f"from_{source}" / name).read_text()) == pytest.approx(results, rel=1e-6)
 
 
+def test_streaming_trains_whole_epochs_from_the_counted_stream(data: Path, tmp_path: Path) -> None:
+    """--streaming reads the training notes lazily (an IterableDataset: no copy in datasets' cache) after one
+    validating pass that counts them, so epochs, the schedule and epoch checkpoints are those of the files."""
+    lines = run_train(train_args(data, tmp_path / "run", "--streaming", "--checkpointing_steps", "epoch"))
+    assert any("48 training notes, 12 optimizer steps of 8 x 1 x 1 notes" in line for line in lines)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.glob("step_*")) == ["step_12", "step_6"]
+    state = json.loads((checkpoints / "step_12" / "training_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == (1, 6)  # the end of the second epoch (counted from 0)
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert results["num_notes"] == 15 and 0 <= results["map"] <= 1
+    # A bad row anywhere in the stream stops the run before training, with its line and field.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((data / "train.jsonl").read_text() + '{"text": "chest pain", "labels": [7]}\n')
+    with pytest.raises(SystemExit, match=rf"error: {bad}:49: field 'labels': code 1 is a int"):
+        main(train_args(data, tmp_path / "bad_run", "--streaming", "--train_file", str(bad)))
+    assert not (tmp_path / "bad_run" / "checkpoints").exists()
+
+
 def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text((data / "train.jsonl").read_text() + '{"text": "chest pain", "labels": "I10"}\n')
