@@ -21,7 +21,6 @@ would take ~32 GB).
 """
 
 import ast
-import functools
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -98,6 +97,7 @@ class Notes:
     dataset: datasets.Dataset | datasets.IterableDataset
     report: NotesReport
     num_notes: int
+    code_counts: Counter  # how many notes carry each code
 
     def __len__(self) -> int:
         return self.num_notes
@@ -127,10 +127,6 @@ class Notes:
         for batch in self.batches("codes"):
             yield from batch["codes"]
 
-    @functools.cached_property
-    def code_counts(self) -> Counter:
-        """How many notes carry each code (one pass over the codes, kept)."""
-        return Counter(code for codes in self.note_codes() for code in codes)
 
 
 def _listed(counter: Counter) -> str:
@@ -223,18 +219,19 @@ def read_notes(
     kwargs = {"files": source, "split": split, "columns": (columns.text, columns.labels, columns.id)}
     fingerprint = None if streaming else source_fingerprint(source, split, "labelled notes", *kwargs["columns"])
     dataset = generate_dataset(_validated_rows, NOTE_FEATURES, kwargs, fingerprint, streaming)
-    report, count = NotesReport(), Counter()
+    report, count, code_counts = NotesReport(), Counter(), Counter()
 
     def records() -> Iterator[tuple[str, int, list[str]]]:
-        for batch in dataset.select_columns(["text", "file", "number", "raw_codes"]).iter(batch_size=BATCH):
+        for batch in dataset.select_columns(["text", "codes", "file", "number", "raw_codes"]).iter(batch_size=BATCH):
             count.update(notes=len(batch["text"]), empty=sum(not text for text in batch["text"]))
+            code_counts.update(code for codes in batch["codes"] for code in codes)
             yield from zip(batch["file"], batch["number"], batch["raw_codes"])
 
     report.codes = check_codes(records(), allow_non_billable)  # a streamed split: the pass that validates it
     report.empty_notes = count["empty"]
     if strict_codes and not report.codes.ok:
         raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
-    return Notes(split, describe(files), dataset, report, count["notes"])
+    return Notes(split, describe(files), dataset, report, count["notes"], code_counts)
 
 
 def _validated_rows(
@@ -326,8 +323,7 @@ def count_outside_label_space(notes: Notes, label2id: dict[str, int]) -> None:
     """Count, in the split's report, the code occurrences that the label space lacks."""
     outside = notes.report.outside_label_space
     outside.clear()
-    for note_codes in notes.note_codes():
-        outside.update(code for code in note_codes if code not in label2id)
+    outside.update({code: count for code, count in notes.code_counts.items() if code not in label2id})
 
 
 def label_indices(notes: Notes, label2id: dict[str, int]) -> list[list[int]]:
