@@ -6,8 +6,8 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
-# torch is pinned here (a CPU wheel that lies on disk) and left unpinned in setup.py, so users choose their build.
-$(INSTALLED): setup.py
+# torch is pinned here (a CPU wheel that lies on disk) and left unpinned in pyproject.toml, so users choose their build.
+$(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

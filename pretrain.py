@@ -26,7 +26,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
+from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -41,8 +41,9 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
     save_model_folder,
 )
-from modeling_bertxml.readers import NotesError, load_text_dataset
+from modeling_bertxml.readers import DatasetSource, NotesError, describe, load_text_dataset
 from modeling_bertxml.training import (
+    STREAMING_SHUFFLE_BUFFER,
     ConfigError,
     TrainingDivergedError,
     accelerator_settings,
@@ -51,12 +52,16 @@ from modeling_bertxml.training import (
     add_model_args,
     add_optimization_args,
     check_parameters,
+    checkpoint_due,
     create_optimizer,
     create_scheduler,
+    data_source,
     default_learning_rate,
     epoch_batches,
     load_config,
     load_tokenizer,
+    log_training,
+    log_validation,
     run_args,
     save_checkpoint,
     setup_accelerator,
@@ -65,7 +70,6 @@ from modeling_bertxml.training import (
 
 logger = get_logger(__name__)
 
-STREAMING_SHUFFLE_BUFFER = 10_000  # notes held in memory to shuffle a streamed corpus
 # Default peak rate for a 256-wide model, scaled by width (training.default_learning_rate).
 LEARNING_RATE_AT_256 = 1e-3
 UNIGRAM_BLOCKS = 20_000  # training blocks counted for the unigram baseline (plenty for token frequencies)
@@ -80,11 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_checkpoint_args(parser)
     group = parser.add_argument_group("pretraining")
     group.add_argument("--mlm_probability", type=float, default=0.15, help="Share of words masked (whole words).")
-    group.add_argument("--streaming", action="store_true", help="Read the corpus lazily (larger than memory).")
     group.add_argument("--logging_steps", type=int, default=10, help="Log the training loss every N steps.")
     args = parser.parse_args(argv)
-    if args.train_file is None:
-        parser.error("--train_file is required")
+    if args.train_file is None and args.dataset_name is None:
+        parser.error("--train_file or --dataset_name is required")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a streamed corpus has no known length)")
     if args.model_name_or_path is None and args.tokenizer_name is None:
@@ -141,10 +144,13 @@ def block_size_for(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase,
 
 
 def load_blocks(
-    args: argparse.Namespace, files: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, train: bool
+    args: argparse.Namespace, files: "list[str] | DatasetSource", tokenizer: PreTrainedTokenizerBase, block_size: int,
+    train: bool,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Notes from `files` as packed blocks, cached by `datasets` (built once, on the main process first)."""
-    raw = load_text_dataset(files, text_column=args.text_column, streaming=args.streaming)
+    """Notes from `files` (or a dataset's split) as packed blocks, cached by `datasets` (built once, on the main
+    process first)."""
+    split = "train" if train else "validation"
+    raw = load_text_dataset(files, text_column=args.text_column, streaming=args.streaming, split=split)
     map_kwargs = dict(
         batched=True, remove_columns=["text"], fn_kwargs=dict(tokenizer=tokenizer, block_size=block_size)
     )
@@ -153,12 +159,12 @@ def load_blocks(
             raw = raw.shuffle(seed=args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
         return raw.map(pack_notes, **map_kwargs)
     blocks = raw.map(
-        pack_notes, num_proc=args.preprocessing_num_workers, desc=f"Tokenising and packing {files[0]}",
+        pack_notes, num_proc=args.preprocessing_num_workers, desc=f"Tokenising and packing the {split} notes",
         **map_kwargs,
     )
     if len(blocks) == 0:
         raise NotesError(
-            f"{', '.join(files)}: fewer tokens than one block of --max_seq_length {block_size}; add notes or "
+            f"{describe(files)}: fewer tokens than one block of --max_seq_length {block_size}; add notes or "
             "lower --max_seq_length"
         )
     return blocks
@@ -176,11 +182,10 @@ def build_dataloaders(
     args: argparse.Namespace, accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase, block_size: int
 ) -> tuple[DataLoader, DataLoader | None]:
     with accelerator.main_process_first():
-        train = load_blocks(args, args.train_file, tokenizer, block_size, train=True)
+        train = load_blocks(args, data_source(args, "train"), tokenizer, block_size, train=True)
+        validation_source = data_source(args, "validation")
         validation = (
-            load_blocks(args, args.validation_file, tokenizer, block_size, train=False)
-            if args.validation_file
-            else None
+            load_blocks(args, validation_source, tokenizer, block_size, train=False) if validation_source else None
         )
     # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
     # resumed run, which starts its epoch after restoring that stream, would drop out differently.
@@ -270,7 +275,7 @@ def log_eval(
     values = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
     logger.info(f"step {progress.step} (epoch {progress.epoch}): {values}")
     if args.with_tracking:
-        accelerator.log(metrics, step=progress.step)
+        log_validation(accelerator, metrics, progress.step)
     return {**metrics, "eval_step": progress.step}
 
 
@@ -279,7 +284,7 @@ def train(
 ) -> dict:
     """The Accelerate loop: optimizer steps, logging, evaluation (beside the `unigram` baseline), checkpoints;
     returns the last evaluation."""
-    checkpoints = CheckpointManager(args.output_dir)
+    checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
     losses, metrics, batch = LossWindow(), {}, None  # batch: the last one trained (see save_checkpoint)
@@ -298,12 +303,14 @@ def train(
                 loss = losses.take_mean()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if args.with_tracking:
-                    accelerator.log({"train_loss": loss, "tokens": progress.tokens}, step=progress.step)
+                    log_training(accelerator, progress, loss, scheduler)
             if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
                 metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+            # Ends inside the epoch (at its end, the epoch's own save below is the last one).
+            last = progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader
+            if checkpoint_due(args.checkpointing_steps, progress.step, last):
                 save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
-            if progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader:
+            if last:
                 break
         else:  # the whole epoch was trained
             progress.next_epoch()
@@ -363,14 +370,8 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
 
 
 def run(args: argparse.Namespace) -> None:
-    # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there).
-    loader_config = DataLoaderConfiguration(
-        use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
-    )
-    accelerator = setup_accelerator(
-        args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bertxml_pretraining")
-    )
-    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
+    accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-pretrain"))
+    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(config.hidden_size, LEARNING_RATE_AT_256)

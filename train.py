@@ -65,6 +65,7 @@ from modeling_bertxml.notes import (
     tokenize_notes,
 )
 from modeling_bertxml.training import (
+    STREAMING_SHUFFLE_BUFFER,
     ConfigError,
     TrainingDivergedError,
     accelerator_settings,
@@ -72,14 +73,19 @@ from modeling_bertxml.training import (
     add_data_args,
     add_model_args,
     add_optimization_args,
+    checkpoint_due,
     create_optimizer,
     create_scheduler,
+    data_source,
     default_learning_rate,
     epoch_batches,
     load_tokenizer,
+    log_training,
+    log_validation,
     run_args,
     save_checkpoint,
     setup_accelerator,
+    steps_per_epoch,
     training_step,
 )
 
@@ -132,8 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lora.add_argument("--lora_target_modules", nargs="+", default=["query", "value"])
     lora.add_argument("--merge_lora", action="store_true", help="Save a plain model with the adapters merged in.")
     args = parser.parse_args(argv)
-    if not args.train_file or not args.validation_file:
-        parser.error("--train_file and --validation_file are required (the threshold and best model come from it)")
+    if args.dataset_name is None and (not args.train_file or not args.validation_file):
+        parser.error("--train_file and --validation_file (or --dataset_name) are required (the threshold and best "
+                     "model come from the validation split)")
     if args.model_name_or_path is None and args.tokenizer_name is None:
         parser.error("--tokenizer_name is required when training from scratch")
     if args.merge_lora and not args.use_lora:
@@ -152,24 +159,30 @@ class Splits:
 def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
     """Read and validate the three splits and fix the label space (training codes, or --label_file)."""
     columns = NoteColumns(args.text_column, args.label_column, args.id_column)
-    read = {
-        name: read_notes(files, name, columns, args.strict_codes, args.allow_non_billable, args.code_system)
-        for name, files in (("train", args.train_file), ("validation", args.validation_file), ("test", args.test_file))
-        if files
-    }
+    read = {}
+    for name in ("train", "validation", "test"):
+        source = data_source(args, name)
+        if source is None and name != "test":
+            raise NotesError(f"--dataset_name {args.dataset_name}: no {name} split; pass --{name}_file")
+        if source is not None:
+            with accelerator.main_process_first():  # one process writes the split's Arrow cache, the others read it
+                streaming = args.streaming and name == "train"  # evaluation splits are scored whole
+                read[name] = read_notes(
+                    source, name, columns, args.strict_codes, args.allow_non_billable, args.code_system, streaming
+                )
     check_disjoint(*read.values())
     labels = build_label_space(read["train"], args.min_code_count, args.label_file, args.code_system)
     if accelerator.is_main_process:
         groups = code_groups(args.code_system, labels)
         kinds = ", ".join(f"{len(indices):,} {kind}" for kind, indices in groups.items())
         logger.info(f"Label space: {len(labels):,} {get_code_system(args.code_system).title} codes ({kinds})")
-        warn_local_codes(args.code_system, {code for notes in read.values() for codes in notes.codes for code in codes})
+        warn_local_codes(args.code_system, {code for notes in read.values() for code in notes.code_counts})
     return Splits(read["train"], read["validation"], read.get("test"), labels)
 
 
 def label_frequencies(notes: Notes, labels: list[str]) -> dict[str, float]:
     """Share of the notes that carry each code, add-half smoothed (a code of --label_file may never occur)."""
-    counts = Counter(code for codes in notes.codes for code in codes)
+    counts = notes.code_counts
     return {code: (counts[code] + 0.5) / (len(notes) + 1) for code in labels}
 
 
@@ -184,12 +197,15 @@ def build_dataloaders(
         if notes is None:
             continue
         dataset = tokenize_notes(notes, label2id, tokenizer, max_length, args.preprocessing_num_workers)
+        shuffle = name == "train"
+        if notes.streaming:  # shuffled within a buffer, anew every epoch (the loader's set_epoch)
+            dataset, shuffle = dataset.shuffle(seed=args.seed or 0, buffer_size=STREAMING_SHUFFLE_BUFFER), False
         batch_size = args.per_device_train_batch_size if name == "train" else args.per_device_eval_batch_size
         # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
         # resumed run would not continue exactly (see training.epoch_batches).
         generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
         loaders[name] = DataLoader(
-            dataset, batch_size=batch_size, shuffle=name == "train", collate_fn=collator, generator=generator
+            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator
         )
     return loaders
 
@@ -238,7 +254,7 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
     metrics = evaluate(model, loaders["validation"], accelerator, splits.validation)
     logger.info(f"step {progress.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
     if args.with_tracking:
-        accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=progress.step)
+        log_validation(accelerator, metrics, progress.step)
     if metrics["map"] > progress.best_score:
         progress.best_score, progress.best_step, progress.evals_without_improvement = metrics["map"], progress.step, 0
         CheckpointManager(args.output_dir).save_best(accelerator, model)
@@ -252,9 +268,9 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
 
 def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int) -> None:
     """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints."""
-    checkpoints = CheckpointManager(args.output_dir)
+    checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
-    epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
+    epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
     window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
     model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
     while progress.epoch < math.ceil(max_steps / epoch_steps):
@@ -268,13 +284,13 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
             bar.update(1)
             bar.set_postfix(loss=f"{window_loss:.4f}")
             if args.with_tracking:
-                accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
+                log_training(accelerator, progress, window_loss, scheduler)
             window_loss = 0.0
             done = progress.step >= max_steps
             # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
             if done or (args.eval_steps and progress.step % args.eval_steps == 0):
                 done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
-            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+            if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
                 save_checkpoint(
                     accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
                 )
@@ -288,12 +304,12 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
             return
 
 
-def prepare_training(args, accelerator, model, loaders, labels: list[str]) -> tuple:
+def prepare_training(args, accelerator, model, loaders, splits: Splits) -> tuple:
     """Wrap everything with Accelerate and restore a checkpoint; returns model, optimizer, scheduler, loaders,
     the training state and the number of optimizer steps."""
     names = list(loaders)
     loaders = dict(zip(names, accelerator.prepare(*loaders.values())))
-    epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
+    epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
     max_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
     optimizer = create_optimizer(
         model, args.learning_rate, args.weight_decay, param_groups={head_prefix(model): args.head_learning_rate}
@@ -303,9 +319,10 @@ def prepare_training(args, accelerator, model, loaders, labels: list[str]) -> tu
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # A checkpoint's head rows belong to its codes: refuse one saved for another label space.
-    progress = CheckpointManager(args.output_dir).resume(accelerator, args.resume_from_checkpoint, {"labels": labels})
+    checkpoints = CheckpointManager(args.output_dir)
+    progress = checkpoints.resume(accelerator, args.resume_from_checkpoint, {"labels": splits.labels})
     logger.info(
-        f"{len(loaders['train'].dataset):,} training notes, {max_steps:,} optimizer steps of "
+        f"{len(splits.train):,} training notes, {max_steps:,} optimizer steps of "
         f"{args.per_device_train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps} notes"
     )
     return model, optimizer, scheduler, loaders, progress, max_steps
@@ -370,7 +387,7 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
 def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
     splits = load_splits(args, accelerator)
-    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
+    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = build_coding_model(
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=args.init_label_queries_from_descriptions,
@@ -391,7 +408,7 @@ def run(args: argparse.Namespace) -> None:
     if args.use_lora:
         model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
     model, optimizer, scheduler, loaders, progress, max_steps = prepare_training(
-        args, accelerator, model, loaders, splits.labels
+        args, accelerator, model, loaders, splits
     )
     train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps)
     results = final_evaluation(args, accelerator, model, loaders, splits)

@@ -37,11 +37,15 @@ RESUMABLE_ARG_CHANGES = frozenset(
         "report_to",
         "preprocessing_num_workers",
         "checkpointing_steps",
+        "checkpoints_total_limit",
         "eval_steps",
         "max_train_steps",
         "num_train_epochs",
         "per_device_eval_batch_size",
         "output_dir",
+        "hub_revision",
+        "create_pr",
+        "commit_message",
     }
 )
 # What a failed write raises: OSError from Python, RuntimeError ("unexpected pos") from torch's writer, and
@@ -270,14 +274,18 @@ class CheckpointManager:
     Every rank writes `accelerator.save_state` into a hidden temporary folder; the main process then writes
     `training_state.json` (the marker of a complete checkpoint) and renames the folder into place. A save killed at
     any point leaves either no `step_{N}` or one without the marker, which `resolve` never accepts.
+
+    With `total_limit`, each save then deletes the oldest complete step folders beyond the newest `total_limit` (each
+    holds the optimizer state, about three times the weights); `best_model` is not a step folder and always stays.
     """
 
     subdir = "checkpoints"
     state_file = "training_state.json"
     best_name = "best_model"
 
-    def __init__(self, output_dir: str | os.PathLike):
+    def __init__(self, output_dir: str | os.PathLike, total_limit: int | None = None):
         self.root = Path(output_dir) / self.subdir
+        self.total_limit = total_limit
 
     @property
     def best_dir(self) -> Path:
@@ -286,13 +294,27 @@ class CheckpointManager:
     def is_complete(self, path: Path) -> bool:
         return (path / self.state_file).is_file()
 
+    def complete_steps(self) -> list[Path]:
+        """The complete step folders, oldest (fewest steps) first."""
+        complete = [p for p in self.root.glob("step_*") if p.name[5:].isdigit() and self.is_complete(p)]
+        return sorted(complete, key=lambda p: int(p.name[5:]))
+
     def save(self, accelerator: Accelerator, progress: Progress, extra: dict | None = None) -> Path:
         """Save the full training state after `progress.step`; `extra` (JSON) comes back from `load` too."""
         final = self.root / f"step_{progress.step}"
         state = {**asdict(progress), **(extra or {})}
         self._save_folder(accelerator, final, lambda folder: accelerator.save_state(str(folder)), state)
         logger.info(f"Saved checkpoint {final}")
+        if self.total_limit and accelerator.is_main_process:
+            self._rotate(keep=final)
         return final
+
+    def _rotate(self, keep: Path) -> None:
+        """Delete all but the newest `total_limit` complete step folders (never `keep`, the one just saved)."""
+        for old in self.complete_steps()[: -self.total_limit]:
+            if old != keep:
+                shutil.rmtree(old)
+                logger.info(f"Deleted checkpoint {old} (--checkpoints_total_limit {self.total_limit})")
 
     def save_best(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
         """The best weights so far; the previous best stays complete until the new one is in place."""
@@ -337,8 +359,7 @@ class CheckpointManager:
         if not resume_from_checkpoint:
             return None
         if resume_from_checkpoint == "latest":
-            complete = [p for p in self.root.glob("step_*") if p.name[5:].isdigit() and self.is_complete(p)]
-            return max(complete, key=lambda p: int(p.name[5:]), default=None)
+            return (self.complete_steps() or [None])[-1]
         path = Path(resume_from_checkpoint)
         if not path.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such checkpoint folder")

@@ -17,6 +17,7 @@ import codecs
 import fnmatch
 import logging
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 logger = logging.getLogger(__name__)
 
 TOKEN_KIND = "access token"
+DEFAULT_COMMIT_MESSAGE = "Upload BERT-XML model"
 
 
 @dataclass(frozen=True)
@@ -226,11 +228,16 @@ def push_folder(
     repo_id: str,
     token: str | None = None,
     private: bool = True,
-    commit_message: str = "Upload BERT-XML model",
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
     allow_phi: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
 ) -> str:
-    """Upload `folder` to the model repo `repo_id` ("org/name", or "name" under the token's account) and return its URL.
+    """Upload `folder` to the model repo `repo_id` ("org/name", or "name" under the token's account) and return its URL
+    (the pull request's with `create_pr`).
 
+    One commit of `commit_message` on the branch `revision` (default main; created from main when missing), or with
+    `create_pr` a pull request against it, so that a model under review does not replace the published one.
     The repo is created private unless `private=False`; an existing public repo is made private first. Refuses with
     `IdentifiersFoundError` when the files look like they hold patient identifiers (unless `allow_phi`) or the token.
     The token is `token`, else the standard login (HF_TOKEN or `hf auth login`); it is never logged.
@@ -260,7 +267,11 @@ def push_folder(
             api.update_repo_settings(repo_url.repo_id, private=True)
         # The exact files that were scanned: no pattern matching on the way to the Hub.
         operations = [CommitOperationAdd(path.relative_to(folder).as_posix(), path) for path in files]
-        api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
+        if revision not in (None, "main"):
+            api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
+        commit = api.create_commit(
+            repo_url.repo_id, operations, commit_message=commit_message, revision=revision, create_pr=create_pr
+        )
     except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
         if secret:
@@ -272,9 +283,13 @@ def push_folder(
             f"Fix the cause, then push it with: python -m modeling_bertxml.hub {folder} --hub_model_id {repo_id}"
             + ("" if private else " --hub_public")
             + (" --hub_allow_phi" if allow_phi else "")
+            + (f" --hub_revision {revision}" if revision else "")
+            + (" --create_pr" if create_pr else "")
+            + (f" --commit_message {shlex.quote(commit_message)}" if commit_message != DEFAULT_COMMIT_MESSAGE else "")
         ) from None
-    logger.info("Pushed %s to %s (%s)", folder, repo_url, "private" if private else "public")
-    return str(repo_url)
+    where = f"pull request {commit.pr_url}" if commit.pr_url else f"{repo_url}, branch {revision or 'main'}"
+    logger.info("Pushed %s to %s (%s)", folder, where, "private" if private else "public")
+    return commit.pr_url or str(repo_url)
 
 
 def add_hub_args(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +311,11 @@ def add_hub_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Push even if files look like they hold MRNs, phone numbers or dates of birth; only after checking.",
     )
+    group.add_argument("--hub_revision", help="Branch to push to (created from main if missing; default: main).")
+    group.add_argument(
+        "--create_pr", action="store_true", help="Open a pull request (against --hub_revision) instead of committing."
+    )
+    group.add_argument("--commit_message", default=DEFAULT_COMMIT_MESSAGE, help="Message of the Hub commit.")
 
 
 def push_from_args(args: argparse.Namespace, folder: str | Path) -> str | None:
@@ -308,6 +328,9 @@ def push_from_args(args: argparse.Namespace, folder: str | Path) -> str | None:
         token=args.hub_token.value if args.hub_token else None,
         private=not args.hub_public,
         allow_phi=args.hub_allow_phi,
+        revision=args.hub_revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
     )
 
 

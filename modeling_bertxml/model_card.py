@@ -11,7 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .metrics import METRIC_KEYS, format_table
 
-# Package data (setup.py), so that an installed bert-xml finds it without the repository.
+# Package data (pyproject.toml), so that an installed bert-xml finds it without the repository.
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TAGS = ["bert-xml", "icd-10", "icd-10-cm", "medical-coding", "clinical-notes", "multi-label-classification"]
 # Invented notes, no patient behind them: the only text a card may show.

@@ -13,8 +13,12 @@ its location and never with the note's text or id (notes are PHI). What is fatal
   targets; in validation/test reported and passed to the metrics as misses, never silently dropped); notes longer
   than the model reads (truncated, one warning).
 
-Labels are kept as lists of code indices; `MultiLabelCollator` turns them into a multi-hot matrix per batch (a dense
-matrix of 8k codes x 1M notes would take ~32 GB).
+A split is read once into a `datasets.Dataset` in `datasets`' cache (Arrow, memory-mapped: a split larger than memory is
+fine, and a second run over unchanged files reuses it) and never into Python lists of notes; with `streaming` it is an
+`IterableDataset` that reads the source again at every pass (no copy on disk; validated by one pass first, which
+counts the notes and codes). Labels are kept as lists of
+code indices; `MultiLabelCollator` turns them into a multi-hot matrix per batch (a dense matrix of 8k codes x 1M notes
+would take ~32 GB).
 """
 
 import ast
@@ -26,15 +30,42 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system
-from .readers import Location, NotesError, file_format, iter_notes, row_field
+from .readers import (
+    DatasetSource,
+    Location,
+    NotesError,
+    Source,
+    as_source,
+    describe,
+    file_format,
+    generate_dataset,
+    iter_notes,
+    row_field,
+    source_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
 CSV_LABEL_SEPARATOR = ";"
 MAX_LISTED = 5  # how many codes a report line names
+BATCH = 1000  # rows per pass over a split's columns
+# A split on disk: the note, its codes (as written, and normalised: unique, malformed ones dropped), its id, and where
+# it is (`Location`), for messages that must not quote the note or its id.
+NOTE_FEATURES = datasets.Features(
+    {
+        "text": datasets.Value("string"),
+        "raw_codes": datasets.Sequence(datasets.Value("string")),
+        "codes": datasets.Sequence(datasets.Value("string")),
+        "id": datasets.Value("string"),
+        "file": datasets.Value("string"),
+        "number": datasets.Value("int64"),
+        "unit": datasets.Value("string"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -58,18 +89,45 @@ class NotesReport:
 
 @dataclass
 class Notes:
-    """One split's notes in file order, after validation. `codes` are normalised (`E11.9`), unique per note."""
+    """One split's notes in file order, after validation: `dataset` has the columns of `NOTE_FEATURES` (empty notes
+    are ""; `codes` are normalised, `E11.9`, unique per note). `texts`, `codes` and `ids` are lazy columns (of a
+    `Dataset`; a streamed split is an `IterableDataset`, read in `batches`)."""
 
     split: str
     source: str
-    ids: list[str | None]
-    texts: list[str]
-    codes: list[list[str]]
+    dataset: datasets.Dataset | datasets.IterableDataset
     report: NotesReport
-    locations: list[Location]  # where each note is, for messages that must not quote the note or its id
+    num_notes: int
+    code_counts: Counter  # how many notes carry each code
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self.num_notes
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.dataset, datasets.IterableDataset)
+
+    @property
+    def texts(self) -> datasets.arrow_dataset.Column:
+        return self.dataset["text"]
+
+    @property
+    def codes(self) -> datasets.arrow_dataset.Column:
+        return self.dataset["codes"]
+
+    @property
+    def ids(self) -> datasets.arrow_dataset.Column:
+        return self.dataset["id"]
+
+    def batches(self, *columns: str) -> Iterator[dict[str, list]]:
+        """The split's `columns` in batches of BATCH rows (the notes themselves only when asked for)."""
+        return self.dataset.select_columns(list(columns)).iter(batch_size=BATCH)
+
+    def note_codes(self) -> Iterator[list[str]]:
+        """Each note's normalised codes, in order."""
+        for batch in self.batches("codes"):
+            yield from batch["codes"]
+
 
 
 def _listed(counter: Counter) -> str:
@@ -143,14 +201,16 @@ def _normalized(raw: list[str], system: CodeSystem) -> list[str]:
 
 
 def read_notes(
-    files: str | Sequence[str],
+    files: Source,
     split: str,
     columns: NoteColumns = NoteColumns(),
     strict_codes: bool = False,
     allow_non_billable: bool = False,
     code_system: str | CodeSystem = "icd10",
+    streaming: bool = False,
 ) -> Notes:
-    """Read and validate one split from one or more files (rows concatenated in order).
+    """Read and validate one split from one or more files (rows concatenated in order), or from a dataset's split;
+    `streaming` leaves it where it is (an `IterableDataset`) after one validating pass.
 
     Raises `NotesError` naming file, line/row and field for anything that cannot be a labelled note; see the
     module docstring for what is only counted. Codes are read in `code_system` and checked against its official
@@ -158,28 +218,53 @@ def read_notes(
     with `strict_codes` any of them is an error.
     """
     system = get_code_system(code_system)
-    files = [files] if isinstance(files, (str, Path)) else list(files)
-    report = NotesReport()
-    ids, texts, raw_codes, locations = [], [], [], []
-    first_seen: dict[str, Location] = {}
-    for where, row, text in iter_notes(files, columns.text, split, [(columns.labels, "--label_column")]):
-        if text is None or not text.strip():
-            report.empty_notes += 1
-        texts.append(text if text and text.strip() else "")
-        is_csv = where.unit == "line" and file_format(Path(where.file)) == ".csv"
-        raw = _raw_labels(row_field(row, columns.labels, "--label_column", where), where, columns.labels, is_csv)
-        raw_codes.append(_check_code_types(raw, where, columns.labels))
-        ids.append(_note_id(row.get(columns.id), where, columns.id, first_seen))
-        locations.append(where)
-    source = ", ".join(map(str, files))
-    if not texts:
-        raise NotesError(f"{source}: no notes in the {split} split")
-    report.codes = check_codes(
-        ((where.file, where.number, raw) for where, raw in zip(locations, raw_codes)), allow_non_billable, system
-    )
+    source = as_source(files)
+    source = source if isinstance(source, DatasetSource) else tuple(map(str, source))
+    kwargs = {"files": source, "split": split, "columns": (columns.text, columns.labels, columns.id),
+              "code_system": system.name}  # fmt: skip
+    settings = ("labelled notes", system.name, *kwargs["columns"])
+    fingerprint = None if streaming else source_fingerprint(source, split, *settings)
+    dataset = generate_dataset(_validated_rows, NOTE_FEATURES, kwargs, fingerprint, streaming)
+    report, count, code_counts = NotesReport(), Counter(), Counter()
+
+    def records() -> Iterator[tuple[str, int, list[str]]]:
+        for batch in dataset.select_columns(["text", "codes", "file", "number", "raw_codes"]).iter(batch_size=BATCH):
+            count.update(notes=len(batch["text"]), empty=sum(not text for text in batch["text"]))
+            code_counts.update(code for codes in batch["codes"] for code in codes)
+            yield from zip(batch["file"], batch["number"], batch["raw_codes"])
+
+    report.codes = check_codes(records(), allow_non_billable, system)  # a streamed split: the pass that validates it
+    report.empty_notes = count["empty"]
     if strict_codes and not report.codes.ok:
         raise NotesError(f"{split}: {report.codes}\n(--strict_codes: fix these codes or drop the flag)")
-    return Notes(split, source, ids, texts, [_normalized(raw, system) for raw in raw_codes], report, locations)
+    return Notes(split, describe(files), dataset, report, count["notes"], code_counts)
+
+
+def _validated_rows(
+    files: "tuple[str, ...] | DatasetSource", split: str, columns: tuple[str, str, str], code_system: str
+) -> Iterator[dict]:
+    """The rows of `NOTE_FEATURES`, one per note; what the module docstring calls fatal raises a `NotesError` here."""
+    text_column, label_column, id_column = columns
+    system = get_code_system(code_system)
+    first_seen: dict[str, Location] = {}
+    found = False
+    for where, row, text in iter_notes(files, text_column, split, [(label_column, "--label_column")]):
+        # CSV, and datasets built from CSV files, write the codes as one ";"-separated string.
+        separated = isinstance(files, DatasetSource) or where.unit == "line" and file_format(Path(where.file)) == ".csv"
+        raw = _raw_labels(row_field(row, label_column, "--label_column", where), where, label_column, separated)
+        raw = _check_code_types(raw, where, label_column)
+        yield {
+            "text": text if text and text.strip() else "",
+            "raw_codes": raw,
+            "codes": _normalized(raw, system),
+            "id": _note_id(row.get(id_column), where, id_column, first_seen),
+            "file": where.file,
+            "number": where.number,
+            "unit": where.unit,
+        }
+        found = True
+    if not found:
+        raise NotesError(f"{describe(files)}: no notes in the {split} split")
 
 
 def _note_id(value: object, where: Location, column: str, first_seen: dict[str, Location]) -> str | None:
@@ -196,13 +281,15 @@ def check_disjoint(*splits: Notes) -> None:
     """Refuse a note id that appears in two splits: a training note in the test set makes the metrics a lie."""
     seen: dict[str, tuple[str, Location]] = {}
     for notes in splits:
-        for note_id, where in zip(notes.ids, notes.locations):
-            if note_id is None:
-                continue
-            split, first = seen.setdefault(note_id, (notes.split, where))
-            if split != notes.split:
-                raise NotesError(f"{where}: the note id of {first} (the {split} split) is also in the {notes.split} "
-                                 "split; splits must not share notes")
+        for batch in notes.batches("id", "file", "number", "unit"):
+            for note_id, where in zip(batch["id"], map(Location, batch["file"], batch["number"], batch["unit"])):
+                if note_id is None:
+                    continue
+                split, first = seen.setdefault(note_id, (notes.split, where))
+                if split == notes.split:
+                    continue
+                raise NotesError(f"{where}: the note id of {first} (the {split} split) is also in the "
+                                 f"{notes.split} split; splits must not share notes")
 
 
 # --- label space -------------------------------------------------------------------------------------------------
@@ -233,7 +320,7 @@ def build_label_space(
     """The codes the model predicts: those of `label_file`, else the training codes seen `min_code_count` times."""
     if label_file is not None:
         return read_label_file(label_file, code_system)
-    counts = Counter(code for note_codes in train.codes for code in note_codes)
+    counts = train.code_counts
     labels = sorted(code for code, count in counts.items() if count >= min_code_count)
     if not labels:
         raise NotesError(f"{train.source}: no code occurs at least {min_code_count} times in the training notes")
@@ -243,15 +330,17 @@ def build_label_space(
     return labels
 
 
-def label_indices(notes: Notes, label2id: dict[str, int]) -> list[list[int]]:
-    """Each note's codes as label indices; codes outside the label space are counted in the split's report."""
-    indices = []
+def count_outside_label_space(notes: Notes, label2id: dict[str, int]) -> None:
+    """Count, in the split's report, the code occurrences that the label space lacks."""
     outside = notes.report.outside_label_space
     outside.clear()
-    for note_codes in notes.codes:
-        indices.append([label2id[code] for code in note_codes if code in label2id])
-        outside.update(code for code in note_codes if code not in label2id)
-    return indices
+    outside.update({code: count for code, count in notes.code_counts.items() if code not in label2id})
+
+
+def label_indices(notes: Notes, label2id: dict[str, int]) -> list[list[int]]:
+    """Each note's codes as label indices (for baselines); codes outside the label space are counted in the report."""
+    count_outside_label_space(notes, label2id)
+    return [[label2id[code] for code in codes if code in label2id] for codes in notes.note_codes()]
 
 
 def multi_hot(label_ids: Sequence[Sequence[int]], num_labels: int) -> np.ndarray:
@@ -265,7 +354,7 @@ def multi_hot(label_ids: Sequence[Sequence[int]], num_labels: int) -> np.ndarray
 # --- tokenising and batching -------------------------------------------------------------------------------------
 
 
-def _tokenize_batch(batch: dict, tokenizer, max_length: int) -> dict:
+def _tokenize_batch(batch: dict, tokenizer, max_length: int, label2id: dict[str, int]) -> dict:
     # Overflowing windows tell exactly which notes the tokenizer truncated; only each note's first window is kept.
     encoded = tokenizer(batch["text"], truncation=True, max_length=max_length, return_overflowing_tokens=True)
     sample = encoded["overflow_to_sample_mapping"]
@@ -273,6 +362,7 @@ def _tokenize_batch(batch: dict, tokenizer, max_length: int) -> dict:
     windows = Counter(sample)
     return {
         "input_ids": [encoded["input_ids"][i] for i in first],
+        "label_ids": [[label2id[code] for code in codes if code in label2id] for codes in batch["codes"]],
         "truncated": [windows[note] > 1 for note in range(len(batch["text"]))],
     }
 
@@ -280,25 +370,27 @@ def _tokenize_batch(batch: dict, tokenizer, max_length: int) -> dict:
 def tokenize_notes(
     notes: Notes, label2id: dict[str, int], tokenizer, max_length: int, num_proc: int | None = None
 ) -> datasets.Dataset:
-    """A dataset of `input_ids` (at most `max_length`) and `label_ids`, in file order; counts truncated notes."""
-    dataset = datasets.Dataset.from_dict(
-        {"text": notes.texts, "label_ids": label_indices(notes, label2id)},
-        features=datasets.Features(
-            {
-                "text": datasets.Value("string"),
-                "label_ids": datasets.Sequence(datasets.Value("int32")),
-            }
-        ),
+    """A dataset of `input_ids` (at most `max_length`) and `label_ids`, in file order (written to `datasets`' cache,
+    memory-mapped); counts the truncated notes and the codes outside the label space."""
+    count_outside_label_space(notes, label2id)
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "label_ids": datasets.Sequence(datasets.Value("int32")),
+            "truncated": datasets.Value("bool"),
+        }
     )
-    dataset = dataset.map(
-        _tokenize_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=["text"],
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-        desc=f"Tokenising {notes.split} notes",
-    )
-    notes.report.truncated_notes = int(np.sum(dataset["truncated"]))
+    fn_kwargs = {"tokenizer": tokenizer, "max_length": max_length, "label2id": label2id}
+    columns = list(NOTE_FEATURES)
+    if notes.streaming:  # tokenised while training; truncated notes are not counted ahead
+        mapped = notes.dataset.map(_tokenize_batch, batched=True, remove_columns=columns, features=features,
+                                   fn_kwargs=fn_kwargs)  # fmt: skip
+        return mapped.remove_columns("truncated")
+    dataset = notes.dataset.map(
+        _tokenize_batch, batched=True, num_proc=num_proc, remove_columns=columns, features=features,
+        fn_kwargs=fn_kwargs, desc=f"Tokenising {notes.split} notes",
+    )  # fmt: skip
+    notes.report.truncated_notes = pc.sum(dataset.data.column("truncated")).as_py() or 0
     return dataset.remove_columns("truncated")
 
 
@@ -330,6 +422,7 @@ __all__ = [
     "NotesReport",
     "build_label_space",
     "check_disjoint",
+    "count_outside_label_space",
     "label_indices",
     "log_report",
     "read_label_file",

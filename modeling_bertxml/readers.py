@@ -3,6 +3,8 @@
 Accepted: `.jsonl`/`.json` (one JSON object per line), `.csv` (a header row; Excel's "CSV UTF-8" byte-order mark is
 fine), `.txt` (one note per line), any of those compressed (`.gz`, `.bz2`, `.xz`), `.parquet`, a folder of `.txt` files
 (one file = one note) and a folder written by `datasets`' `save_to_disk`; globs expand to files in sorted order.
+In place of files, a `DatasetSource` (--dataset_name): a Hub dataset, a local folder of data files or a saved dataset,
+one split of which is read row by row like a table.
 
 Hospital exports are messy and notes are PHI, so anything this module cannot read is one `NotesError` whose message
 names the file, the line (text formats) or row (tables) and the field, and never quotes a note, an id or any other
@@ -216,14 +218,69 @@ def _load_saved(path: Path, split: str):
 
 
 def _saved_dataset_rows(path: Path, split: str) -> Rows:
-    dataset = _load_saved(path, split)
-    rows = ([dict(zip(batch, values)) for values in zip(*batch.values())] for batch in dataset.iter(_TABLE_BATCH))
-    yield from _table_rows(rows, str(path))
+    return _source_rows(DatasetSource(str(path)), split)
 
 
 _ROW_READERS: dict[str, Callable[[Path], Rows]] = {
     ".jsonl": _jsonl_rows, ".json": _jsonl_rows, ".csv": _csv_rows, ".txt": _txt_rows, ".parquet": _parquet_rows,
 }
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """--dataset_name (+ --dataset_config_name): a folder written by `save_to_disk` (`load_from_disk`), or anything
+    `datasets.load_dataset` opens (a Hub dataset id, a local folder of JSON Lines/CSV/Parquet files named by split).
+    Rows are located as `name[split]: row N`. Dataset loading scripts do not run (datasets 4 dropped them)."""
+
+    name: str
+    config: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.config is None else f"{self.name} ({self.config})"
+
+    def split_names(self) -> list[str]:
+        """The dataset's splits ("train", "validation", ...)."""
+        import datasets
+
+        path = Path(self.name)
+        if path.suffix == ".py":
+            raise NotesError(f"--dataset_name {self}: a dataset loading script; datasets 4+ no longer runs them: "
+                             "convert the data to JSON Lines, CSV or Parquet files (or save_to_disk) and name those")
+        if path.is_dir() and _is_saved_dataset(path):
+            saved = datasets.load_from_disk(str(path))
+            return list(saved) if isinstance(saved, datasets.DatasetDict) else ["train"]
+        try:
+            return datasets.get_dataset_split_names(self.name, self.config)
+        except (OSError, ValueError) as error:
+            raise self._error(error) from None
+
+    def _error(self, error: Exception) -> NotesError:
+        """A loading failure (not found, offline, a bad config name) as one line: the reason, no traceback."""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return NotesError(f"--dataset_name {self}: cannot be loaded ({type(error).__name__}: {reason})")
+
+    def load(self, split: str, streaming: bool = False):
+        """The split as a memory-mapped `Dataset` (or an `IterableDataset` when `streaming`); a `NotesError` names
+        what is wrong (no such dataset, no such split, a loading script)."""
+        import datasets
+
+        path = Path(self.name)
+        if path.is_dir() and _is_saved_dataset(path):
+            dataset = _load_saved(path, split)
+            return dataset.to_iterable_dataset() if streaming else dataset
+        splits = self.split_names()
+        if split not in splits:
+            raise NotesError(f"--dataset_name {self}: no split {split!r} (splits: {', '.join(splits)})")
+        try:
+            return datasets.load_dataset(self.name, self.config, split=split, streaming=streaming)
+        except (OSError, ValueError) as error:
+            raise self._error(error) from None
+
+
+def _source_rows(source: DatasetSource, split: str) -> Rows:
+    dataset = source.load(split)
+    rows = ([dict(zip(batch, values)) for values in zip(*batch.values())] for batch in dataset.iter(_TABLE_BATCH))
+    yield from _table_rows(rows, f"{source}[{split}]")
 
 
 def _columns_of(path: Path, split: str = "train") -> list[str] | None:
@@ -246,12 +303,11 @@ def _columns_of(path: Path, split: str = "train") -> list[str] | None:
     return None
 
 
-def _require_columns(path: Path, split: str, required: Iterable[tuple[str, str]]) -> None:
-    """Refuse a file that lacks one of the `(column, flag that names it)` pairs, listing the columns it has."""
-    names = _columns_of(path, split)
+def _require_columns(where: object, names: list[str] | None, required: Iterable[tuple[str, str]]) -> None:
+    """Refuse a file (or dataset) whose columns `names` lack one of the `(column, flag that names it)` pairs."""
     for name, flag in required:
         if names is not None and name not in names:
-            raise NotesError(f"{path}: no column {name!r} (columns: {', '.join(names)}); pass {flag}")
+            raise NotesError(f"{where}: no column {name!r} (columns: {', '.join(names)}); pass {flag}")
 
 
 def iter_rows(path: str | Path, split: str = "train") -> Rows:
@@ -283,39 +339,69 @@ def row_field(row: dict, name: str, flag: str, where: Location) -> object:
 
 
 def iter_notes(
-    files: str | Path | Sequence[str | Path],
+    files: "str | Path | Sequence[str | Path] | DatasetSource",
     text_column: str = "text",
     split: str = "train",
     required: Sequence[tuple[str, str]] = (),
 ) -> Iterator[tuple[Location, dict, str | None]]:
-    """(location, the row's other fields, note or None for an empty cell) for every row of `files`, in order.
+    """(location, the row's other fields, note or None for an empty cell) for every row of `files` (or of the
+    dataset's `split`), in order.
 
     The note column (`text` in a `.txt` file, which has no other) and the `required` `(column, flag)` pairs are
     checked before the first row of each file is read.
     """
-    for path in resolve_files(files):
-        column = "text" if _is_plain_text(path) else text_column
-        _require_columns(path, split, [(column, "--text_column"), *required])
-        for where, row in iter_rows(path, split):
+    for column, rows in _note_sources(files, text_column, split, required):
+        for where, row in rows:
             text = _note_text(row_field(row, column, "--text_column", where), where, column)
             yield where, {name: value for name, value in row.items() if name != column}, text
 
 
-def iter_texts(
-    files: str | Path | Sequence[str | Path], text_column: str = "text", split: str = "train"
-) -> Iterator[str]:
-    """The non-blank notes of `files`, in order, for tokenizer training and MLM; blank notes are skipped.
+def _note_sources(
+    files: "str | Path | Sequence[str | Path] | DatasetSource", text_column: str, split: str,
+    required: Sequence[tuple[str, str]],
+) -> Iterator[tuple[str, Rows]]:  # fmt: skip
+    """(note column, rows) per file or dataset, each checked for its columns just before its rows are read."""
+    if isinstance(files, DatasetSource):
+        names = files.load(split).column_names
+        _require_columns(f"{files}[{split}]", names, [(text_column, "--text_column"), *required])
+        yield text_column, _source_rows(files, split)
+        return
+    for path in resolve_files(files):
+        column = "text" if _is_plain_text(path) else text_column
+        _require_columns(path, _columns_of(path, split), [(column, "--text_column"), *required])
+        yield column, iter_rows(path, split)
+
+
+Source = "str | Path | Sequence[str | Path] | DatasetSource"  # what --train_file or --dataset_name name
+
+
+def as_source(files: Source) -> "list[str | Path] | DatasetSource":
+    """`files` as a list of files (one file given alone becomes a list of one), or the `DatasetSource` itself."""
+    if isinstance(files, DatasetSource):
+        return files
+    return [files] if isinstance(files, (str, Path)) else list(files)
+
+
+def iter_texts(files: Source, text_column: str = "text", split: str = "train") -> Iterator[str]:
+    """The non-blank notes of `files` (or of a dataset's `split`), in order, for tokenizer training and MLM; blank
+    notes are skipped.
 
     A corpus without any note is a `NotesError` (raised when the notes run out).
     """
-    files = [files] if isinstance(files, (str, Path)) else list(files)
+    files = as_source(files)
     found = False
     for _, _, text in iter_notes(files, text_column, split):
         if text and text.strip():
             found = True
             yield text
     if not found:
-        raise NotesError(f"empty corpus: no non-blank note in {', '.join(map(str, files))}")
+        raise NotesError(f"empty corpus: no non-blank note in {describe(files)}")
+
+
+def describe(files: Source) -> str:
+    """The files or dataset split as a message names them."""
+    files = as_source(files)
+    return str(files) if isinstance(files, DatasetSource) else ", ".join(map(str, files))
 
 
 def _fingerprint(paths: list[Path], *settings: str) -> str:
@@ -328,33 +414,30 @@ def _fingerprint(paths: list[Path], *settings: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def _text_rows(files: tuple[str, ...], text_column: str, split: str) -> Iterator[dict]:
-    yield from ({"text": text} for text in iter_texts(list(files), text_column, split))
+def source_fingerprint(files: Source, split: str, *settings: str) -> str:
+    """Changes whenever the notes may have: the files' names, sizes and modification times, or a loaded dataset's own
+    fingerprint, so a cached dataset is never one of an older corpus."""
+    files = as_source(files)
+    if isinstance(files, DatasetSource):
+        if not _is_saved_dataset(Path(files.name)):
+            return _fingerprint([], str(files), split, files.load(split)._fingerprint, *settings)
+        return _fingerprint([Path(files.name)], str(files), split, *settings)
+    return _fingerprint(resolve_files(files), split, *settings, *map(str, files))
 
 
-def load_text_dataset(files: str | Sequence[str], text_column: str = "text", streaming: bool = False,
-                      split: str = "train"):
-    """`iter_texts` as a `datasets` dataset with one column, `text` (for `map`-based tokenisation).
-
-    `streaming=True` gives an `IterableDataset` that reads lazily (a corpus larger than memory); bad rows are then
-    found while training, as the same `NotesError`. Otherwise the notes are written once to `datasets`' cache, under
-    a fingerprint of the files' names, sizes and modification times.
-    """
+def generate_dataset(generator: Callable[..., Iterator[dict]], features, gen_kwargs: dict, fingerprint: str | None,
+                     streaming: bool = False):
+    """`generator(**gen_kwargs)`'s rows as a `datasets.Dataset`, written once to `datasets`' cache (Arrow,
+    memory-mapped) under `fingerprint`, or read lazily as an `IterableDataset` when `streaming`. A `NotesError` raised
+    while generating comes out as itself, not wrapped in `DatasetGenerationError`."""
     import datasets
 
-    files = [files] if isinstance(files, (str, Path)) else list(files)
-    paths = resolve_files(files)
-    texts = iter_texts(files, text_column, split)
-    next(texts)  # an empty corpus fails now, not in the middle of training
-    features = datasets.Features({"text": datasets.Value("string")})
-    # A tuple, not a list: `datasets` would read a list as shards and run the generator once per file.
-    kwargs = {"files": tuple(map(str, files)), "text_column": text_column, "split": split}
+    # Tuples, not lists, in gen_kwargs: `datasets` would read a list as shards and run the generator once per item.
     if streaming:
-        return datasets.IterableDataset.from_generator(_text_rows, features=features, gen_kwargs=kwargs)
+        return datasets.IterableDataset.from_generator(generator, features=features, gen_kwargs=gen_kwargs)
     try:
         return datasets.Dataset.from_generator(
-            _text_rows, features=features, gen_kwargs=kwargs,
-            fingerprint=_fingerprint(paths, text_column, split, *kwargs["files"]),
+            generator, features=features, gen_kwargs=gen_kwargs, fingerprint=fingerprint
         )
     except datasets.exceptions.DatasetGenerationError as error:
         if isinstance(error.__cause__, NotesError):
@@ -362,14 +445,46 @@ def load_text_dataset(files: str | Sequence[str], text_column: str = "text", str
         raise
 
 
+def _files_tuple(files: Source) -> "tuple[str, ...] | DatasetSource":
+    files = as_source(files)
+    return files if isinstance(files, DatasetSource) else tuple(map(str, files))
+
+
+def _text_rows(files: "tuple[str, ...] | DatasetSource", text_column: str, split: str) -> Iterator[dict]:
+    yield from ({"text": text} for text in iter_texts(files, text_column, split))
+
+
+def load_text_dataset(files: Source, text_column: str = "text", streaming: bool = False, split: str = "train"):
+    """`iter_texts` as a `datasets` dataset with one column, `text` (for `map`-based tokenisation).
+
+    `streaming=True` gives an `IterableDataset` that reads lazily (a corpus larger than memory); bad rows are then
+    found while training, as the same `NotesError`. Otherwise the notes are written once to `datasets`' cache, under
+    a fingerprint of the files' names, sizes and modification times (or of the dataset named by --dataset_name).
+    """
+    import datasets
+
+    files = _files_tuple(files)
+    texts = iter_texts(files, text_column, split)
+    next(texts)  # an empty corpus fails now, not in the middle of training
+    features = datasets.Features({"text": datasets.Value("string")})
+    kwargs = {"files": files, "text_column": text_column, "split": split}
+    fingerprint = None if streaming else source_fingerprint(files, split, text_column)
+    return generate_dataset(_text_rows, features, kwargs, fingerprint, streaming)
+
+
 __all__ = [
+    "DatasetSource",
     "Location",
     "NotesError",
+    "as_source",
+    "describe",
     "file_format",
+    "generate_dataset",
     "iter_notes",
     "iter_rows",
     "iter_texts",
     "load_text_dataset",
     "resolve_files",
     "row_field",
+    "source_fingerprint",
 ]

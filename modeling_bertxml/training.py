@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, 
 
 from .checkpointing import CheckpointManager, Progress, check_synchronised
 from .configuration_bertxml import BertXMLConfig
+from .readers import DatasetSource
 
 # A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
 logger = logging.getLogger(__name__)
@@ -40,12 +41,25 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help='Override config values for a model trained from scratch, e.g. "hidden_size=128,num_hidden_layers=2".',
     )
     group.add_argument("--tokenizer_name", help="Tokenizer folder (from tokenizer_training) or Hub id.")
+    group.add_argument(
+        "--trust_remote_code", action="store_true",
+        help="Run code from the tokenizer's Hub repo (only for a repo you trust). Datasets cannot run code (datasets "
+        "4+ dropped loading scripts): --dataset_name names data files, a saved dataset or a Hub dataset without one.",
+    )  # fmt: skip
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--train_file", nargs="+", help="Training files: .txt, .jsonl, .csv, .parquet, folders, globs.")
     group.add_argument("--validation_file", nargs="+", help="Validation files, same formats as --train_file.")
+    group.add_argument(
+        "--dataset_name",
+        help="Instead of files: a Hub dataset id, a local folder of data files named by split (train.jsonl, "
+        "validation.jsonl, ...) or a DatasetDict saved with save_to_disk; its train/validation(/test) splits are used "
+        "(a --*_file flag replaces its split).",
+    )  # fmt: skip
+    group.add_argument("--dataset_config_name", help="The configuration (subset) of --dataset_name.")
+    group.add_argument("--streaming", action="store_true", help="Read the training notes lazily (larger than memory).")
     group.add_argument("--text_column", default="text", help="Column holding the note in JSONL/CSV/Parquet files.")
     group.add_argument("--max_seq_length", type=int, help="Tokens per example (default: the tokenizer's limit).")
     group.add_argument("--preprocessing_num_workers", type=int, help="Processes for tokenisation (datasets.map).")
@@ -55,7 +69,20 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+STREAMING_SHUFFLE_BUFFER = 10_000  # notes (pretrain.py) or tokenised notes (train.py) held to shuffle a stream
 WARMUP_RATIO = 0.06  # BERT's and RoBERTa's: the high default rates below need it, a post-LayerNorm BERT most
+
+
+def data_source(args: argparse.Namespace, split: str) -> "list[str] | DatasetSource | None":
+    """What to read the `split` ("train", "validation", "test") from: its --*_file flag, else --dataset_name's split of
+    that name (None when neither has it)."""
+    files = getattr(args, f"{split}_file", None)
+    if files:
+        return files
+    if args.dataset_name is None:
+        return None
+    source = DatasetSource(args.dataset_name, args.dataset_config_name)
+    return source if split in source.split_names() else None
 
 
 def default_learning_rate(hidden_size: int, rate_at_256: float) -> float:
@@ -106,11 +133,31 @@ def checkpointing_steps(value: str) -> int | str:
     return int(value)
 
 
+def positive_int(value: str) -> int:
+    """argparse type for a count that must be at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
+
+
+def checkpoint_due(checkpointing_steps: int | str | None, step: int, last: bool) -> bool:
+    """Whether to save after optimizer step `step` inside an epoch: every N steps, or at the `last` step of training
+    with "epoch" (training that ends inside an epoch, or before the epoch-end save, still leaves its last epoch)."""
+    if isinstance(checkpointing_steps, int):
+        return step % checkpointing_steps == 0
+    return checkpointing_steps == "epoch" and last
+
+
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("checkpoints and tracking")
     group.add_argument(
-        "--checkpointing_steps", type=checkpointing_steps, help='Save the training state every N steps or "epoch".'
-    )
+        "--checkpointing_steps", type=checkpointing_steps,
+        help='Save the training state every N steps, or "epoch": after every epoch and at the end of training.',
+    )  # fmt: skip
+    group.add_argument(
+        "--checkpoints_total_limit", type=positive_int,
+        help="Keep only the newest N checkpoints (each holds the optimizer state); default: keep all.",
+    )  # fmt: skip
     group.add_argument(
         "--resume_from_checkpoint", help='Continue from a checkpoint folder, or "latest" in --output_dir/checkpoints.'
     )
@@ -129,7 +176,22 @@ def accelerator_settings(args: argparse.Namespace, project_name: str) -> dict:
         project_name=project_name,
         hparams=vars(args),
         deterministic=args.deterministic,
+        # A stream is read by every rank (dispatching batches from rank 0 would need the whole corpus there).
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
+        ),
     )
+
+
+def steps_per_epoch(loader, num_examples: int, accelerator: Accelerator) -> int:
+    """Optimizer steps in one pass over a prepared (sharded) training loader. A streamed dataset has no length: its
+    batches per process come from the example count (known after the validating pass), as the sharded loader
+    deals whole batches out to the processes in turn."""
+    try:
+        batches = len(loader)
+    except TypeError:
+        batches = math.ceil(num_examples / (loader.batch_size * accelerator.num_processes))
+    return math.ceil(batches / accelerator.gradient_accumulation_steps)
 
 
 # ---------------------------------------------------------------------------------------------------- accelerator
@@ -176,17 +238,34 @@ def setup_accelerator(
     return accelerator
 
 
+def log_training(
+    accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> None:
+    """Log a training step under the tags both scripts share: `train/loss`, `train/learning_rate` (the first
+    parameter group's: the encoder's), `train/epoch` and `train/tokens`, so their runs compare in one TensorBoard."""
+    values = {"loss": loss, "learning_rate": scheduler.get_last_lr()[0], "epoch": progress.epoch}
+    accelerator.log({f"train/{key}": value for key, value in {**values, "tokens": progress.tokens}.items()},
+                    step=progress.step)  # fmt: skip
+
+
+def log_validation(accelerator: Accelerator, metrics: dict[str, float], step: int) -> None:
+    """Log an evaluation as `validation/<metric>` (the key of the script's results file)."""
+    accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=step)
+
+
 def run_args(args: argparse.Namespace) -> dict:
     """A script's arguments as JSON values: what `claim_output_dir` records and compares on resume."""
     return json.loads(json.dumps(vars(args), default=str))
 
 
 # -------------------------------------------------------------------------------------------- config and tokenizer
-def load_tokenizer(name: str | os.PathLike, config: BertXMLConfig | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name: str | os.PathLike, config: BertXMLConfig | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The tokenizer of `name` (a folder from tokenizer_training, a model folder or a Hub id), checked against
     `config` when given."""
     # Our own model dirs carry an auto_map; the tokenizer itself is a plain tokenizers backend, no remote code.
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     if config is not None:
         check_tokenizer_matches_config(tokenizer, config, str(name))
     return tokenizer
@@ -424,6 +503,7 @@ def save_checkpoint(
 __all__ = [
     "ConfigError",
     "DIVERGENCE_FACTOR",
+    "STREAMING_SHUFFLE_BUFFER",
     "WARMUP_RATIO",
     "TrainingDivergedError",
     "accelerator_settings",
@@ -432,17 +512,23 @@ __all__ = [
     "add_model_args",
     "add_optimization_args",
     "check_loss",
+    "checkpoint_due",
     "check_parameters",
     "check_tokenizer_matches_config",
     "check_weights",
     "create_optimizer",
     "create_scheduler",
+    "data_source",
     "default_learning_rate",
     "epoch_batches",
     "load_config",
     "load_tokenizer",
+    "log_training",
+    "log_validation",
+    "positive_int",
     "run_args",
     "save_checkpoint",
     "setup_accelerator",
+    "steps_per_epoch",
     "training_step",
 ]

@@ -77,6 +77,22 @@ def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
     )
 
 
+# What both scripts log every training step (modeling_bertxml.training.log_training); evaluations are validation/*.
+TRAIN_TAGS = {"train/loss", "train/learning_rate", "train/epoch", "train/tokens"}
+
+
+def tracked_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The (step, value) pairs of every scalar tag that --with_tracking wrote to TensorBoard under `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(log_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events)).Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((event.step, event.value) for event in accumulator.Scalars(tag))
+    return scalars
+
+
 def run_in_fresh_interpreter(script: str, *args: str, cwd: Path) -> Any:
     """Run `script` in a new Python, offline and without this checkout on the path; return its last stdout line as JSON.
 

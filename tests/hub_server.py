@@ -2,7 +2,8 @@
 
 No pip-installable local Hub accepts uploads, so this implements just what `create_repo`, `update_repo_settings`,
 `model_info`, `upload_folder` (xet disabled, every file answered "regular" at preupload, so it arrives base64 in the
-NDJSON commit) and `hf_hub_download` / `from_pretrained` use. Private repos behave as on the Hub: without the right
+NDJSON commit), `create_branch`, commits to a branch or as a new pull request (`create_pr`), and `hf_hub_download` /
+`from_pretrained` (at a branch, `refs/pr/N` or a head commit) use. Private repos behave as on the Hub: without the right
 bearer token they answer 404 `RepoNotFound`, so a test can check that privacy is enforced, not just recorded.
 
 Use the `loopback_hub` fixture: it starts the server on a free 127.0.0.1 port and points the process (environment
@@ -17,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from huggingface_hub import constants
@@ -35,14 +36,51 @@ def git_blob_sha1(content: bytes) -> str:
 
 
 @dataclass
-class Repo:
-    private: bool
+class Ref:
+    """A branch or a pull request: its commits (oids, with their messages) and the files at its head."""
+
     commits: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def head(self) -> str:
         return self.commits[-1] if self.commits else EMPTY_TREE_SHA
+
+    def copy(self) -> "Ref":
+        return Ref(list(self.commits), list(self.messages), dict(self.files))
+
+
+@dataclass
+class Repo:
+    """A model repo: branches by name ("main" always) and pull requests (`refs/pr/N` is `pull_requests[N - 1]`)."""
+
+    private: bool
+    branches: dict[str, Ref] = field(default_factory=lambda: {"main": Ref()})
+    pull_requests: list[Ref] = field(default_factory=list)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.branches["main"].files
+
+    @property
+    def commits(self) -> list[str]:
+        return self.branches["main"].commits
+
+    @property
+    def head(self) -> str:
+        return self.branches["main"].head
+
+    def ref(self, revision: str) -> Ref:
+        """The branch, pull request (`refs/pr/N`) or commit named by `revision`, as the Hub resolves it."""
+        if revision in self.branches:
+            return self.branches[revision]
+        if (match := re.fullmatch(r"refs/pr/(\d+)", revision)) and 0 < int(match[1]) <= len(self.pull_requests):
+            return self.pull_requests[int(match[1]) - 1]
+        for ref in [*self.branches.values(), *self.pull_requests]:
+            if revision == ref.head:  # only the heads' files are kept, so older commits do not resolve
+                return ref
+        raise HubError(404, f"Revision {revision} not found", "RevisionNotFound", repo=self)
 
 
 class HubError(Exception):
@@ -105,7 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(_PUT_ROUTES)
 
     def _dispatch(self, routes: list[tuple[re.Pattern, str]]) -> None:
-        path = urlsplit(self.path).path
+        path, query = urlsplit(self.path).path, urlsplit(self.path).query
+        self.query = parse_qs(query)
         self.server.requests.append(f"{self.command} {path}")
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         try:
@@ -164,26 +203,40 @@ class _Handler(BaseHTTPRequestHandler):
 
     def repo_info(self, body: bytes, repo: str, revision: str = "main") -> None:
         info = self.server.repo(repo, self._auth)
-        sha = self._resolve(info, revision)
-        siblings = [{"rfilename": name} for name in sorted(info.files)]
-        self._json({"id": repo, "private": info.private, "sha": sha, "siblings": siblings})
+        ref = info.ref(revision)
+        siblings = [{"rfilename": name} for name in sorted(ref.files)]
+        self._json({"id": repo, "private": info.private, "sha": ref.head, "siblings": siblings})
 
     def validate_yaml(self, body: bytes) -> None:
         self._json({"errors": [], "warnings": []})
 
     def preupload(self, body: bytes, repo: str, revision: str) -> None:
-        info = self.server.writable_repo(repo, self._auth)
+        ref = self.server.writable_repo(repo, self._auth).ref(revision)
         answers = []
         for file in json.loads(body)["files"]:
-            existing = info.files.get(file["path"])
+            existing = ref.files.get(file["path"])
             oid = git_blob_sha1(existing) if existing is not None else None
             answers.append({"path": file["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
         self._json({"files": answers})
 
-    def commit(self, body: bytes, repo: str, revision: str) -> None:
+    def create_branch(self, body: bytes, repo: str, branch: str) -> None:
         info = self.server.writable_repo(repo, self._auth)
-        if revision != "main":
-            raise HubError(400, "Loopback Hub commits to main only")
+        if branch in info.branches:
+            raise HubError(409, f"Branch {branch} already exists")
+        start = (json.loads(body) if body else {}).get("startingPoint") or "main"
+        info.branches[branch] = info.ref(start).copy()
+        self._json({})
+
+    def commit(self, body: bytes, repo: str, revision: str) -> None:
+        """A commit on `revision` (a branch that must exist), or with ?create_pr=1 a new pull request from it."""
+        info = self.server.writable_repo(repo, self._auth)
+        if revision not in info.branches and not revision.startswith("refs/pr/"):
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound", repo=info)
+        ref = info.ref(revision)
+        pull_request = self.query.get("create_pr") == ["1"]
+        if pull_request:
+            ref = ref.copy()
+            info.pull_requests.append(ref)
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         if not lines or lines[0]["key"] != "header":
             raise HubError(400, "Commit payload must start with a header line")
@@ -191,33 +244,28 @@ class _Handler(BaseHTTPRequestHandler):
             value = line["value"]
             if line["key"] != "file" or value.get("encoding") != "base64":
                 raise HubError(400, f"Loopback Hub accepts base64 regular files only, got {line['key']}")
-            info.files[value["path"]] = base64.b64decode(value["content"])
-        state = json.dumps([info.head, lines[0]["value"], sorted(map(git_blob_sha1, info.files.values()))])
-        info.commits.append(hashlib.sha1(state.encode()).hexdigest())
-        url = f"{self.server.endpoint}/{repo}/commit/{info.head}"
-        self._json({"commitUrl": url, "commitOid": info.head, "pullRequestUrl": None})
+            ref.files[value["path"]] = base64.b64decode(value["content"])
+        state = json.dumps([ref.head, lines[0]["value"], sorted(map(git_blob_sha1, ref.files.values()))])
+        ref.commits.append(hashlib.sha1(state.encode()).hexdigest())
+        ref.messages.append(lines[0]["value"]["summary"])
+        url = f"{self.server.endpoint}/{repo}/commit/{ref.head}"
+        pr_url = f"{self.server.endpoint}/{repo}/discussions/{len(info.pull_requests)}" if pull_request else None
+        self._json({"commitUrl": url, "commitOid": ref.head, "pullRequestUrl": pr_url})
 
     def resolve(self, body: bytes, repo: str, revision: str, filename: str) -> None:
         info = self.server.repo(repo, self._auth)
-        sha = self._resolve(info, revision)
-        if filename not in info.files:
+        ref = info.ref(revision)
+        if filename not in ref.files:
             raise HubError(404, f"Entry {filename} not found", "EntryNotFound", repo=info)
-        content = info.files[filename]
+        content = ref.files[filename]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(content)))
         self.send_header("ETag", f'"{git_blob_sha1(content)}"')
-        self.send_header("X-Repo-Commit", sha)
+        self.send_header("X-Repo-Commit", ref.head)
         self.end_headers()
         if self.command == "GET":
             self.wfile.write(content)
-
-    @staticmethod
-    def _resolve(info: Repo, revision: str) -> str:
-        """Only the latest commit is kept, so the valid revisions are `main` and its sha."""
-        if revision not in ("main", info.head):
-            raise HubError(404, f"Revision {revision} not found", "RevisionNotFound", repo=info)
-        return info.head
 
 
 def _routes(*pairs: tuple[str, str]) -> list[tuple[re.Pattern, str]]:
@@ -234,6 +282,7 @@ _POST_ROUTES = _routes(
     (r"/api/validate-yaml", "validate_yaml"),
     (rf"/api/models/{REPO}/preupload/(?P<revision>[^/]+)", "preupload"),
     (rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)", "commit"),
+    (rf"/api/models/{REPO}/branch/(?P<branch>[^/]+)", "create_branch"),
 )
 _PUT_ROUTES = _routes((rf"/api/models/{REPO}/settings", "update_settings"))
 

@@ -259,3 +259,43 @@ def test_the_cli_pushes_only_what_a_model_repo_holds(loopback_hub, tmp_path: Pat
     main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
     assert set(loopback_hub.repos[REPO_ID].files) == model_files
     assert "Not pushed (not part of a model repo): checkpoints/, logs/, run_args.json" in caplog.text
+
+
+def test_push_to_a_branch_leaves_main_and_loads_from_the_revision(loopback_hub, tmp_path: Path) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token, "--hub_revision", "candidate",
+          "--commit_message", "Retrained on 2026 Q3 notes"])  # fmt: skip
+
+    repo = loopback_hub.repos[REPO_ID]
+    assert repo.files == {} and repo.private  # main: untouched
+    assert repo.branches["candidate"].messages == ["Retrained on 2026 Q3 notes"]
+    assert set(repo.branches["candidate"].files) == set(snapshot(folder))
+    from_branch = logits(REPO_ID, revision="candidate", token=loopback_hub.token, cache_dir=tmp_path / "cache")
+    assert torch.equal(from_branch, logits(folder))
+
+    # A second push to the same (now existing) branch adds a commit there.
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Tiny coder, second try\n")
+    push_folder(folder, REPO_ID, token=loopback_hub.token, revision="candidate", commit_message="Second try")
+    assert repo.branches["candidate"].messages == ["Retrained on 2026 Q3 notes", "Second try"]
+    assert repo.files == {}
+
+
+def test_create_pr_proposes_the_model_without_replacing_the_published_one(loopback_hub, tmp_path: Path) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    push_folder(folder, REPO_ID, token=loopback_hub.token)
+    published = dict(loopback_hub.repos[REPO_ID].files)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Tiny coder, retrained\n")
+
+    parser = argparse.ArgumentParser()
+    add_hub_args(parser)
+    args = parser.parse_args(["--push_to_hub", "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token,
+                              "--create_pr", "--commit_message", "Retrained model for review"])  # fmt: skip
+    url = push_from_args(args, folder)
+
+    repo = loopback_hub.repos[REPO_ID]
+    assert url == f"{loopback_hub.endpoint}/{REPO_ID}/discussions/1"
+    assert repo.files == published and repo.branches["main"].messages == ["Upload BERT-XML model"]
+    (proposal,) = repo.pull_requests
+    assert proposal.messages == ["Upload BERT-XML model", "Retrained model for review"]
+    assert proposal.files["README.md"] == (folder / "README.md").read_bytes()
+    assert proposal.files["model.safetensors"] == published["model.safetensors"]

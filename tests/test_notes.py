@@ -22,6 +22,7 @@ from modeling_bertxml.notes import (
     read_notes,
     tokenize_notes,
 )
+from modeling_bertxml.readers import DatasetSource
 from tests.conftest import tiny_tokenizer
 
 SECRET = "Mrs Secretname"  # stands for PHI: must never appear in an error or a log line
@@ -239,3 +240,52 @@ def test_collator_pads_and_builds_multi_hot_labels_per_batch(tmp_path: Path) -> 
     lengths = batch["attention_mask"].sum(1)
     assert lengths.tolist() == [len(ids) for ids in dataset["input_ids"]]
     assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == 0)
+
+
+def write_dataset_folder(path: Path, splits: dict[str, list[dict]]) -> Path:
+    """A folder of data files named by split, as `datasets.load_dataset(folder)` reads it."""
+    path.mkdir()
+    for split, rows in splits.items():
+        write_jsonl(path / f"{split}.jsonl", rows)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["save_to_disk", "data files"])
+def test_a_dataset_reads_like_files_into_a_memory_mapped_arrow_table(tmp_path: Path, kind: str) -> None:
+    splits = {"train": [{**row, "id": f"t{i}"} for i, row in enumerate(ROWS)], "validation": ROWS}
+    if kind == "save_to_disk":
+        datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()}).save_to_disk(
+            str(tmp_path / "saved")
+        )
+        source = DatasetSource(str(tmp_path / "saved"))
+    else:
+        source = DatasetSource(str(write_dataset_folder(tmp_path / "folder", splits)))
+    assert sorted(source.split_names()) == ["train", "validation"]
+    notes = read_notes(source, "validation")
+    from_file = read_notes(write_jsonl(tmp_path / "n.jsonl", ROWS), "validation")
+    assert (notes.ids, notes.texts, notes.codes) == (list(from_file.ids), list(from_file.texts), list(from_file.codes))
+    # On disk in datasets' cache and memory-mapped, not held in Python lists.
+    assert isinstance(notes.dataset.data, datasets.table.MemoryMappedTable) and notes.dataset.cache_files
+    with pytest.raises(NotesError, match=r"no split 'test' \(splits: train, validation\)"):
+        read_notes(source, "test")
+
+
+def test_bad_rows_of_a_dataset_are_named_by_dataset_split_row_and_field(tmp_path: Path) -> None:
+    rows = [{**ROWS[0], "id": SECRET_ID}, ROWS[1], {**ROWS[2], "id": SECRET_ID}]
+    folder = write_dataset_folder(tmp_path / "folder", {"train": rows})
+    with pytest.raises(NotesError, match=r"folder\[train\]: row 3: field 'id': the same note id as .*folder\[train\]: "
+                       "row 1$") as error:
+        read_notes(DatasetSource(str(folder)), "train")
+    assert SECRET not in str(error.value) and SECRET_ID not in str(error.value)
+    with pytest.raises(NotesError, match=r"folder\[train\]: no column 'body' \(columns: id, text, labels\).*--text_col"):
+        read_notes(DatasetSource(str(folder)), "train", NoteColumns(text="body"))
+    with pytest.raises(NotesError, match="--dataset_name notes.py: a dataset loading script; datasets 4"):
+        read_notes(DatasetSource("notes.py"), "train")
+    with pytest.raises(NotesError, match=r"--dataset_name .*nowhere: cannot be loaded"):
+        read_notes(DatasetSource(str(tmp_path / "nowhere")), "train")
+
+
+def test_a_dataset_built_from_csv_files_splits_codes_on_semicolons(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    write_csv(tmp_path / "folder" / "train.csv", ROWS)
+    assert read_notes(DatasetSource(str(tmp_path / "folder")), "train").codes == [["E11.9", "I10"], ["I10"], []]

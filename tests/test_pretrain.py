@@ -21,7 +21,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenize
 import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 
-from conftest import assert_close_scaled, free_port, tiny_tokenizer
+from conftest import TRAIN_TAGS, assert_close_scaled, free_port, tiny_tokenizer, tracked_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (
@@ -106,7 +106,13 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
     assert results["train_steps"] == 60 and results["perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-3)
     # Below the unigram plateau (token frequencies) on the same masked words: the context is used.
     assert results["perplexity"] < 0.95 * results["unigram_perplexity"], results
-    assert list((out / "logs").rglob("events.out.tfevents.*")), "--with_tracking wrote no TensorBoard events"
+    scalars = tracked_scalars(out / "logs")
+    assert TRAIN_TAGS | {"validation/eval_loss", "validation/perplexity", "validation/unigram_perplexity"} == set(scalars)
+    # The default peak rate for width 32 (1e-3 * 256 / 32), 4 warmup steps (6 %), then linear decay to 0 at step 60.
+    peak, warmup = 1e-3 * 256 / 32, 4
+    for step, rate in scalars["train/learning_rate"]:
+        assert rate == pytest.approx(peak * (60 - step) / (60 - warmup), rel=1e-5), step
+    assert [step for step, _ in scalars["validation/eval_loss"]] == [20, 40, 60]
 
     mlm = AutoModelForMaskedLM.from_pretrained(out)
     assert isinstance(mlm, BertXMLForMaskedLM) and (out / "model.safetensors").is_file()
@@ -212,14 +218,30 @@ def test_streaming_epochs_and_continuing_from_a_saved_model(corpus, tmp_path, ru
     first, second = tmp_path / "streamed", tmp_path / "continued"
     run_main(base_args(corpus, first, "--streaming", "--max_train_steps", "25", "--checkpointing_steps", "epoch"))
     results = json.loads((first / "train_results.json").read_text())
-    # A pass is 94 blocks = 24 batches (the last of 2): step 25 read the stream again, and the first epoch was saved.
+    # A pass is 94 blocks = 24 batches (the last of 2): step 25 read the stream again; the first epoch was saved, and
+    # so was the last (partial) one.
     assert results["train_steps"] == 25 and results["train_tokens"] == (94 + 4) * 32
-    assert [p.name for p in (first / "checkpoints").iterdir()] == ["step_24"]
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["step_24", "step_25"]
 
     run_main(["--model_name_or_path", str(first), "--train_file", corpus["train.txt"], "--max_train_steps", "2",
               "--output_dir", str(second), "--gradient_checkpointing"])
     before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dataset_name_reads_the_train_and_validation_splits(corpus, tmp_path, run_main):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        notes = Path(corpus[f"{split}.txt"]).read_text().splitlines()
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": note}) + "\n" for note in notes))
+    args = [arg for arg in base_args(corpus, tmp_path / "mlm", "--max_train_steps", "2") if arg != corpus["train.txt"]]
+    args.remove("--train_file")
+    run_main([*args, "--dataset_name", str(folder)])
+    results = json.loads((tmp_path / "mlm" / "train_results.json").read_text())
+    assert results["train_steps"] == 2 and math.isfinite(results["eval_loss"])  # validation came from the dataset
+    with pytest.raises(SystemExit, match=r"error: .*notes\[train\]: no column 'body'"):
+        run_main([*args, "--dataset_name", str(folder), "--text_column", "body", "--output_dir", str(tmp_path / "x")])
 
 
 def test_pack_notes_fills_blocks_and_frames_every_note():

@@ -22,7 +22,7 @@ from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.finetuning import build_coding_model, load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
-from tests.conftest import free_port, tiny_config, tiny_tokenizer
+from tests.conftest import TRAIN_TAGS, free_port, tiny_config, tiny_tokenizer, tracked_scalars
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
 from train import main
 
@@ -307,6 +307,80 @@ def test_resume_after_an_evaluation_ends_with_the_uninterrupted_weights(data: Pa
     assert sum(": validation MAP" in line for line in lines) == 3  # steps 10, 15 and the last (18)
     for name, tensor in load_file(tmp_path / "resumed" / "model.safetensors").items():
         torch.testing.assert_close(tensor, finished[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_checkpoint_rotation_keeps_the_newest_and_resume_still_ends_with_the_same_weights(
+    data: Path, tmp_path: Path
+) -> None:
+    args = train_args(
+        data, tmp_path / "run", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--with_tracking",
+        "--num_train_epochs", "3", "--early_stopping_patience", "0", "--config_overrides", "hidden_dropout_prob=0.1",
+    )  # fmt: skip
+    run_train(args)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best_model", "step_17", "step_18"]
+    finished = load_file(tmp_path / "run" / "model.safetensors")
+    # The same tags as pretrain.py's, one training point per optimizer step (6 per epoch), the schedule's rate.
+    scalars = tracked_scalars(tmp_path / "run" / "logs")
+    assert TRAIN_TAGS <= set(scalars) and {f"validation/{key}" for key in METRIC_KEYS} <= set(scalars)
+    assert [step for step, _ in scalars["train/learning_rate"]] == list(range(1, 19))
+    assert scalars["train/learning_rate"][-1][1] == 0.0 and scalars["train/epoch"][-1][1] == 2
+
+    lines = run_train([*args, "--resume_from_checkpoint", str(checkpoints / "step_17")])
+    assert any("Resumed from" in line and "at step 17" in line for line in lines)
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best_model", "step_17", "step_18"]
+    for name, tensor in load_file(tmp_path / "run" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, finished[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_checkpointing_by_epoch_also_saves_a_last_partial_epoch(data: Path, tmp_path: Path) -> None:
+    run_train(train_args(data, tmp_path / "run", "--checkpointing_steps", "epoch", "--max_train_steps", "8"))
+    steps = sorted(path.name for path in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert steps == ["step_6", "step_8"]  # the end of epoch 1 (6 steps of 8 notes), then where training stopped
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_8" / "training_state.json").read_text())
+    assert state["step"] == 8 and state["epoch"] == 1 and state["batches_in_epoch"] == 2
+
+
+def test_dataset_name_trains_exactly_like_the_files(data: Path, tmp_path: Path) -> None:
+    """The same splits as a DatasetDict saved with save_to_disk and as a folder of data files that load_dataset reads:
+    the same notes in the same order, so the same results as from --train_file/--validation_file/--test_file."""
+    import datasets
+
+    splits = {name: str(data / f"{name}.jsonl") for name in ("train", "validation", "test")}
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, path in splits.items():
+        (folder / f"{name}.jsonl").write_text(Path(path).read_text())
+    datasets.load_dataset("json", data_files=splits).save_to_disk(str(tmp_path / "saved"))
+    steps = ("--max_train_steps", "2")
+    run_train(train_args(data, tmp_path / "files", "--test_file", splits["test"], *steps))
+    expected = {name: json.loads((tmp_path / "files" / name).read_text())
+                for name in ("eval_results.json", "test_results.json")}  # fmt: skip
+    for source in ("saved", "folder"):
+        args = [arg for arg in train_args(data, tmp_path / f"from_{source}", *steps)
+                if arg not in ("--train_file", "--validation_file", *splits.values())]  # fmt: skip
+        run_train([*args, "--dataset_name", str(tmp_path / source)])
+        for name, results in expected.items():
+            assert json.loads((tmp_path / f"from_{source}" / name).read_text()) == pytest.approx(results, rel=1e-6)
+
+
+def test_streaming_trains_whole_epochs_from_the_counted_stream(data: Path, tmp_path: Path) -> None:
+    """--streaming reads the training notes lazily (an IterableDataset: no copy in datasets' cache) after one
+    validating pass that counts them, so epochs, the schedule and epoch checkpoints are those of the files."""
+    lines = run_train(train_args(data, tmp_path / "run", "--streaming", "--checkpointing_steps", "epoch"))
+    assert any("48 training notes, 12 optimizer steps of 8 x 1 x 1 notes" in line for line in lines)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.glob("step_*")) == ["step_12", "step_6"]
+    state = json.loads((checkpoints / "step_12" / "training_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == (1, 6)  # the end of the second epoch (counted from 0)
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert results["num_notes"] == 15 and 0 <= results["map"] <= 1
+    # A bad row anywhere in the stream stops the run before training, with its line and field.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((data / "train.jsonl").read_text() + '{"text": "chest pain", "labels": [7]}\n')
+    with pytest.raises(SystemExit, match=rf"error: {bad}:49: field 'labels': code 1 is a int"):
+        main(train_args(data, tmp_path / "bad_run", "--streaming", "--train_file", str(bad)))
+    assert not (tmp_path / "bad_run" / "checkpoints").exists()
 
 
 def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Path) -> None:
