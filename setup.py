@@ -28,7 +28,12 @@ setup(
         "pandas",  # data/prepare_mimic.py reads the MIMIC tables (pyarrow, via datasets, reads split .feather files)
         "scikit-learn",
         "pyyaml",
+        "matplotlib",  # train.py's figures for the model card (Agg backend, no display needed)
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "tensorboard", "parameterized", "hypothesis"]},
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "tensorboard", "parameterized", "hypothesis", "playwright"],
+        "app": ["gradio>=6"],  # bert-xml-app; the browser test drives Debian's chromium through playwright
+    },
+    entry_points={"console_scripts": ["bert-xml-app = modeling_bertxml.app:main"]},
 )
