@@ -2,7 +2,8 @@
 
 - micro precision-recall curve of the evaluation split, with the tuned threshold marked;
 - micro and macro F1 by how often a code was seen in training (1-10, 11-50, 51-500, >500 notes): where a model fails;
-- validation MAP and loss at each evaluation (per epoch by default).
+- validation MAP and loss at each evaluation (per epoch by default);
+and benchmarks/quality.py's comparison of BERT-XML with the baselines of the same run.
 
 Every figure is drawn from numbers only: scores, 0/1 targets, per-code training counts and per-evaluation metrics. No
 function here takes a note, so no note text can reach a figure. matplotlib's object API on the Agg canvas: no display,
@@ -138,6 +139,32 @@ def training_curves_figure(history: Sequence[dict]) -> Figure:
     return figure
 
 
+def comparison_figure(scores: dict[str, dict[str, float]], perplexities: dict[str, float] | None = None) -> Figure:
+    """Models side by side on each metric (`scores`: model -> metric -> value, as benchmarks/quality.py collects
+    them), and optionally the MLM's perplexity beside the unigram baseline's (`perplexities`: name -> value)."""
+    figure = _figure(9.0 if perplexities else 7.0, 4.0)
+    grid = figure.add_gridspec(1, 4) if perplexities else figure.add_gridspec(1, 1)
+    axes = figure.add_subplot(grid[0, :3] if perplexities else grid[0, 0])
+    metrics = list(dict.fromkeys(metric for values in scores.values() for metric in values))
+    width = 0.8 / len(scores)
+    for i, (model, values) in enumerate(scores.items()):
+        x = np.arange(len(metrics)) + (i - (len(scores) - 1) / 2) * width
+        bars = axes.bar(x, [values.get(metric, np.nan) for metric in metrics], width=width, label=model)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7)
+    axes.set_xticks(np.arange(len(metrics)), [metric.replace("_", " ") for metric in metrics])
+    axes.set(ylim=(0, 1.2), title="ICD-10 coding, test split")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(loc="upper center", ncols=len(scores), fontsize=8)
+    if perplexities:
+        side = figure.add_subplot(grid[0, 3])
+        bars = side.bar(list(perplexities), list(perplexities.values()), color=["tab:gray", "tab:green"])
+        side.bar_label(bars, fmt="%.1f", fontsize=8)
+        side.set(title="MLM perplexity\n(lower is better)")
+        side.tick_params(axis="x", labelsize=8)
+        side.grid(axis="y", alpha=0.3)
+    return figure
+
+
 def save_figure(figure: Figure, path: Path) -> None:
     figure.savefig(path, format="png", metadata={"Software": None})  # no version string in the file
 
@@ -171,6 +198,7 @@ def write_figures(
 
 __all__ = [
     "FIGURE_FILES",
+    "comparison_figure",
     "FREQUENCY_BUCKETS",
     "Bucket",
     "f1_by_frequency",

@@ -69,17 +69,22 @@ LAYOUT_JS = """() => {
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory):
-    """The app serving a tiny trained model on a free loopback port; yields its URL, its log and its temp dir."""
+    """The app serving a tiny trained model on a free loopback port; yields its URL, its log and its temp dir.
+
+    BERT_XML_APP_MODEL=FOLDER serves another model instead (for the README's screenshot: only the example test holds
+    for any model)."""
     folder = tmp_path_factory.mktemp("coder")
-    model, tokenizer = trained_coder()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    make_pipeline_ready(folder, descriptions=DESCRIPTIONS)
+    model_folder = os.environ.get("BERT_XML_APP_MODEL") or folder
+    if model_folder == folder:
+        model, tokenizer = trained_coder()
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        make_pipeline_ready(folder, descriptions=DESCRIPTIONS)
     port, log, gradio_tmp = free_port(), folder / "app.log", tmp_path_factory.mktemp("gradio-tmp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(gradio_tmp)}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "modeling_bertxml.app", "--model", str(folder), "--port", str(port)],
+            [sys.executable, "-m", "modeling_bertxml.app", "--model", str(model_folder), "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -120,10 +125,14 @@ def test_a_pasted_note_gets_its_codes_and_the_selected_code_is_highlighted_at_it
     app_url, page, tmp_path: Path
 ) -> None:
     url, log, gradio_tmp = app_url
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(url)
     page.locator("#note-input textarea").fill(NOTE)
     page.locator("#code-button").click()
     page.locator("#codes label").first.wait_for(timeout=60_000)
+    outside = [address for address in requested if not address.startswith((url, "data:", "blob:"))]
+    assert not outside  # no web fonts, analytics or CDN: the page talks to the app only
 
     labels = code_labels(page)
     listed = [label.split()[0] for label in labels]
@@ -149,8 +158,6 @@ def test_a_pasted_note_gets_its_codes_and_the_selected_code_is_highlighted_at_it
             assert mark["offset"] == mark["start"]  # drawn at the characters the pipeline's offsets name
             assert mark["text"] == NOTE[mark["start"] : mark["end"]]
     page.screenshot(path=tmp_path / "app.png", full_page=True)
-    if os.environ.get("BERT_XML_APP_SCREENSHOT"):  # how the README's screenshot is made
-        shutil.copyfile(tmp_path / "app.png", os.environ["BERT_XML_APP_SCREENSHOT"])
     assert (tmp_path / "app.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -200,3 +207,25 @@ def test_a_loaded_file_and_a_long_note_are_read_in_the_browser_and_nothing_is_wr
     written = [path for path in gradio_tmp.rglob("*") if path.is_file()]
     assert not [path for path in written if any(text in path.read_bytes() for text in (b"lisinopril", b"chest pain"))]
     assert "chest pain" not in log.read_text() and "lisinopril" not in log.read_text()
+
+
+def test_an_example_note_is_picked_coded_and_highlighted(app_url, page, tmp_path: Path) -> None:
+    """Holds for any model; the README's screenshot: BERT_XML_APP_MODEL=runs/demo/model
+    BERT_XML_APP_SCREENSHOT=docs/app.png pytest tests/test_app.py -k example"""
+    from modeling_bertxml.app import EXAMPLES
+
+    url, _, _ = app_url
+    page.goto(url)
+    name = "Admission note"
+    page.locator("#example-picker input").click()
+    page.get_by_role("option", name=name).click()
+    page.wait_for_function(f"() => document.querySelector('#note-input textarea').value === {EXAMPLES[name]!r}")
+    page.locator("#code-button").click()
+    page.locator("#note-view mark").first.wait_for(timeout=60_000)  # the best code is selected and highlighted
+    state = page.evaluate(MARKS_JS)
+    assert state["text"] == EXAMPLES[name]
+    for mark in state["marks"]:
+        assert mark["offset"] == mark["start"] and mark["text"] == EXAMPLES[name][mark["start"] : mark["end"]]
+    page.screenshot(path=tmp_path / "app.png", full_page=True)
+    if os.environ.get("BERT_XML_APP_SCREENSHOT"):
+        shutil.copyfile(tmp_path / "app.png", os.environ["BERT_XML_APP_SCREENSHOT"])

@@ -1,5 +1,8 @@
 """The model card's figures: the numbers they are drawn from, checked on hand-computed tables, and the PNG files."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,3 +60,13 @@ def test_figures_are_pngs_that_the_hub_push_accepts(tmp_path) -> None:
     no_history = tmp_path / "no-history"
     no_history.mkdir()
     assert "training_curves" not in write_figures(no_history, "validation", PROBS, TARGETS, metrics, TRAIN_COUNTS, [])
+
+
+def test_quality_benchmark_draws_its_comparison(tmp_path) -> None:
+    from benchmarks.quality import write_figure
+
+    results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results_quality_cpu.json").read_text())
+    write_figure(results, tmp_path / "quality.png")
+    with Image.open(tmp_path / "quality.png") as image:
+        image.verify()
+        assert image.format == "PNG"
