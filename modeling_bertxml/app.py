@@ -29,7 +29,10 @@ os.environ["GRADIO_RUN_HISTORY"] = "False"
 os.environ["GRADIO_MCP_SERVER"] = "False"
 os.environ["GRADIO_SSR_MODE"] = "False"
 
-import gradio as gr  # noqa: E402
+try:
+    import gradio as gr  # noqa: E402
+except ImportError as error:  # the package's optional extra
+    raise ImportError("The coder's web app needs gradio: pip install 'bert-xml[app]' (or pip install gradio)") from error
 from transformers import pipeline  # noqa: E402
 
 NUM_CANDIDATES = 30  # codes scored once per note; the slider then only filters them, without re-running the model
@@ -87,7 +90,14 @@ element.addEventListener('change', async (event) => {
 
 def load_coder(model: str, token: str | None = None):
     """The `icd-coding` pipeline of a model folder or Hub repo (its own code, so bert-xml need not be installed)."""
-    return pipeline("icd-coding", model=model, trust_remote_code=True, token=token)
+    model = os.path.expanduser(model)
+    if model.startswith(("/", ".")) and not Path(model).is_dir():  # a path, not a Hub id
+        raise FileNotFoundError(f"no such model folder: {model}")
+    coder = pipeline("icd-coding", model=model, trust_remote_code=True, token=token)
+    architectures = getattr(coder.model.config, "architectures", None) or []
+    if "BertXMLForMultiLabelCoding" not in architectures:  # e.g. a pretraining folder: its head would be random
+        raise ValueError(f"{model} is not a coding model (architectures {architectures}): use train.py's output folder")
+    return coder
 
 
 def code_note(coder, text: str) -> list[dict]:
@@ -161,7 +171,7 @@ def build_app(coder, title: str = "BERT-XML ICD-10 coder") -> gr.Blocks:
     def highlight(result: dict, code: str | None) -> str:
         return render_note(result["text"], evidence_of(result, code))
 
-    def highlight_candidate(result: dict, table, event: gr.SelectData) -> str:
+    def highlight_candidate(result: dict, event: gr.SelectData) -> str:
         code = event.row_value[0] if event.row_value else None
         return render_note(result["text"], evidence_of(result, code))
 
@@ -203,7 +213,7 @@ def build_app(coder, title: str = "BERT-XML ICD-10 coder") -> gr.Blocks:
         code_button.click(run, [note, slider], [result, *outputs])
         slider.change(refilter, [result, slider, codes], outputs)
         codes.select(highlight, [result, codes], note_view)
-        candidates.select(highlight_candidate, [result, candidates], note_view)
+        candidates.select(highlight_candidate, result, note_view)
     return app
 
 
@@ -234,7 +244,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    coder = load_coder(args.model, token=os.environ.get("HF_TOKEN"))
+    try:
+        coder = load_coder(args.model, token=os.environ.get("HF_TOKEN"))
+    except (OSError, ValueError, KeyError) as error:  # no such folder or repo, no access, not an icd-coding model
+        raise SystemExit(f"error: cannot load the icd-coding pipeline of {args.model}: {error}") from None
     build_app(coder).launch(
         server_name=args.host,
         server_port=args.port,
