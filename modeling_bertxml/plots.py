@@ -114,7 +114,7 @@ def f1_by_frequency_figure(buckets: Sequence[Bucket], split: str) -> Figure:
         bars = axes.bar(x + offset, values, width=0.4, color=color, label=key.replace("_f1", " F1"))
         # A bucket without codes has no F1 (not a zero one): its bars stay unlabelled.
         axes.bar_label(bars, [f"{v:.2f}" if b.num_codes else "" for v, b in zip(values, buckets)], fontsize=8)
-    axes.set_xticks(x, [f"{b.label}\n{b.num_codes:,} codes ({b.num_present:,} in split)" for b in buckets])
+    axes.set_xticks(x, [f"{b.label}\n{b.num_codes:,} codes\n{b.num_present:,} in split" for b in buckets])
     axes.set(ylim=(0, 1.1), xlabel="training notes with the code", ylabel="F1")
     axes.set_title(f"F1 by code frequency in training, {split} split")
     axes.grid(axis="y", alpha=0.3)
