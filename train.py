@@ -45,7 +45,7 @@ from modeling_bertxml.finetuning import (
     save_coding_model,
 )
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
-from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
+from modeling_bertxml.metrics import binary_cross_entropy, compute_metrics, format_table, tune_threshold
 from modeling_bertxml.model_card import render_model_card
 from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.plots import write_figures
@@ -206,12 +206,6 @@ def score(probs: np.ndarray, targets: np.ndarray, notes: Notes, threshold: float
     return compute_metrics(probs, targets, threshold, num_unseen_positives=unseen)
 
 
-def mean_bce(probs: np.ndarray, targets: np.ndarray) -> float:
-    """The training loss (binary cross-entropy per note and code) of a split, for the training-curve figure."""
-    probs = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(np.where(targets == 1, np.log(probs), np.log1p(-probs))))
-
-
 def validate_and_track(args, accelerator, model, loaders, splits, progress: Progress) -> bool:
     """Score the validation split, keep the weights if its MAP is the best so far; True when training should stop."""
     probs, targets = predict(model, loaders["validation"], accelerator)
@@ -219,7 +213,7 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
     epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
     progress.history.append(
         {"step": progress.step, "epoch": progress.step / epoch_steps, "map": metrics["map"],
-         "loss": mean_bce(probs, targets)}
+         "loss": binary_cross_entropy(probs, targets)}
     )  # fmt: skip
     logger.info(f"step {progress.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
     if args.with_tracking:

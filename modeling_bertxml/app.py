@@ -289,6 +289,10 @@ def build_app(coder, title: str = "BERT-XML ICD-10 coder") -> gr.Blocks:
     threshold = round(float(getattr(coder.model.config, "threshold", 0.5)), 3)
 
     def run(text: str, threshold: float) -> tuple:
+        length, limit = len(coder.tokenizer(text)["input_ids"]), coder.model.config.max_note_length
+        if length > limit:  # the pipeline truncates: say so on the page, where the coder reads the evidence
+            gr.Warning(f"This note has {length:,} tokens and the model reads the first {limit:,}: codes and evidence "
+                       "come from that part only.")  # fmt: skip
         result = {"text": text, "codes": code_note(coder, text)}
         return (result, *code_views(result, threshold))
 

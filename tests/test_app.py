@@ -200,6 +200,7 @@ def test_a_loaded_file_and_a_long_note_are_read_in_the_browser_and_nothing_is_wr
     page.locator("#note-input textarea").fill(long_note)
     page.locator("#code-button").click()
     page.locator("#codes label", has_text="R07.9").wait_for(timeout=60_000)
+    page.get_by_text("the model reads the first 64").wait_for(timeout=30_000)  # the page says it was truncated
     state = page.evaluate(MARKS_JS)
     assert state["text"] == long_note
     assert state["scrolls"]  # the note scrolls inside its box instead of stretching the page

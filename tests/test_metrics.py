@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from modeling_bertxml import metrics
-from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, format_table, tune_threshold
+from modeling_bertxml.metrics import METRIC_KEYS, binary_cross_entropy, compute_metrics, format_table, tune_threshold
 
 
 # Codes A, B, C, D. D has no positive in this split; note 2 has no gold code.
@@ -229,3 +229,9 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     whole, batched = json.loads(out.stdout.splitlines()[-1])
     expected = compute_metrics(PROBS, TARGETS, threshold=0.5, num_unseen_positives=2)
     assert whole == expected and batched == expected
+
+
+def test_binary_cross_entropy_is_the_mean_loss_per_note_and_code() -> None:
+    probs, targets = np.array([[0.9, 0.2], [0.5, 0.0]]), np.array([[1, 0], [1, 0]])
+    expected = -(np.log(0.9) + np.log(0.8) + np.log(0.5) + np.log(1 - 1e-7)) / 4  # 0 is clipped, never log(0)
+    assert binary_cross_entropy(probs, targets) == pytest.approx(expected, rel=1e-9)
