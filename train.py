@@ -7,8 +7,10 @@ Runs the same under `accelerate launch` (multi-GPU, multi-node, mixed precision)
 epoch (or --eval_steps) the validation split is scored; the model with the best validation MAP is kept and training
 stops after --early_stopping_patience evaluations without improvement. One global threshold is then tuned on the
 validation split (micro F1, grid of 100) and applied unchanged to the test split. The output folder is Hub-ready:
-weights, config (labels, threshold, auto_map), tokenizer, remote code, README.md model card, handler.py for Inference
-Endpoints (answering as the `icd-coding` pipeline), eval_results.json and test_results.json.
+weights, config (labels, threshold, auto_map), tokenizer, remote code, README.md model card with its figures (PNG:
+precision-recall, F1 by code frequency, validation curves), handler.py for Inference Endpoints (answering as the
+`icd-coding` pipeline), app.py + requirements.txt (the coder's web app, Space-ready), eval_results.json and
+test_results.json.
 """
 
 import argparse
@@ -46,6 +48,7 @@ from modeling_bertxml.finetuning import (
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.metrics import (
     GROUPS_KEY,
+    binary_cross_entropy,
     compute_metrics,
     compute_metrics_by_group,
     format_table,
@@ -53,6 +56,8 @@ from modeling_bertxml.metrics import (
 )
 from modeling_bertxml.model_card import render_model_card
 from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
+from modeling_bertxml.plots import write_figures
+from modeling_bertxml.space import save_space_app
 from modeling_bertxml.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -225,8 +230,8 @@ def predict(model, loader: DataLoader, accelerator: Accelerator) -> tuple[np.nda
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def evaluate(
-    model, loader: DataLoader, accelerator: Accelerator, notes: Notes, threshold: float | None = None,
+def score(
+    probs: np.ndarray, targets: np.ndarray, notes: Notes, threshold: float | None = None,
     labels: list[str] | None = None, code_system: str = "icd10",
 ) -> dict:
     """All metrics of a split; the threshold is tuned here when not given (pass it for test: never tune on test).
@@ -234,7 +239,6 @@ def evaluate(
     With `labels`, a label space of several kinds (diagnoses and procedures) is also scored per kind, at the same
     threshold, under `GROUPS_KEY`.
     """
-    probs, targets = predict(model, loader, accelerator)
     unseen = sum(notes.report.outside_label_space.values())
     if threshold is None:
         threshold, _ = tune_threshold(probs, targets, grid=THRESHOLD_GRID, num_unseen_positives=unseen)
@@ -251,7 +255,13 @@ def evaluate(
 
 def validate_and_track(args, accelerator, model, loaders, splits, progress: Progress) -> bool:
     """Score the validation split, keep the weights if its MAP is the best so far; True when training should stop."""
-    metrics = evaluate(model, loaders["validation"], accelerator, splits.validation)
+    probs, targets = predict(model, loaders["validation"], accelerator)
+    metrics = score(probs, targets, splits.validation)
+    epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
+    progress.history.append(
+        {"step": progress.step, "epoch": progress.step / epoch_steps, "map": metrics["map"],
+         "loss": binary_cross_entropy(probs, targets)}
+    )  # fmt: skip
     logger.info(f"step {progress.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
     if args.with_tracking:
         log_validation(accelerator, metrics, progress.step)
@@ -328,21 +338,36 @@ def prepare_training(args, accelerator, model, loaders, splits: Splits) -> tuple
     return model, optimizer, scheduler, loaders, progress, max_steps
 
 
-def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> dict[str, dict]:
-    """Best weights back; threshold tuned on validation only, then the same threshold on test."""
+def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> tuple[dict[str, dict], dict[str, tuple]]:
+    """Best weights back; threshold tuned on validation only, then the same threshold on test. Returns each split's
+    metrics and its (probs, targets), which the model card's figures are drawn from."""
     CheckpointManager(args.output_dir).restore_best(accelerator, model)
     per_kind = {"labels": splits.labels, "code_system": args.code_system}
-    results = {"validation": evaluate(model, loaders["validation"], accelerator, splits.validation, **per_kind)}
+    predictions = {"validation": predict(model, loaders["validation"], accelerator)}
+    results = {"validation": score(*predictions["validation"], splits.validation, **per_kind)}
     if "test" in loaders:
+        predictions["test"] = predict(model, loaders["test"], accelerator)
         threshold = results["validation"]["threshold"]
-        results["test"] = evaluate(model, loaders["test"], accelerator, splits.test, threshold, **per_kind)
+        results["test"] = score(*predictions["test"], splits.test, threshold, **per_kind)
     coding_config(accelerator.unwrap_model(model)).threshold = results["validation"]["threshold"]
-    return results
+    return results, predictions
 
 
-def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: dict, progress: Progress) -> None:
+def card_figures(folder: Path, splits: Splits, results: dict, predictions: dict, history: list) -> dict[str, str]:
+    """The card's figures, of the test split when there is one (scored at validation's threshold), else validation."""
+    split = "test" if "test" in predictions else "validation"
+    counts = splits.train.code_counts
+    unseen = sum(getattr(splits, split).report.outside_label_space.values())
+    return write_figures(
+        folder, split, *predictions[split], results[split], [counts[code] for code in splits.labels], history, unseen
+    )
+
+
+def write_outputs(
+    args, accelerator, model, tokenizer, splits: Splits, results: dict, predictions: dict, progress: Progress
+) -> None:
     """The Hub-ready folder, written once: model, config with the codes' descriptions and the `icd-coding` pipeline,
-    results, model card and the Endpoint handler."""
+    results, model card with its figures, the Endpoint handler and the Space app."""
     config = coding_config(accelerator.unwrap_model(model))
     add_pipeline_to_config(config)
 
@@ -352,16 +377,20 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
                 (folder / name).write_text(json.dumps(results[split], indent=2) + "\n")
         save_pipeline_code(folder)
         shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
-        model_card(args, accelerator, config, splits, results, progress).save(folder / "README.md")
+        save_space_app(folder)
+        figures = card_figures(folder, splits, results, predictions, progress.history)
+        model_card(args, accelerator, config, splits, results, progress, figures).save(folder / "README.md")
 
     save_coding_model(accelerator, model, tokenizer, args.output_dir, args.merge_lora, add_files)
     logger.info(f"Results (threshold tuned on validation):\n{format_table(results)}")
 
 
-def model_card(args, accelerator: Accelerator, config, splits: Splits, results: dict, progress: Progress):
+def model_card(args, accelerator: Accelerator, config, splits: Splits, results: dict, progress: Progress, figures):
     return render_model_card(
         repo_id=args.hub_model_id or Path(args.output_dir).resolve().name,
         results=results,
+        figures=figures,
+        figures_split="test" if "test" in results else "validation",
         base_model=Path(args.model_name_or_path).name if args.model_name_or_path else None,
         num_labels=f"{len(splits.labels):,}",
         code_system=args.code_system,
@@ -411,8 +440,8 @@ def run(args: argparse.Namespace) -> None:
         args, accelerator, model, loaders, splits
     )
     train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps)
-    results = final_evaluation(args, accelerator, model, loaders, splits)
-    write_outputs(args, accelerator, model, tokenizer, splits, results, progress)
+    results, predictions = final_evaluation(args, accelerator, model, loaders, splits)
+    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir)
     accelerator.end_training()

@@ -7,7 +7,8 @@ Stages, each the CLI a user runs (`demo.py`'s runner; a finished stage is reused
 (`python -m modeling_bertxml.synthetic --preset hard`) -> tokenizer -> pretrain.py -> train.py (the scripts' default
 recipe: the YAML gives only files, sizes and budgets) -> TF-IDF + logistic regression. Prints one markdown table:
 MLM perplexity beside the unigram perplexity of the same masked tokens, BERT-XML beside code priors and TF-IDF on the
-test split, and each stage's wall time; writes it, with every number, to `<output_dir>/quality.json`.
+test split, and each stage's wall time; writes it, with every number, to `<output_dir>/quality.json`, and as a figure
+to `<output_dir>/quality.png`.
 """
 
 import argparse
@@ -27,6 +28,7 @@ from demo import as_flags, run_stage, stage_commands  # noqa: E402
 from benchmarks.baseline_tfidf import score_splits  # noqa: E402
 from modeling_bertxml.metrics import format_table  # noqa: E402
 from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
+from modeling_bertxml.plots import comparison_figure, save_figure  # noqa: E402
 
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
 
@@ -75,6 +77,13 @@ def report(results: dict, budget: str) -> str:
     return "\n".join(lines)
 
 
+def write_figure(results: dict, path: Path) -> None:
+    """The table as a figure: each model on each test metric, and the MLM beside the unigram perplexity."""
+    mlm = results["mlm"]
+    perplexities = {"unigram": mlm["unigram_perplexity"], "BERT-XML MLM": mlm["perplexity"]}
+    save_figure(comparison_figure(results["test"], perplexities), path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=["cpu", "gpu"], default="cpu")
@@ -94,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         timings[name] = run_stage(name, command + as_flags(config.get(name)), done, out)  # 0 when reused
     results = collect(out, timings)
     (out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n" + report(results, args.budget))
+    write_figure(results, out / "quality.png")
+    print("\n" + report(results, args.budget) + f"\n\nFigure: {out / 'quality.png'}")
 
 
 if __name__ == "__main__":

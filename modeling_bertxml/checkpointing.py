@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -262,6 +262,7 @@ class Progress:
     best_score: float = -1.0  # best validation score so far (train.py: MAP, in [0, 1])
     best_step: int = 0
     evals_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)  # each evaluation's step, epoch, MAP, loss: the card's curves
 
     def next_epoch(self) -> None:
         self.epoch, self.batches_in_epoch = self.epoch + 1, 0

@@ -18,6 +18,7 @@ import fnmatch
 import logging
 import re
 import shlex
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,13 +130,14 @@ class Secret:
         return "***"
 
 
-# What a model repo holds, and nothing else: weights, configs, the tokenizer, the remote code and Endpoint handler, the
-# card and the results. Only files directly in the folder: train.py's checkpoints/ (optimizer and RNG state), logs/
-# (TensorBoard events, hparams) and run_args.json stay local, whichever command pushes.
+# What a model repo holds, and nothing else: weights, configs, the tokenizer, the remote code, Endpoint handler and
+# Space app, the card, its figures and the results. Only files directly in the folder: train.py's checkpoints/
+# (optimizer and RNG state), logs/ (TensorBoard events, hparams) and run_args.json stay local, whichever command pushes.
 MODEL_REPO_FILES = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "tokenizer_report.json", "*.py", "README.md", "eval_results.json", "test_results.json", "train_results.json",
+    "requirements.txt", "*.png",  # the Space-ready app's requirements; the model card's figures
 )
 UNSCANNABLE_KIND = "binary file that cannot be scanned"
 _ALWAYS_BLOCKING = (TOKEN_KIND, UNSCANNABLE_KIND)  # --hub_allow_phi cannot vouch for what nobody could read
@@ -149,6 +151,7 @@ _NUL_PATTERNS = (
     ("utf-32-le", 4, (1, 2, 3)), ("utf-32-be", 4, (0, 1, 2)), ("utf-16-le", 2, (1,)), ("utf-16-be", 2, (0,)),
 )
 _MAX_SAFETENSORS_HEADER = 100_000_000  # as the safetensors library itself limits it
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def files_to_upload(folder: str | Path) -> tuple[list[Path], list[str]]:
@@ -179,10 +182,40 @@ def _text_encoding(head: bytes) -> str | None:
     return None
 
 
+def _png_text(data: bytes) -> str | None:
+    """The text chunks of a PNG (tEXt, zTXt, iTXt: free-form metadata), one per line; None when it is not a valid PNG.
+
+    Pixels are not read: train.py's figures draw only numbers and fixed labels (tests/test_plots.py checks it).
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    texts, position = [], len(_PNG_SIGNATURE)
+    try:
+        while position < len(data):
+            length = int.from_bytes(data[position : position + 4], "big")
+            kind, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
+            if len(body) != length:
+                return None
+            key, _, value = body.partition(b"\0")
+            if kind == b"tEXt":
+                texts.append(key + b" " + value)
+            elif kind == b"zTXt":
+                texts.append(key + b" " + zlib.decompress(value[1:]))
+            elif kind == b"iTXt":
+                compressed, value = value[0], value[2:].split(b"\0", 2)[-1]  # skip language and translated keyword
+                texts.append(key + b" " + (zlib.decompress(value) if compressed else value))
+            position += 12 + length
+    except (zlib.error, IndexError):
+        return None
+    return "\n".join(text.decode("utf-8", errors="replace") for text in texts)
+
+
 def _scannable_text(path: Path) -> str | None:
     """What the scan reads of a file: its text in whatever Unicode encoding, a safetensors file's JSON header (which
-    may hold free-form metadata), or None when it cannot be read as text."""
+    may hold free-form metadata), a PNG's text chunks, or None when it cannot be read as text."""
     data = path.read_bytes()
+    if path.suffix == ".png":
+        return _png_text(data)
     if path.suffix == ".safetensors":
         size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
         if not 0 <= size <= min(_MAX_SAFETENSORS_HEADER, len(data) - 8):

@@ -232,6 +232,17 @@ def tune_threshold(probs, targets, grid: int = 100, num_unseen_positives: int = 
     return float(thresholds[best]), float(f1[best])
 
 
+def binary_cross_entropy(probs, targets) -> float:
+    """Mean BCE per (note, code) pair: the loss training minimises, on a split (scores clipped to [1e-7, 1 - 1e-7]).
+    Computed in row blocks, so the full ICD-10-CM code set needs no float64 copy of all scores."""
+    probs, targets = _check_inputs(probs, targets)
+    total = 0.0
+    for block in _row_blocks(*probs.shape):
+        clipped = np.clip(probs[block].astype(np.float64), 1e-7, 1 - 1e-7)
+        total -= float(np.where(targets[block], np.log(clipped), np.log1p(-clipped)).sum())
+    return total / probs.size
+
+
 def _format_value(value) -> str:
     if value is None:
         return ""
@@ -265,6 +276,7 @@ __all__ = [
     "GROUPS_KEY",
     "METRIC_KEYS",
     "TOP_K",
+    "binary_cross_entropy",
     "compute_metrics",
     "compute_metrics_by_group",
     "format_table",

@@ -299,3 +299,18 @@ def test_create_pr_proposes_the_model_without_replacing_the_published_one(loopba
     assert proposal.messages == ["Upload BERT-XML model", "Retrained model for review"]
     assert proposal.files["README.md"] == (folder / "README.md").read_bytes()
     assert proposal.files["model.safetensors"] == published["model.safetensors"]
+
+
+def test_png_text_chunks_are_scanned_and_a_broken_png_is_refused(tmp_path: Path) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "MRN: 4829113")  # tEXt
+    info.add_text("Description", "call 212-555-0199", zip=True)  # zTXt
+    Image.new("RGB", (4, 4)).save(tmp_path / "figure.png", pnginfo=info)
+    Image.new("RGB", (4, 4)).save(tmp_path / "clean.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xffIDAT")
+    assert scan_for_identifiers(tmp_path) == [
+        Finding("broken.png", 1, "binary file that cannot be scanned"),
+        Finding("figure.png", 1, "MRN"), Finding("figure.png", 2, "phone number"),
+    ]

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from modeling_bertxml import metrics
-from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, format_table, tune_threshold
+from modeling_bertxml.metrics import METRIC_KEYS, binary_cross_entropy, compute_metrics, format_table, tune_threshold
 
 
 # Codes A, B, C, D. D has no positive in this split; note 2 has no gold code.
@@ -253,3 +253,9 @@ def test_format_table_shows_groups_as_columns():
     table = format_table(results).splitlines()
     assert table[0] == "| metric | test | test diagnoses |"
     assert table[2] == "| micro_f1 | 0.5000 | 0.2500 |"
+
+
+def test_binary_cross_entropy_is_the_mean_loss_per_note_and_code() -> None:
+    probs, targets = np.array([[0.9, 0.2], [0.5, 0.0]]), np.array([[1, 0], [1, 0]])
+    expected = -(np.log(0.9) + np.log(0.8) + np.log(0.5) + np.log(1 - 1e-7)) / 4  # 0 is clipped, never log(0)
+    assert binary_cross_entropy(probs, targets) == pytest.approx(expected, rel=1e-9)

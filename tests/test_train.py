@@ -22,7 +22,7 @@ from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.finetuning import build_coding_model, load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
-from tests.conftest import TRAIN_TAGS, free_port, tiny_config, tiny_tokenizer, tracked_scalars
+from tests.conftest import TRAIN_TAGS, free_port, run_in_fresh_interpreter, tiny_config, tiny_tokenizer, tracked_scalars
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
 from train import main
 
@@ -197,6 +197,64 @@ def test_output_folder_is_hub_ready(data: Path, trained) -> None:
     assert config["label_descriptions"]["E11.9"] == "Type 2 diabetes mellitus without complications"
 
 
+def note_trigrams(data: Path) -> set[str]:
+    trigrams = set()
+    for split in ("train", "validation", "test"):
+        for line in (data / f"{split}.jsonl").read_text().splitlines():
+            words = json.loads(line)["text"].lower().split()
+            trigrams.update(" ".join(words[i : i + 3]) for i in range(len(words) - 2))
+    return trigrams
+
+
+def strings_in(value) -> list[str]:
+    """Every string inside nested arguments (numpy arrays of numbers hold none)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for key, item in value.items() for s in strings_in(key) + strings_in(item)]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in strings_in(item)]
+    if isinstance(value, np.ndarray):
+        return [str(item) for item in value.ravel()] if value.dtype.kind in "OUS" else []
+    return []
+
+
+def test_card_figures_are_pngs_in_the_card_drawn_from_numbers_only(data: Path, tmp_path: Path, monkeypatch) -> None:
+    import train
+    from matplotlib.text import Text
+
+    from modeling_bertxml import plots
+
+    arguments, drawn = [], []
+    write_figures, save_figure = train.write_figures, plots.save_figure
+
+    def spy_write(*args, **kwargs):
+        arguments.append((args, kwargs))
+        return write_figures(*args, **kwargs)
+
+    def spy_save(figure, path):
+        drawn.extend(text.get_text() for text in figure.findobj(Text))
+        save_figure(figure, path)
+
+    monkeypatch.setattr(train, "write_figures", spy_write)
+    monkeypatch.setattr(plots, "save_figure", spy_save)
+    output_dir = tmp_path / "coder"
+    run_train(train_args(data, output_dir, "--test_file", str(data / "test.jsonl")))
+
+    card = (output_dir / "README.md").read_text()
+    for name in ("precision_recall.png", "f1_by_code_frequency.png", "training_curves.png"):
+        assert (output_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in card
+    (args, kwargs), = arguments
+    assert args[1] == "test" and len(args[6]) == 2  # the test split; one validation record per epoch
+    assert [record["epoch"] for record in args[6]] == [1.0, 2.0]
+    trigrams = note_trigrams(data)
+    for text in strings_in([args[1:], kwargs]) + drawn:
+        words = text.lower().split()
+        assert not any(" ".join(words[i : i + 3]) in trigrams for i in range(len(words) - 2)), text
+    assert any("Precision-recall" in text for text in drawn)  # the spy saw the figures' texts
+
+
 FRESH_INTERPRETER = textwrap.dedent(
     """
     import json, sys
@@ -220,6 +278,35 @@ FRESH_INTERPRETER = textwrap.dedent(
     }))
     """
 )
+
+
+SPACE_APP = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.modules["modeling_bertxml"] = None  # what a Space has: gradio, transformers, torch and the model repo
+    folder, note = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, folder)
+    import app
+    os.environ.pop("MODEL_ID", None)
+    coder = app.load_coder(app.parse_args([]).model)  # a cloned model repo: app.py serves its own folder
+    app.build_app(coder)
+    print(json.dumps({"codes": [item["code"] for item in app.code_note(coder, note)],
+                      "threshold": coder.model.config.threshold}))
+    """
+)
+
+
+def test_folder_is_a_space_app_that_serves_the_model_without_the_package(data: Path, trained) -> None:
+    pytest.importorskip("gradio", reason="the app extra: pip install -e '.[app]'")
+    output_dir, _ = trained
+    assert (output_dir / "app.py").read_text() == (REPO_ROOT / "modeling_bertxml" / "app.py").read_text()
+    requirements = (output_dir / "requirements.txt").read_text().split()
+    assert "gradio>=6" in requirements and any(line.startswith("transformers>=") for line in requirements)
+    note = json.loads((data / "test.jsonl").read_text().splitlines()[1])["text"]
+    result = run_in_fresh_interpreter(SPACE_APP, str(output_dir), note, cwd=output_dir)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert result["threshold"] == pytest.approx(config["threshold"])
+    assert result["codes"] and set(result["codes"]) <= set(TOPICS)
 
 
 def test_folder_loads_with_automodel_pipeline_and_handler_without_the_package(data: Path, trained) -> None:
