@@ -39,7 +39,8 @@ def head_flops(config: BertXMLConfig, tokens: int) -> int:
 
 def mlm_flops(config: BertXMLConfig, tokens: int) -> int:
     """Forward FLOPs of the encoder plus BERT's MLM head (a D x D transform and the D x vocabulary decoder)."""
-    return encoder_flops(config, tokens) + tokens * (2 * config.hidden_size**2 + 2 * config.hidden_size * config.vocab_size)
+    head_per_token = 2 * config.hidden_size**2 + 2 * config.hidden_size * config.vocab_size
+    return encoder_flops(config, tokens) + tokens * head_per_token
 
 
 def synchronize(device: torch.device) -> None:
@@ -74,8 +75,9 @@ def steady_state_seconds(
 def matmul_peak_flops(device: torch.device) -> tuple[float, str]:
     """(FLOP/s, dtype name) of one large square matmul on `device`: the practical peak that MFU is a fraction of."""
     size, dtype, runs = PEAK_PROBE.get(device.type, PEAK_PROBE["cpu"])
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    # A generator of its own: drawing from the global one would shift dropout's stream (a resumed run then differs).
+    generator = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(size, size, device=device, generator=generator).to(dtype) for _ in range(2))
     seconds = statistics.median(steady_state_seconds(lambda: a @ b, device, warmup=2, runs=runs))
     return 2 * size**3 / seconds, str(dtype).removeprefix("torch.")
 
@@ -142,19 +144,28 @@ class Throughput:
                 self._start()
 
     def results(self) -> dict[str, float | int | str]:
-        """tokens_per_second (all processes), mfu (per device), and what they rest on; stops the clock."""
-        self._stop()
+        """tokens_per_second (all processes), mfu (per device), and what they rest on, so far (the clock runs on)."""
+        seconds = self.seconds
+        if self._started is not None:
+            synchronize(self.device)
+            seconds += time.perf_counter() - self._started
         tokens = int(self.tokens) * self.processes
-        rate = tokens / self.seconds if self.seconds > 0 else 0.0
+        rate = tokens / seconds if seconds > 0 else 0.0
         return {
             "tokens_per_second": rate,
             "mfu": rate / self.processes * self.flops_per_token / self.peak_flops,
             "steady_state_steps": self.timed_steps,
-            "steady_state_seconds": self.seconds,
+            "steady_state_seconds": seconds,
             "flops_per_token": self.flops_per_token,
             "peak_flops": self.peak_flops,
             "peak_dtype": self.peak_dtype,
         }
+
+
+def warmup_steps_for(steps: int, most: int = 5) -> int:
+    """Optimizer steps left out of the timed window of a run of `steps`: `most`, but at most half the run, so that
+    short runs still time something (a run of 1 or 2 steps times them all)."""
+    return max(0, min(most, (steps - 1) // 2))
 
 
 __all__ = [
@@ -166,4 +177,5 @@ __all__ = [
     "mlm_flops",
     "steady_state_seconds",
     "synchronize",
+    "warmup_steps_for",
 ]

@@ -49,6 +49,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text_column", default="text", help="Column holding the note in JSONL/CSV/Parquet files.")
     group.add_argument("--max_seq_length", type=int, help="Tokens per example (default: the tokenizer's limit).")
     group.add_argument("--preprocessing_num_workers", type=int, help="Processes for tokenisation (datasets.map).")
+    group.add_argument(
+        "--dataloader_num_workers", type=int, default=0,
+        help="Processes that collate (and mask) batches while the device trains (0: in the training process).",
+    )  # fmt: skip
     group.add_argument("--output_dir", required=True, help="Where checkpoints, logs and the final model go.")
     group.add_argument(
         "--overwrite_output_dir", action="store_true", help="Start a new run in an output dir that holds another one."
@@ -257,11 +261,13 @@ def create_optimizer(
     learning_rate: float,
     weight_decay: float = 0.0,
     param_groups: dict[str, float] | None = None,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and LayerNorm weights (every parameter of fewer than 2 dimensions).
 
     `param_groups` maps a parameter-name prefix to its own learning rate (e.g. `{"label_head.": 1e-3}` for a new
-    head on a pretrained encoder); the other parameters use `learning_rate`.
+    head on a pretrained encoder); the other parameters use `learning_rate`. `fused`: one kernel updates every
+    parameter (for CUDA, see `fused_optimizer`), instead of a dozen launches per parameter group.
     """
     prefixes = param_groups or {}
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
@@ -274,7 +280,14 @@ def create_optimizer(
     return torch.optim.AdamW(
         [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()],
         lr=learning_rate,
+        fused=fused or None,
     )
+
+
+def fused_optimizer(accelerator: Accelerator) -> bool:
+    """Whether AdamW should be fused: on CUDA, where its per-parameter kernel launches are a visible share of a
+    step; elsewhere the default (foreach) implementation is kept."""
+    return accelerator.device.type == "cuda"
 
 
 def create_scheduler(
@@ -370,13 +383,19 @@ def training_step(
     progress: Progress,
     uniform_loss: float,
     max_grad_norm: float = 1.0,
-) -> float:
+    check_divergence: bool = True,
+) -> torch.Tensor:
     """Train on one micro-batch: forward, divergence guard, backward, and at the end of an accumulation window
     clipping, update and `progress.step += 1` (`accelerator.sync_gradients` says whether it stepped).
-    Returns the micro-batch's loss."""
+    Returns the micro-batch's loss as a detached device tensor: reading it (`.item()`) waits for the device.
+
+    `check_divergence=False` skips the guard, which reads the loss and so makes the host wait for the device every
+    step; a loop that does so checks its losses itself now and then (`check_loss`), and `save_checkpoint` still
+    refuses diverged weights."""
     with accelerator.accumulate(model):
         loss = model(**batch).loss
-        check_loss(loss, progress.step + 1, uniform_loss, accelerator)
+        if check_divergence:
+            check_loss(loss, progress.step + 1, uniform_loss, accelerator)
         accelerator.backward(loss)
         if accelerator.sync_gradients and max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -386,7 +405,7 @@ def training_step(
     progress.tokens += batch["input_ids"].numel() * accelerator.num_processes
     if accelerator.sync_gradients:
         progress.step += 1
-    return loss.detach().float().item()
+    return loss.detach().float()
 
 
 @torch.no_grad()
@@ -439,6 +458,7 @@ __all__ = [
     "create_scheduler",
     "default_learning_rate",
     "epoch_batches",
+    "fused_optimizer",
     "load_config",
     "load_tokenizer",
     "run_args",

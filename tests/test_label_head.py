@@ -147,7 +147,9 @@ def test_training_in_blocks_keeps_one_block_of_scores_alive_per_block_not_the_wh
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
-def test_bf16_autocast_stays_close_to_fp32(implementation: str, label_attention_dim: int | None, training: bool) -> None:
+def test_bf16_autocast_stays_close_to_fp32(
+    implementation: str, label_attention_dim: int | None, training: bool
+) -> None:
     head = random_head(label_attention_dim, implementation=implementation)
     states, mask = random_batch()
     with torch.no_grad():

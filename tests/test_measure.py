@@ -76,6 +76,10 @@ def test_throughput_of_several_processes_counts_all_tokens_and_divides_mfu_per_d
     assert two.results()["mfu"] == one.results()["mfu"]
 
 
-def test_matmul_peak_is_measured_in_float32_on_cpu() -> None:
+def test_matmul_peak_is_measured_in_float32_on_cpu_and_leaves_the_global_random_stream_alone() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     flops, dtype = matmul_peak_flops(CPU)
     assert dtype == "float32" and flops > 1e8
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)  # dropout's stream: a resume must not shift
