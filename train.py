@@ -57,6 +57,15 @@ from modeling_bertxml.notes import (
     read_notes,
     tokenize_notes,
 )
+from modeling_bertxml.sampling import LengthGroupedSampler, padding_share
+from modeling_bertxml.throughput import (
+    TRAINING_FLOPS_FACTOR,
+    Throughput,
+    encoder_flops,
+    head_flops,
+    matmul_peak_flops,
+    warmup_steps_for,
+)
 from modeling_bertxml.training import (
     ConfigError,
     TrainingDivergedError,
@@ -108,6 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Start each code's attention query and output weight from the encoder's embedding of its ICD-10-CM "
         "description and inclusion terms (meant for rare codes; needs a well-pretrained encoder, see README).",
     )
+    coding.add_argument(
+        "--no_length_grouping", action="store_true",
+        help="Batch training notes in random order instead of grouping notes of similar length (less padding).",
+    )  # fmt: skip
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
         help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
@@ -172,10 +185,22 @@ def build_dataloaders(
         batch_size = args.per_device_train_batch_size if name == "train" else args.per_device_eval_batch_size
         # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
         # resumed run would not continue exactly (see training.epoch_batches).
-        generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
+        seed = args.seed if args.seed is not None else 0
+        generator = torch.Generator().manual_seed(seed)
+        sampler = None
+        if name == "train" and not args.no_length_grouping:
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, batch_size, seed)
+            shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+            logger.info(
+                f"Padding in training batches: {padding_share(lengths, list(sampler), batch_size):.1%} grouped by "
+                f"length, {padding_share(lengths, shuffled, batch_size):.1%} in random order"
+            )
         loaders[name] = DataLoader(
-            dataset, batch_size=batch_size, shuffle=name == "train", collate_fn=collator, generator=generator
-        )
+            dataset, batch_size=batch_size, shuffle=name == "train" and sampler is None, sampler=sampler,
+            collate_fn=collator, generator=generator, num_workers=args.dataloader_num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
     return loaders
 
 
@@ -222,8 +247,24 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
     return stop
 
 
-def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int) -> None:
-    """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints."""
+def coding_throughput(accelerator: Accelerator, model, steps: int) -> Throughput:
+    """Steady-state note tokens/s (padding not counted) and MFU of the coming `steps` optimizer steps: training FLOPs
+    of the encoder (512-token chunks) and the label head per token, against this device's measured matmul peak."""
+    config = coding_config(accelerator.unwrap_model(model))
+    chunk = config.max_position_embeddings
+    flops_per_token = TRAINING_FLOPS_FACTOR * (encoder_flops(config, chunk) / chunk + head_flops(config, 1))
+    peak = matmul_peak_flops(accelerator.device)
+    return Throughput(
+        accelerator.device, flops_per_token, peak, warmup_steps_for(steps), processes=accelerator.num_processes
+    )
+
+
+def train(
+    args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int,
+    throughput: Throughput,
+) -> None:
+    """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints (the last two left out of
+    `throughput`)."""
     checkpoints = CheckpointManager(args.output_dir)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = math.ceil(len(loaders["train"]) / args.gradient_accumulation_steps)
@@ -231,31 +272,37 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
     model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
     while progress.epoch < math.ceil(max_steps / epoch_steps):
         for batch in epoch_batches(accelerator, loaders["train"], progress):
+            throughput.add_tokens(batch["attention_mask"].sum())
             loss = training_step(
                 accelerator, model, optimizer, scheduler, batch, progress, UNIFORM_LOSS, args.max_grad_norm
             )
-            window_loss += loss / args.gradient_accumulation_steps
+            window_loss += loss.item() / args.gradient_accumulation_steps
             if not accelerator.sync_gradients:  # the optimizer steps only after a full accumulation window
                 continue
+            throughput.optimizer_step()
             bar.update(1)
             bar.set_postfix(loss=f"{window_loss:.4f}")
             if args.with_tracking:
                 accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
             window_loss = 0.0
             done = progress.step >= max_steps
-            # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
-            if done or (args.eval_steps and progress.step % args.eval_steps == 0):
-                done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
-            if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
-                )
+            with throughput.paused():
+                # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
+                if done or (args.eval_steps and progress.step % args.eval_steps == 0):
+                    done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
+                if isinstance(args.checkpointing_steps, int) and progress.step % args.checkpointing_steps == 0:
+                    save_checkpoint(
+                        accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                    )
             if done:
                 return
         progress.next_epoch()
-        done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
-        if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels})
+        with throughput.paused():
+            done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(
+                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                )
         if done:
             return
 
@@ -294,9 +341,12 @@ def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> dict[
     return results
 
 
-def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: dict, progress: Progress) -> None:
+def write_outputs(
+    args, accelerator, model, tokenizer, splits: Splits, results: dict, progress: Progress, speed: dict
+) -> None:
     """The Hub-ready folder, written once: model, config with the codes' descriptions and the `icd-coding` pipeline,
-    results, model card and the Endpoint handler."""
+    results (train_results.json: steps and the steady state's note tokens/s and MFU), model card and the Endpoint
+    handler."""
     config = coding_config(accelerator.unwrap_model(model))
     add_pipeline_to_config(config)
 
@@ -304,6 +354,8 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
         for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
             if split in results:
                 (folder / name).write_text(json.dumps(results[split], indent=2) + "\n")
+        train_results = {"train_steps": progress.step, "num_processes": accelerator.num_processes, **speed}
+        (folder / "train_results.json").write_text(json.dumps(train_results, indent=2) + "\n")
         save_pipeline_code(folder)
         shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
         model_card(args, accelerator, config, splits, results, progress).save(folder / "README.md")
@@ -362,9 +414,15 @@ def run(args: argparse.Namespace) -> None:
     model, optimizer, scheduler, loaders, progress, max_steps = prepare_training(
         args, accelerator, model, loaders, splits.labels
     )
-    train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps)
+    throughput = coding_throughput(accelerator, model, max_steps - progress.step)
+    train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps, throughput)
+    speed = throughput.results()
+    logger.info(
+        f"Training throughput (steady state, {speed['steady_state_steps']} steps): "
+        f"{speed['tokens_per_second']:,.0f} note tokens/s, MFU {speed['mfu']:.1%}"
+    )
     results = final_evaluation(args, accelerator, model, loaders, splits)
-    write_outputs(args, accelerator, model, tokenizer, splits, results, progress)
+    write_outputs(args, accelerator, model, tokenizer, splits, results, progress, speed)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir)
     accelerator.end_training()
