@@ -249,6 +249,14 @@ def test_a_launch_whose_processes_did_not_join_is_refused(tmp_path, monkeypatch)
         prepare_output_dir(parse("--output_dir", str(tmp_path / "run")))
 
 
+def test_an_fsdp_launch_that_accelerate_ran_as_something_else_is_refused(tmp_path, monkeypatch):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --config_file configs/accelerate/fsdp.yaml` on CPU: Accelerate sets up
+    DDP instead (FSDP is for GPUs), which then fails on meta-device weights; the run must say why at once."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets from the FSDP config
+    with pytest.raises(RuntimeError, match="asks for FSDP but Accelerate set up NO: Accelerate runs FSDP on GPUs"):
+        prepare_output_dir(parse("--output_dir", str(tmp_path / "run")))
+
+
 def test_tokenizer_and_config_must_belong_together(tmp_path):
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
