@@ -29,3 +29,22 @@ def test_benchmark_prints_tables_and_writes_json(tmp_path: Path) -> None:
     assert paths["exact, bf16 autocast, default (auto)"] == "blocks"  # CPU bf16 inference
     assert results["warmup_runs"] == 1 and all(row["runs"] >= 1 for row in results["encoder"])
     assert results["peak_flops"]["fp32"] > 1e9
+
+
+def test_head_path_check_holds_every_path_to_the_naive_head(tmp_path: Path) -> None:
+    """The script benchmarks/gpu_check.sh runs on CUDA, run here on CPU: each forced path runs as itself and matches
+    the naive head in values and gradients (fp32 tightly, bf16 autocast within its rounding)."""
+    output = tmp_path / "paths.json"
+    command = [sys.executable, "benchmarks/check_head_paths.py", "--config", "tiny", "--codes", "50", "--tokens", "64",
+               "--block_size", "16", "--budget", "0.01", "--output", str(output)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    assert {(row["precision"], row["path"]) for row in rows} == {
+        (precision, path) for precision in ("fp32", "bf16") for path in ("auto", "sdpa", "blocks", "naive")
+    }
+    assert all(row["runs as"] == row["path"] for row in rows if row["path"] != "auto")
+    for row in rows:
+        limit = 1e-5 if row["precision"] == "fp32" else 3e-2
+        assert row["logit error"] < limit and row["gradient error"] < limit, row
+        assert row["inference ms"] > 0 and row["training ms"] > 0
