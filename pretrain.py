@@ -418,9 +418,11 @@ def finish(
 
 
 def run(args: argparse.Namespace) -> None:
-    # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there).
+    # Streams are read by every rank (dispatching batches from rank 0 would need the whole corpus there). Batches come
+    # from pinned memory on CUDA and are copied without blocking: a blocking copy waits for the queued steps.
     loader_config = DataLoaderConfiguration(
-        use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
+        use_seedable_sampler=True, dispatch_batches=False if args.streaming else None,
+        non_blocking=torch.cuda.is_available(),
     )
     accelerator = setup_accelerator(
         args.output_dir, dataloader_config=loader_config, **accelerator_settings(args, "bertxml_pretraining")

@@ -282,9 +282,14 @@ class BertXMLModel(BertXMLPreTrainedModel):
             attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=reference.device)
 
         chunk_mask = _to_chunks(attention_mask, chunk_length, 0)
-        # Always encode a note's first chunk (an empty note still gets states); skip chunks that are all padding.
-        encode = chunk_mask.bool().any(-1)
-        encode.view(batch_size, -1)[:, 0] = True
+        # Always encode a note's first chunk (an empty note still gets states); skip chunks that are all padding. With
+        # one chunk per note (MLM blocks, short notes) every chunk is encoded: no boolean indexing, whose unknown
+        # output size would make the host wait for the device.
+        if chunk_mask.shape[0] == batch_size:
+            encode = slice(None)
+        else:
+            encode = chunk_mask.bool().any(-1)
+            encode.view(batch_size, -1)[:, 0] = True
         embeddings = self.embeddings(
             input_ids=_to_chunks(input_ids, chunk_length, self.config.pad_token_id or 0)[encode]
             if input_ids is not None
@@ -296,9 +301,10 @@ class BertXMLModel(BertXMLPreTrainedModel):
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embeddings, attention_mask=chunk_mask[encode]
         )
-        encoded = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
-        states = encoded.new_zeros(encode.shape[0], chunk_length, encoded.shape[-1])
-        states[encode] = encoded
+        states = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
+        if isinstance(encode, torch.Tensor):
+            encoded, states = states, states.new_zeros(encode.shape[0], chunk_length, states.shape[-1])
+            states[encode] = encoded
         return BaseModelOutput(last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length])
 
 

@@ -159,7 +159,9 @@ def setup_accelerator(
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=os.path.join(output_dir, "logs")),
         # A seeded sampler makes each epoch's order a function of (seed, epoch), so a resumed run sees the same data.
-        dataloader_config=dataloader_config or DataLoaderConfiguration(use_seedable_sampler=True),
+        # Non-blocking copies of (pinned) batches on CUDA: a blocking copy waits for every step queued before it.
+        dataloader_config=dataloader_config
+        or DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
     )
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO

@@ -13,16 +13,18 @@ CPU = torch.device("cpu")
 
 
 def slow_at_first(calls: list[int], busy: bool) -> callable:
-    """A step whose first WARMUP calls take SLOW seconds (busy: burning CPU, as compilation does) and later ones ~0."""
+    """A step whose first WARMUP calls take SLOW seconds (busy: of this thread's CPU time, as compilation does, which
+    on shared cores takes longer in wall time; else sleeping) and later ones ~0."""
 
     def step() -> None:
         calls.append(1)
         if len(calls) <= WARMUP:
-            end = time.perf_counter() + SLOW
-            while busy and time.perf_counter() < end:
-                pass
             if not busy:
                 time.sleep(SLOW)
+                return
+            end = time.thread_time() + SLOW
+            while time.thread_time() < end:
+                pass
 
     return step
 
