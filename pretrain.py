@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.train_file is None:
         parser.error("--train_file is required")
+    if args.torch_compile and args.torch_compile not in torch.compiler.list_backends(exclude_tags=()):
+        parser.error(f"--torch_compile {args.torch_compile}: not a torch.compile backend; e.g. inductor, eager")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a streamed corpus has no known length)")
     if args.model_name_or_path is None and args.tokenizer_name is None:

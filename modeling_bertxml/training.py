@@ -42,6 +42,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tokenizer_name", help="Tokenizer folder (from tokenizer_training) or Hub id.")
 
 
+def non_negative_int(value: str) -> int:
+    """argparse type: a count that may be 0."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {value!r}")
+    return int(value)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--train_file", nargs="+", help="Training files: .txt, .jsonl, .csv, .parquet, folders, globs.")
@@ -50,7 +57,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_seq_length", type=int, help="Tokens per example (default: the tokenizer's limit).")
     group.add_argument("--preprocessing_num_workers", type=int, help="Processes for tokenisation (datasets.map).")
     group.add_argument(
-        "--dataloader_num_workers", type=int, default=0,
+        "--dataloader_num_workers", type=non_negative_int, default=0,
         help="Processes that collate (and mask) batches while the device trains (0: in the training process).",
     )  # fmt: skip
     group.add_argument("--output_dir", required=True, help="Where checkpoints, logs and the final model go.")
