@@ -54,10 +54,12 @@ from modeling_bertxml.training import (
     check_parameters,
     checkpoint_due,
     create_optimizer,
+    check_loss,
     create_scheduler,
     data_source,
     default_learning_rate,
     epoch_batches,
+    fused_optimizer,
     load_config,
     load_tokenizer,
     log_training,
@@ -66,6 +68,14 @@ from modeling_bertxml.training import (
     save_checkpoint,
     setup_accelerator,
     training_step,
+)
+from modeling_bertxml.throughput import (
+    TRAINING_FLOPS_FACTOR,
+    Throughput,
+    logged_rates,
+    matmul_peak_flops,
+    mlm_flops,
+    warmup_steps_for,
 )
 
 logger = get_logger(__name__)
@@ -84,10 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_checkpoint_args(parser)
     group = parser.add_argument_group("pretraining")
     group.add_argument("--mlm_probability", type=float, default=0.15, help="Share of words masked (whole words).")
-    group.add_argument("--logging_steps", type=int, default=10, help="Log the training loss every N steps.")
+    group.add_argument(
+        "--logging_steps", type=int, default=10,
+        help="Log the training loss and throughput every N steps (reading the loss waits for the device: not every "
+        "step).",
+    )  # fmt: skip
+    group.add_argument(
+        "--torch_compile", nargs="?", const="inductor", metavar="BACKEND",
+        help="Compile the model's forward with torch.compile (default backend inductor; the first steps compile).",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.train_file is None and args.dataset_name is None:
         parser.error("--train_file or --dataset_name is required")
+    if args.torch_compile and args.torch_compile not in torch.compiler.list_backends(exclude_tags=()):
+        parser.error(f"--torch_compile {args.torch_compile}: not a torch.compile backend; e.g. inductor, eager")
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a streamed corpus has no known length)")
     if args.model_name_or_path is None and args.tokenizer_name is None:
@@ -189,9 +209,12 @@ def build_dataloaders(
         )
     # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
     # resumed run, which starts its epoch after restoring that stream, would drop out differently.
+    # Workers mask the next batches while the device trains. Not persistent: each epoch's workers take a fresh copy
+    # of the collator, whose epoch (the masks' seed) train() sets before the epoch starts.
     train_loader = DataLoader(
         train, shuffle=not args.streaming, collate_fn=masking_collator(args, tokenizer),
         batch_size=args.per_device_train_batch_size, generator=torch.Generator().manual_seed(args.seed),
+        num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
     )
     # A collator of its own whose epoch never moves: every evaluation sees the same masks, so losses compare.
     eval_loader = (
@@ -225,6 +248,8 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
         model = BertXMLForMaskedLM(config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
+    if args.torch_compile:
+        model.compile(backend=args.torch_compile)  # in place: the module and its weight names stay as they are
     logger.info(f"Model: {sum(p.numel() for p in model.parameters()):,} parameters")
     return model
 
@@ -254,18 +279,19 @@ def evaluate(accelerator: Accelerator, model, eval_loader: DataLoader, unigram: 
 # -------------------------------------------------------------------------------------------------------- training
 @dataclass
 class LossWindow:
-    """The mean training loss since it was last taken (for the log every --logging_steps)."""
+    """The mean training loss since it was last taken (for the log every --logging_steps), summed on the device so
+    that the host waits for it only when it is read."""
 
-    total: float = 0.0
+    total: float | torch.Tensor = 0.0
     count: int = 0
 
-    def add(self, loss: float) -> None:
+    def add(self, loss: torch.Tensor) -> None:
         self.total, self.count = self.total + loss, self.count + 1
 
-    def take_mean(self) -> float:
+    def take_mean(self) -> torch.Tensor:
         mean = self.total / max(self.count, 1)
         self.total, self.count = 0.0, 0
-        return mean
+        return torch.as_tensor(mean)
 
 
 def log_eval(
@@ -280,10 +306,13 @@ def log_eval(
 
 
 def train(
-    args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, unigram: torch.Tensor, progress: Progress
+    args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, unigram: torch.Tensor,
+    progress: Progress, throughput: Throughput,
 ) -> dict:
     """The Accelerate loop: optimizer steps, logging, evaluation (beside the `unigram` baseline), checkpoints;
-    returns the last evaluation."""
+    returns the last evaluation. The host reads the loss only every --logging_steps (that is also when the
+    divergence guard looks at it), so it can queue the next steps while the device runs; evaluations and
+    checkpoints are left out of `throughput`."""
     checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
@@ -292,36 +321,55 @@ def train(
     while progress.step < args.max_train_steps and progress.epoch < args.num_train_epochs:
         train_loader.collate_fn.epoch = progress.epoch  # new masks every epoch
         for batch in epoch_batches(accelerator, train_loader, progress):
+            throughput.add_tokens(batch["input_ids"].numel())
             loss = training_step(
-                accelerator, model, optimizer, scheduler, batch, progress, uniform_loss, args.max_grad_norm
-            )
+                accelerator, model, optimizer, scheduler, batch, progress, uniform_loss, args.max_grad_norm,
+                check_divergence=False,
+            )  # fmt: skip
             losses.add(loss)
             if not accelerator.sync_gradients:
                 continue
+            throughput.optimizer_step()
             bar.update(1)
             if progress.step % args.logging_steps == 0:
                 loss = losses.take_mean()
-                bar.set_postfix(loss=f"{loss:.4f}")
+                check_loss(loss, progress.step, uniform_loss, accelerator)
+                rate = throughput.results()
+                bar.set_postfix(loss=f"{loss.item():.4f}", tokens_per_s=f"{rate['tokens_per_second']:,.0f}")
                 if args.with_tracking:
-                    log_training(accelerator, progress, loss, scheduler)
-            if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
-                metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-            # Ends inside the epoch (at its end, the epoch's own save below is the last one).
-            last = progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader
-            if checkpoint_due(args.checkpointing_steps, progress.step, last):
-                save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
+                    log_training(accelerator, progress, loss.item(), scheduler, **logged_rates(rate))
+            with throughput.paused():
+                if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
+                    metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
+                # Ends inside the epoch (at its end, the epoch's own save below is the last one).
+                last = progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader
+                if checkpoint_due(args.checkpointing_steps, progress.step, last):
+                    save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
             if last:
                 break
         else:  # the whole epoch was trained
             progress.next_epoch()
-            if eval_loader is not None and not args.eval_steps:
-                metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-            if args.checkpointing_steps == "epoch":
-                save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
-    if eval_loader is not None and metrics.get("eval_step") != progress.step:
-        metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
+            with throughput.paused():
+                if eval_loader is not None and not args.eval_steps:
+                    metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
+                if args.checkpointing_steps == "epoch":
+                    save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
+    with throughput.paused():
+        if eval_loader is not None and metrics.get("eval_step") != progress.step:
+            metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
     bar.close()
     return metrics
+
+
+def mlm_throughput(accelerator: Accelerator, config: BertXMLConfig, block_size: int, steps: int) -> Throughput:
+    """Steady-state tokens/s and MFU of the coming `steps` optimizer steps: training FLOPs of a `block_size` block
+    per token, against the matmul peak of this device measured now (bf16 on CUDA, float32 on CPU)."""
+    flops_per_token = TRAINING_FLOPS_FACTOR * mlm_flops(config, block_size) / block_size
+    peak = matmul_peak_flops(accelerator.device)
+    logger.info(f"Matmul peak of {accelerator.device}: {peak[0] / 1e12:.3g} TFLOP/s in {peak[1]}")
+    return Throughput(
+        accelerator.device, flops_per_token, peak, warmup_steps_for(steps), processes=accelerator.num_processes
+    )
 
 
 def plan_steps(args: argparse.Namespace, train_loader: DataLoader) -> None:
@@ -345,8 +393,12 @@ def check_ranks_agree(accelerator: Accelerator, model) -> bool:
     return bool((gathered == gathered[0]).all())
 
 
-def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress, metrics: dict, runtime: float):
-    """Save the model folder (with its train_results.json) once, after checking the weights are whole and agree."""
+def finish(
+    args, accelerator: Accelerator, model, tokenizer, progress: Progress, metrics: dict, runtime: float,
+    throughput: Throughput,
+) -> None:
+    """Save the model folder (with its train_results.json) once, after checking the weights are whole and agree.
+    `tokens_per_second` and `mfu` are the steady state's (see `Throughput`); `train_runtime` is the whole loop's."""
     check_parameters(model, progress.step, accelerator)
     agree = check_ranks_agree(accelerator, model)
     if not agree:
@@ -355,7 +407,7 @@ def finish(args, accelerator: Accelerator, model, tokenizer, progress: Progress,
         "train_steps": progress.step,
         "train_tokens": progress.tokens,
         "train_runtime": runtime,
-        "tokens_per_second": progress.tokens / runtime if runtime else 0.0,
+        **throughput.results(),
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "num_processes": accelerator.num_processes,
         "ranks_identical": agree,
@@ -384,18 +436,20 @@ def run(args: argparse.Namespace) -> None:
     train_loader = accelerator.prepare(train_loader)
     eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
     plan_steps(args, train_loader)
-    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay, fused=fused_optimizer(accelerator))
     scheduler = create_scheduler(
         optimizer, args.max_train_steps, args.lr_scheduler_type, args.num_warmup_steps, args.warmup_ratio
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     progress = CheckpointManager(args.output_dir).resume(accelerator, args.resume_from_checkpoint)
+    throughput = mlm_throughput(accelerator, config, block_size, args.max_train_steps - progress.step)
     start = time.perf_counter()
     try:
         metrics = train(
-            args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, unigram, progress
+            args, accelerator, model, optimizer, scheduler, train_loader, eval_loader, unigram, progress, throughput
         )
-        finish(args, accelerator, model, tokenizer, progress, metrics, time.perf_counter() - start)
+        runtime = time.perf_counter() - start
+        finish(args, accelerator, model, tokenizer, progress, metrics, runtime, throughput)
     finally:
         accelerator.end_training()
 

@@ -69,6 +69,16 @@ from modeling_bertxml.notes import (
     read_notes,
     tokenize_notes,
 )
+from modeling_bertxml.sampling import LengthGroupedSampler, padding_share
+from modeling_bertxml.throughput import (
+    TRAINING_FLOPS_FACTOR,
+    Throughput,
+    encoder_flops,
+    head_flops,
+    logged_rates,
+    matmul_peak_flops,
+    warmup_steps_for,
+)
 from modeling_bertxml.training import (
     STREAMING_SHUFFLE_BUFFER,
     ConfigError,
@@ -131,6 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Start each code's attention query and output weight from the encoder's embedding of its official "
         "description and ICD-10-CM inclusion terms (for rare codes; needs a well-pretrained encoder, see README).",
     )
+    coding.add_argument(
+        "--no_length_grouping", action="store_true",
+        help="Batch training notes in random order instead of grouping notes of similar length (less padding).",
+    )  # fmt: skip
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
         help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
@@ -208,10 +222,22 @@ def build_dataloaders(
         batch_size = args.per_device_train_batch_size if name == "train" else args.per_device_eval_batch_size
         # The loader's own generator: starting an epoch must not draw from the global RNG (dropout's stream), or a
         # resumed run would not continue exactly (see training.epoch_batches).
-        generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
+        seed = args.seed if args.seed is not None else 0
+        generator = torch.Generator().manual_seed(seed)
+        sampler = None
+        if name == "train" and not args.no_length_grouping and not notes.streaming:  # a stream has no lengths
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, batch_size, seed)
+            shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+            logger.info(
+                f"Padding in training batches: {padding_share(lengths, list(sampler), batch_size):.1%} grouped by "
+                f"length, {padding_share(lengths, shuffled, batch_size):.1%} in random order"
+            )
         loaders[name] = DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator, generator=generator
-        )
+            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            collate_fn=collator, generator=generator, num_workers=args.dataloader_num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
     return loaders
 
 
@@ -276,8 +302,24 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
     return stop
 
 
-def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int) -> None:
-    """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints."""
+def coding_throughput(accelerator: Accelerator, model, steps: int) -> Throughput:
+    """Steady-state note tokens/s (padding not counted) and MFU of the coming `steps` optimizer steps: training FLOPs
+    of the encoder (512-token chunks) and the label head per token, against this device's measured matmul peak."""
+    config = coding_config(accelerator.unwrap_model(model))
+    chunk = config.max_position_embeddings
+    flops_per_token = TRAINING_FLOPS_FACTOR * (encoder_flops(config, chunk) / chunk + head_flops(config, 1))
+    peak = matmul_peak_flops(accelerator.device)
+    return Throughput(
+        accelerator.device, flops_per_token, peak, warmup_steps_for(steps), processes=accelerator.num_processes
+    )
+
+
+def train(
+    args, accelerator, model, optimizer, scheduler, loaders, splits, progress: Progress, max_steps: int,
+    throughput: Throughput,
+) -> None:
+    """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints (the last two left out of
+    `throughput`)."""
     checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
@@ -285,31 +327,38 @@ def train(args, accelerator, model, optimizer, scheduler, loaders, splits, progr
     model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
     while progress.epoch < math.ceil(max_steps / epoch_steps):
         for batch in epoch_batches(accelerator, loaders["train"], progress):
+            throughput.add_tokens(batch["attention_mask"].sum())
             loss = training_step(
                 accelerator, model, optimizer, scheduler, batch, progress, UNIFORM_LOSS, args.max_grad_norm
             )
-            window_loss += loss / args.gradient_accumulation_steps
+            window_loss += loss.item() / args.gradient_accumulation_steps
             if not accelerator.sync_gradients:  # the optimizer steps only after a full accumulation window
                 continue
+            throughput.optimizer_step()
             bar.update(1)
             bar.set_postfix(loss=f"{window_loss:.4f}")
             if args.with_tracking:
-                log_training(accelerator, progress, window_loss, scheduler)
+                rates = logged_rates(throughput.results())
+                log_training(accelerator, progress, window_loss, scheduler, **rates)
             window_loss = 0.0
             done = progress.step >= max_steps
-            # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
-            if done or (args.eval_steps and progress.step % args.eval_steps == 0):
-                done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
-            if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
-                save_checkpoint(
-                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
-                )
+            with throughput.paused():
+                # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
+                if done or (args.eval_steps and progress.step % args.eval_steps == 0):
+                    done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
+                if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
+                    save_checkpoint(
+                        accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                    )
             if done:
                 return
         progress.next_epoch()
-        done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
-        if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels})
+        with throughput.paused():
+            done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(
+                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                )
         if done:
             return
 
@@ -364,10 +413,12 @@ def card_figures(folder: Path, splits: Splits, results: dict, predictions: dict,
 
 
 def write_outputs(
-    args, accelerator, model, tokenizer, splits: Splits, results: dict, predictions: dict, progress: Progress
+    args, accelerator, model, tokenizer, splits: Splits, results: dict, predictions: dict, progress: Progress,
+    speed: dict,
 ) -> None:
     """The Hub-ready folder, written once: model, config with the codes' descriptions and the `icd-coding` pipeline,
-    results, model card with its figures, the Endpoint handler and the Space app."""
+    results (train_results.json: steps and the steady state's note tokens/s and MFU), model card with its figures,
+    the Endpoint handler and the Space app."""
     config = coding_config(accelerator.unwrap_model(model))
     add_pipeline_to_config(config)
 
@@ -375,6 +426,8 @@ def write_outputs(
         for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
             if split in results:
                 (folder / name).write_text(json.dumps(results[split], indent=2) + "\n")
+        train_results = {"train_steps": progress.step, "num_processes": accelerator.num_processes, **speed}
+        (folder / "train_results.json").write_text(json.dumps(train_results, indent=2) + "\n")
         save_pipeline_code(folder)
         shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
         save_space_app(folder)
@@ -439,9 +492,15 @@ def run(args: argparse.Namespace) -> None:
     model, optimizer, scheduler, loaders, progress, max_steps = prepare_training(
         args, accelerator, model, loaders, splits
     )
-    train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps)
+    throughput = coding_throughput(accelerator, model, max_steps - progress.step)
+    train(args, accelerator, model, optimizer, scheduler, loaders, splits, progress, max_steps, throughput)
+    speed = throughput.results()
+    logger.info(
+        f"Training throughput (steady state, {speed['steady_state_steps']} steps): "
+        f"{speed['tokens_per_second']:,.0f} note tokens/s, MFU {speed['mfu']:.1%}"
+    )
     results, predictions = final_evaluation(args, accelerator, model, loaders, splits)
-    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress)
+    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress, speed)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir)
     accelerator.end_training()

@@ -6,9 +6,10 @@
 
 The encoder's cost does not depend on the number of codes and the head's does not depend on the encoder's depth, so
 each is timed alone: the encoder on token ids, the head on encoder-shaped states. "Model" figures add the two; the
-end-to-end table times `BertXMLForMultiLabelCoding` itself to check that sum. FLOPs are counted analytically (see
-measure.py) and shown as a fraction of this machine's matmul peak, measured in the same run. Prints markdown tables
-and writes every number (wall times too) to a JSON file.
+end-to-end table times `BertXMLForMultiLabelCoding` itself to check that sum. Every case is timed in its steady
+state (warm-up runs untimed, CUDA events on a GPU: measure.py). FLOPs are counted analytically
+(modeling_bertxml.throughput) and every row carries its MFU: a fraction of this machine's matmul peak, measured in
+the same run. Prints markdown tables and writes every number (wall times too) to a JSON file.
 """
 
 import os
@@ -32,14 +33,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from benchmarks.measure import (  # noqa: E402
-    TRAINING_FLOPS_FACTOR,
-    Measurement,
-    Meter,
-    encoder_flops,
-    head_flops,
-    matmul_peak,
-)
+from benchmarks.measure import Measurement, Meter, matmul_peak  # noqa: E402
 from benchmarks.naive_head import naive_label_attention  # noqa: E402
 from modeling_bertxml import (  # noqa: E402
     BertXMLConfig,
@@ -47,6 +41,7 @@ from modeling_bertxml import (  # noqa: E402
     BertXMLLabelWiseHead,
     BertXMLModel,
 )
+from modeling_bertxml.throughput import TRAINING_FLOPS_FACTOR, encoder_flops, head_flops  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -207,11 +202,6 @@ def explicit_forward(head: BertXMLLabelWiseHead, states: torch.Tensor, mask: tor
     return head(states, mask, output_attentions=True)[0]
 
 
-def fused_forward(head: BertXMLLabelWiseHead, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The fused path even where the head would not choose it (bf16 inference on CPU)."""
-    return head._fused_logits(*head._zero_padding(states, mask))
-
-
 @dataclass
 class Variant:
     label: str
@@ -219,24 +209,28 @@ class Variant:
     forward: Callable[[BertXMLLabelWiseHead, torch.Tensor, torch.Tensor], torch.Tensor] = default_forward
     dtype: torch.dtype | None = None  # autocast; None: the run's precision
     compile: bool = False
+    implementation: str = "auto"  # the head's label_attention_implementation
 
 
 def variants(bench: Bench) -> list[Variant]:
     """Ways to run the head: exact ones (same function as the naive head) and LAAT's cheaper scores (another model)."""
     chosen = [
-        Variant("exact, default: fused SDPA"),
-        Variant("exact: explicit blocks (output_label_attentions)", forward=explicit_forward),
+        Variant("exact, default (auto)"),
+        Variant("exact: SDPA per block", implementation="sdpa"),
+        Variant("exact: explicit blocks", implementation="blocks"),
+        Variant("exact: explicit blocks + attentions (output_label_attentions)", forward=explicit_forward),
         Variant("exact: naive, one B x T x L tensor", forward=naive_label_attention),
         Variant("LAAT d_a=128: explicit blocks", 128),
         Variant("LAAT d_a=256: explicit blocks", 256),
     ]
-    if bench.dtype is not None:
-        chosen.append(Variant("exact, fp32 (no autocast), default: fused SDPA", dtype=torch.float32))
-    else:
-        path = "explicit bf16 blocks" if bench.device.type == "cpu" else "fused SDPA"
-        chosen.append(Variant(f"exact, bf16 autocast, default: {path}", dtype=torch.bfloat16))
-        if bench.device.type == "cpu":
-            chosen.append(Variant("exact, bf16 autocast: fused SDPA", forward=fused_forward, dtype=torch.bfloat16))
+    other = torch.float32 if bench.dtype is not None else torch.bfloat16
+    name = "fp32 (no autocast)" if bench.dtype is not None else "bf16 autocast"
+    chosen += [
+        Variant(f"exact, {name}, default (auto)", dtype=other),
+        Variant(f"exact, {name}: SDPA per block", dtype=other, implementation="sdpa"),
+        Variant(f"exact, {name}: explicit blocks", dtype=other, implementation="blocks"),
+    ]
+    if bench.dtype is None:
         chosen.append(Variant("LAAT d_a=128, bf16 autocast", 128, dtype=torch.bfloat16))
     if bench.args.compile:
         chosen.append(Variant("exact, default + torch.compile", compile=True))
@@ -255,8 +249,10 @@ def bench_variants(bench: Bench, name: str, tokens: int, encoder_seconds: dict[s
             with torch.no_grad():
                 references[variant.label_attention_dim] = naive_label_attention(head, states, mask)
         head, reference = heads[variant.label_attention_dim], references[variant.label_attention_dim]
+        head.implementation = variant.implementation
         forward = torch.compile(variant.forward) if variant.compile else variant.forward
         with torch.no_grad(), bench.autocast(variant.dtype):
+            path = head._path(states, variant.forward is explicit_forward)
             compile_start = time.perf_counter()
             error = (forward(head, states, mask).float() - reference).abs().max().item()
             compile_seconds = time.perf_counter() - compile_start if variant.compile else None
@@ -267,6 +263,7 @@ def bench_variants(bench: Bench, name: str, tokens: int, encoder_seconds: dict[s
         result = row(bench, measurement, tokens, head_flops(config, tokens), "inference", config=name)
         result.update(
             variant=variant.label,
+            path="naive" if variant.forward is naive_label_attention else path,
             precision=precision,
             encoder_seconds=encoder_seconds[precision],
             max_abs_error=error,
@@ -334,7 +331,7 @@ def encoder_table(results: dict, peak: float) -> str:
     return markdown([
         {
             "config": r["config"], "mode": r["mode"], "tokens": r["tokens"], "ms": 1e3 * r["seconds"],
-            "tokens/s": r["tokens_per_s"], "% of peak": percent(r["gflops"] * 1e9 / r["seconds"], peak),
+            "tokens/s": r["tokens_per_s"], "MFU": percent(r["gflops"] * 1e9 / r["seconds"], peak),
             "extra peak MB": r["peak_mb"],
         }
         for r in results["encoder"]
@@ -349,10 +346,12 @@ def head_table(results: dict, peak: float, encoders: dict[tuple, dict]) -> str:
         rows.append({
             "config": r["config"], "mode": r["mode"], "tokens": r["tokens"], "codes": r["codes"],
             "head ms": 1e3 * r["seconds"], "naive ms": r["naive_seconds"] and 1e3 * r["naive_seconds"],
+            "head MFU": percent(r["gflops"] * 1e9 / r["seconds"], peak),
+            "naive MFU": r["naive_seconds"] and percent(r["gflops"] * 1e9 / r["naive_seconds"], peak),
             "head / encoder": percent(r["seconds"], encoder and encoder["seconds"]),
             "naive / encoder": percent(r["naive_seconds"], encoder and encoder["seconds"]),
             "model tokens/s": model_s and results["settings"]["batch_size"] * r["tokens"] / model_s,
-            "model % of peak": model_s and percent((encoder["gflops"] + r["gflops"]) * 1e9 / model_s, peak),
+            "model MFU": model_s and percent((encoder["gflops"] + r["gflops"]) * 1e9 / model_s, peak),
             "head MB": r["peak_mb"], "naive MB": r["naive_peak_mb"],
         })
     return markdown(rows)
@@ -367,7 +366,7 @@ def whole_table(results: dict, peak: float, encoders: dict[tuple, dict]) -> str:
         rows.append({
             "config": r["config"], "tokens": r["tokens"], "codes": r["codes"], "model ms": 1e3 * r["seconds"],
             "encoder + head ms": encoder and head and 1e3 * (encoder["seconds"] + head["seconds"]),
-            "tokens/s": r["tokens_per_s"], "% of peak": percent(r["gflops"] * 1e9 / r["seconds"], peak),
+            "tokens/s": r["tokens_per_s"], "MFU": percent(r["gflops"] * 1e9 / r["seconds"], peak),
             "extra peak MB": r["peak_mb"], "encoder's extra peak MB": encoder and encoder["peak_mb"],
         })
     return markdown(rows)
@@ -376,9 +375,9 @@ def whole_table(results: dict, peak: float, encoders: dict[tuple, dict]) -> str:
 def variant_table(results: dict) -> str:
     return markdown([
         {
-            "variant": r["variant"], "precision": r["precision"], "head ms": 1e3 * r["seconds"],
+            "variant": r["variant"], "path": r["path"], "precision": r["precision"], "head ms": 1e3 * r["seconds"],
             "encoder ms": 1e3 * r["encoder_seconds"], "head / encoder": percent(r["seconds"], r["encoder_seconds"]),
-            "% of peak": percent(r["gflops"] * 1e9 / r["seconds"], results["peak_flops"][r["precision"]]),
+            "MFU": percent(r["gflops"] * 1e9 / r["seconds"], results["peak_flops"][r["precision"]]),
             "extra peak MB": r["peak_mb"], "max abs error vs naive fp32": f"{r['max_abs_error']:.1e}",
             "compile s": r["compile_seconds"],
         }
@@ -392,7 +391,9 @@ def tables(results: dict) -> str:
     encoders = {(r["config"], r["mode"], r["tokens"]): r for r in results["encoder"]}
     out = [
         f"Device: {results['machine']}; torch {results['torch']}; precision {results['precision']}; "
-        f"{settings['batch_size']} note(s) per batch; matmul peak measured in this run: "
+        f"{settings['batch_size']} note(s) per batch; steady-state times ({results['warmup_runs']} warm-up runs "
+        f"untimed{', CUDA events' if results['machine_is_cuda'] else ', CPU time'}); MFU against the matmul peak "
+        f"measured in this run ({results['precision']} rows against the {results['precision']} peak): "
         + ", ".join(f"{name} {flops / 1e9:,.0f} GFLOP/s" for name, flops in results["peak_flops"].items())
         + f"; SDPA kernels that take the head: {', '.join(results['sdpa_backends'])}.",
         "\n**Encoder alone** (`BertXMLModel`)\n",
@@ -424,6 +425,8 @@ def main() -> None:
     encoder_seconds = {precision: r["seconds"] for r in encoder if (r["config"], r["mode"], r["tokens"]) == reference}
     results = dict(
         machine=machine(bench.device),
+        machine_is_cuda=bench.device.type == "cuda",
+        warmup_runs=bench.meter.warmup,
         torch=torch.__version__,
         precision=precision,
         settings={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},

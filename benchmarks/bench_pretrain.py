@@ -4,10 +4,11 @@ Each configuration runs the real script (a fresh process, as a user would) for a
 corpus with a tokenizer trained by tokenizer_training, then reads `train_results.json`. Prints a markdown table.
 
     python benchmarks/bench_pretrain.py                 # CPU: a couple of minutes
-    python benchmarks/bench_pretrain.py --configs base --steps 50 --batch_scale 8 --mixed_precision bf16   # a GPU
+    python benchmarks/bench_pretrain.py --configs base --steps 50 --batch_scale 16 --mixed_precision bf16 \
+        --notes 4000 --dataloader_num_workers 4 [--torch_compile]                                          # a GPU
 
-The timed loop includes the first step (allocation, warm-up), so few steps understate the steady state; on a shared
-machine the numbers are indicative only.
+tokens/s and MFU are pretrain.py's steady state (its first steps, evaluations and checkpoints untimed; MFU against
+the matmul peak it measures at start: bf16 on CUDA, fp32 on CPU); on a shared machine the numbers are indicative only.
 """
 
 import argparse
@@ -53,10 +54,13 @@ def run(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         sys.executable, str(REPO / "pretrain.py"), "--tokenizer_name", str(workdir / "tokenizer"),
         "--train_file", str(workdir / "notes.txt"), "--config_overrides", overrides, "--max_seq_length", str(seq_len),
         "--per_device_train_batch_size", str(batch), "--max_train_steps", str(args.steps[name]),
-        "--learning_rate", "1e-4", "--output_dir", str(output_dir), "--logging_steps", "1",
+        "--learning_rate", "1e-4", "--output_dir", str(output_dir), "--logging_steps", "10",
     ]  # fmt: skip
     if args.mixed_precision:
         command += ["--mixed_precision", args.mixed_precision]
+    if args.torch_compile:
+        command += ["--torch_compile"]
+    command += ["--dataloader_num_workers", str(args.dataloader_num_workers)]
     env = {**os.environ, "HF_DATASETS_CACHE": str(workdir / "hf_cache")}
     logs = subprocess.DEVNULL if args.quiet else None
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=logs)
@@ -71,6 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_scale", type=int, default=1, help="Multiply the per-device batch sizes (GPUs).")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
     parser.add_argument("--quiet", action="store_true", help="Hide the runs' logs and progress bars.")
+    parser.add_argument("--notes", type=int, default=300, help="Notes in the generated corpus (about 250 words each).")
+    parser.add_argument("--torch_compile", action="store_true", help="pretrain.py --torch_compile (inductor).")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
     args = parser.parse_args()
     args.steps = {name: args.steps or default for name, default in (("tiny", 20), ("base", 3))}
     return args
@@ -80,17 +87,19 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        write_corpus(workdir / "notes.txt", num_notes=300)
+        write_corpus(workdir / "notes.txt", num_notes=args.notes)
         train_tokenizer([str(workdir / "notes.txt")], str(workdir / "tokenizer"), vocab_size=2000, min_frequency=1)
         rows = [run(name, args, workdir) for name in args.configs]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nMLM pretraining throughput on {device}, precision {args.mixed_precision or 'fp32'}:\n")
-    print("| config | parameters | seq len | batch | steps | tokens | seconds | tokens/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    compiled = ", torch.compile" if args.torch_compile else ""
+    print(f"\nMLM pretraining throughput on {device}, precision {args.mixed_precision or 'fp32'}{compiled}:\n")
+    print("| config | parameters | seq len | batch | steps (timed) | loop seconds | steady tokens/s | MFU | peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['config']} | {row['num_parameters'] / 1e6:.1f}M | {row['seq_len']} | {row['batch']} "
-              f"| {row['train_steps']} | {row['train_tokens']} "
-              f"| {row['train_runtime']:.1f} | {row['tokens_per_second']:,.0f} |")
+              f"| {row['train_steps']} ({row['steady_state_steps']}) | {row['train_runtime']:.1f} "
+              f"| {row['tokens_per_second']:,.0f} | {100 * row['mfu']:.1f} % "
+              f"| {row['peak_flops'] / 1e12:,.3g} TFLOP/s {row['peak_dtype']} |")
 
 
 if __name__ == "__main__":

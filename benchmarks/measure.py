@@ -1,7 +1,9 @@
-"""Timing and peak-memory measurement that stays meaningful on shared CPUs, plus the analytic FLOP counts.
+"""Timing and peak-memory measurement that stays meaningful on GPUs and shared CPUs.
 
-- Time: the median of runs repeated until they add up to the budget (at most 15, at least 1); the first run is a
-  warm-up unless it alone takes a quarter of the budget. On CPU the time is CPU time, because other jobs on shared
+- Time: `warmup` untimed runs (allocation, kernel selection, lazy CUDA module loading, autotuning: 3 on CUDA, 1 on
+  CPU), then the median of steady-state runs repeated until they add up to the budget (at most 15, at least 1).
+  CUDA: each run is timed by CUDA events around it (the device's time, not the host's). On CPU the time is CPU time,
+  because other jobs on shared
   cores inflate wall time, not CPU time: the larger of the process's CPU time divided by its threads (parallel work)
   and the calling thread's own CPU time (which also runs every serial step), i.e. about the wall time on cores nobody
   else uses. bench_model.py sets OMP_WAIT_POLICY=PASSIVE so that threads waiting for a descheduled peer sleep
@@ -21,25 +23,25 @@ from dataclasses import dataclass
 
 import torch
 
-from modeling_bertxml import BertXMLConfig
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 MAX_RUNS = 15
+WARMUP_RUNS = {"cuda": 3, "cpu": 1}
 
 
 @dataclass
 class Measurement:
-    seconds: float  # median; CPU: CPU time (see above)
+    seconds: float  # median of the steady-state runs; CUDA: event time, CPU: CPU time (see above)
     wall_seconds: float
-    runs: int
-    peak_bytes: int
+    runs: int  # steady-state runs, warm-up excluded
+    peak_bytes: int  # over warm-up and steady state
 
 
 class Meter:
     """Times and measures the peak memory of callables on one device."""
 
-    def __init__(self, device: torch.device, budget_s: float):
+    def __init__(self, device: torch.device, budget_s: float, warmup: int | None = None):
         self.device, self.budget_s = device, budget_s
+        self.warmup = WARMUP_RUNS.get(device.type, 1) if warmup is None else warmup
         if device.type == "cpu":
             self.libc = ctypes.CDLL("libc.so.6")
             self.libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's dynamic threshold stops growing there
@@ -47,11 +49,12 @@ class Meter:
 
     def measure(self, step: Callable[[], object]) -> Measurement:
         before = self._reset_peak()
-        first = self._run(step)
-        peak = self._peak() - before
-        runs = [first] if first[0] * 4 > self.budget_s else []  # otherwise the first run was a warm-up
+        for _ in range(self.warmup):
+            self._run(step)
+        runs = []
         while not runs or (len(runs) < MAX_RUNS and sum(run[0] for run in runs) < self.budget_s):
             runs.append(self._run(step))
+        peak = self._peak() - before
         return Measurement(
             seconds=statistics.median(run[0] for run in runs),
             wall_seconds=statistics.median(run[1] for run in runs),
@@ -60,7 +63,16 @@ class Meter:
         )
 
     def _run(self, step: Callable[[], object]) -> tuple[float, float]:
+        """(time, wall time) of one call: CUDA event time on CUDA, CPU time (see above) on CPU."""
         self._synchronize()
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            wall = time.perf_counter()
+            start.record()
+            step()
+            end.record()
+            self._synchronize()
+            return start.elapsed_time(end) / 1e3, time.perf_counter() - wall
         wall, process, thread = time.perf_counter(), time.process_time(), time.thread_time()
         step()
         self._synchronize()
@@ -96,25 +108,9 @@ def _proc_status(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def matmul_peak(meter: Meter, dtype: torch.dtype, size: int = 4096) -> float:
-    """FLOP/s of one large square matmul: the practical peak every other figure is a fraction of."""
+def matmul_peak(meter: Meter, dtype: torch.dtype, size: int | None = None) -> float:
+    """FLOP/s of one large square matmul: the practical peak every other figure (MFU) is a fraction of."""
+    size = size or (8192 if meter.device.type == "cuda" else 4096)
     a = torch.randn(size, size, device=meter.device).to(dtype)
     b = torch.randn(size, size, device=meter.device).to(dtype)
     return 2 * size**3 / meter.measure(lambda: a @ b).seconds
-
-
-def encoder_flops(config: BertXMLConfig, tokens: int) -> int:
-    """Forward FLOPs of the chunked encoder: per token and layer, 4 D x D and 2 D x I products plus chunk attention."""
-    hidden, chunk = config.hidden_size, min(tokens, config.max_position_embeddings)
-    per_token_layer = 8 * hidden**2 + 4 * hidden * config.intermediate_size + 4 * chunk * hidden
-    return tokens * config.num_hidden_layers * per_token_layer
-
-
-def head_flops(config: BertXMLConfig, tokens: int) -> int:
-    """Forward FLOPs of label attention: scores (codes x query size) and weighted states (codes x hidden) per token."""
-    query_size = config.label_attention_dim or config.hidden_size
-    projection = 2 * config.hidden_size * config.label_attention_dim if config.label_attention_dim else 0
-    return tokens * (2 * config.num_labels * (query_size + config.hidden_size) + projection)
-
-
-TRAINING_FLOPS_FACTOR = 3  # backward costs about twice the forward

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator, DistributedType, PartialState
 from accelerate.utils import parse_flag_from_env
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -97,6 +97,15 @@ def check_synchronised(state: PartialState) -> None:
         raise RuntimeError(
             f"{launched} processes were launched but they are not synchronised (each sees {state.num_processes}): "
             "on a CPU-only machine set ACCELERATE_USE_CPU=1 for a multi-process launch"
+        )
+    wants_fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP")
+    if wants_fsdp and getattr(state, "distributed_type", None) != DistributedType.FSDP:
+        # Accelerate turns FSDP on for GPUs and other accelerators only; on CPU it would silently run DDP, with the
+        # weights of every rank but the first left on the meta device (fsdp_cpu_ram_efficient_loading), and fail in
+        # prepare() with "Cannot copy out of meta tensor".
+        raise RuntimeError(
+            f"the launch asks for FSDP but Accelerate set up {state.distributed_type.name}: Accelerate runs FSDP on "
+            "GPUs only. On CPU use configs/accelerate/multi_gpu.yaml (DDP) with ACCELERATE_USE_CPU=1"
         )
 
 

@@ -13,6 +13,7 @@ AUTO_MAP = {
 
 # The code systems a label space can be read in (bert-xml's `code_systems` module implements them).
 CODE_SYSTEMS = ("icd10cm", "icd10pcs", "icd10", "icd9cm", "any")
+LABEL_ATTENTION_IMPLEMENTATIONS = ("auto", "blocks", "sdpa")
 
 
 class BertXMLConfig(BertConfig):
@@ -29,6 +30,12 @@ class BertXMLConfig(BertConfig):
         label_block_size (`int`, defaults to 1024):
             Codes are scored in blocks of this many so that memory stays bounded for the full ICD-10-CM code set;
             the logits do not depend on it.
+        label_attention_implementation (`str`, defaults to `"auto"`):
+            How the exact head runs; every choice computes the same function. `"blocks"`: each block's scores are
+            formed explicitly in the compute dtype and soft-maxed in float32. `"sdpa"`: one fused
+            `scaled_dot_product_attention` call per block, which never stores a (batch, codes, tokens) tensor. `"auto"`
+            picks per device: blocks on CUDA (except under float16, whose products overflow), SDPA on CPU except
+            bf16 inference (benchmarks/README.md). Output attentions and a LAAT projection always take the blocks.
         threshold (`float`, defaults to 0.5):
             Decision threshold on the sigmoid scores, tuned on the validation split by `train.py`.
         position_embedding_type (`str`, defaults to `"absolute"`):
@@ -48,6 +55,7 @@ class BertXMLConfig(BertConfig):
     max_chunks: int = 8
     label_attention_dim: int | None = None
     label_block_size: int = 1024
+    label_attention_implementation: str = "auto"
     threshold: float = 0.5
     position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
@@ -71,6 +79,11 @@ class BertXMLConfig(BertConfig):
             )
         if self.code_system not in CODE_SYSTEMS:
             raise ValueError(f"code_system must be one of {', '.join(CODE_SYSTEMS)}; got {self.code_system!r}")
+        if self.label_attention_implementation not in LABEL_ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"label_attention_implementation must be one of {', '.join(LABEL_ATTENTION_IMPLEMENTATIONS)}, got "
+                f"{self.label_attention_implementation!r}"
+            )
         if self.max_chunks < 1 or self.label_block_size < 1:
             raise ValueError("max_chunks and label_block_size must be positive")
 

@@ -12,9 +12,9 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
 2. Label attention (`BertXMLForMultiLabelCoding`): one learned query per code attends over all tokens of the note,
    with padding masked out (PLM-ICD's released code forgets the mask), with float32 scores so fp16/bf16 cannot
    overflow the softmax. Each code's document vector goes through its own output weight and bias. Codes are
-   processed in blocks of `label_block_size` by a fused attention kernel, so the (batch, codes, tokens) score tensor
-   never exists whole: the full ICD-10-CM set (74,736 codes) fits in bounded memory. An optional LAAT projection
-   (`label_attention_dim`) scores `tanh(W h)`.
+   processed in blocks of `label_block_size` (by a fused attention kernel, or as two matmuls per block on CUDA), so
+   the (batch, codes, tokens) score tensor never exists whole: the full ICD-10-CM set (74,736 codes) fits in bounded
+   memory. An optional LAAT projection (`label_attention_dim`) scores `tanh(W h)`.
 3. Rotary positions (`position_embedding_type="rotary"`, what pretrain.py and train.py build from scratch): BERT's
    self-attention with RoFormer's rotary embedding on queries and keys, so attention knows token distances from
    the first step instead of waiting for a random position table to organise (the MLM "unigram plateau").
@@ -107,16 +107,21 @@ class BertXMLLabelWiseHead(nn.Module):
     """Per-code attention over token states, then a per-code linear output (BERT-XML's multi-label head).
 
     Exactly 4 * codes * hidden_size FLOPs per token (scores, then weighted states), so the win is in how they run.
-    Normally each block of codes is one fused `scaled_dot_product_attention` call (queries = codes, keys = values =
-    token states, scale 1) whose kernels keep the scores in float32 accumulators and store no (batch, codes, tokens)
-    tensor, not even for the backward pass. Otherwise one block's scores at a time are formed explicitly and
-    soft-maxed in float32 (see `_fused_kernel_fits`); there a float16 matmul would overflow past 65,504, bf16 cannot.
+    Two exact paths (`config.label_attention_implementation`, chosen per device by `_path`):
+    - "sdpa": each block of codes is one fused `scaled_dot_product_attention` call (queries = codes, keys = values =
+      token states, scale 1) whose kernels keep the scores in float32 accumulators and store no (batch, codes,
+      tokens) tensor, not even for the backward pass. The CPU's path.
+    - "blocks": one block's scores at a time are formed explicitly in the compute dtype and soft-maxed in float32.
+      On CUDA two large matmuls per block beat SDPA, whose only kernel for a head as wide as 768 is the
+      memory-efficient one (4x faster at 8,000 codes on an H200, benchmarks/README.md). A float16 matmul would
+      overflow past 65,504 (bf16 cannot), so float16 keeps SDPA.
     `attention` gives the explicit path's weights for chosen codes only (the pipeline's evidence).
     """
 
     def __init__(self, config: BertXMLConfig):
         super().__init__()
         self.block_size = config.label_block_size
+        self.implementation = config.label_attention_implementation
         query_size = config.label_attention_dim or config.hidden_size
         self.projection = nn.Linear(config.hidden_size, query_size) if config.label_attention_dim else None
         self.queries = nn.Parameter(torch.empty(config.num_labels, query_size))
@@ -128,7 +133,7 @@ class BertXMLLabelWiseHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states (batch, tokens, hidden), attention_mask (batch, tokens) -> logits (batch, codes)."""
         hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
-        if self._fused_kernel_fits(hidden_states, output_attentions):
+        if self._path(hidden_states, output_attentions) == "sdpa":
             return self._fused_logits(hidden_states, keep), None
         keys = self._keys(hidden_states)
         logits, attentions = [], []
@@ -162,15 +167,20 @@ class BertXMLLabelWiseHead(nn.Module):
         scores = torch.matmul(queries, keys.transpose(1, 2)).float()
         return scores.masked_fill_(~keep[:, None, :], torch.finfo(torch.float32).min).softmax(dim=-1)
 
-    def _fused_kernel_fits(self, hidden_states: torch.Tensor, output_attentions: bool) -> bool:
-        """SDPA returns no weights and needs keys as wide as values (no LAAT projection); bf16 inference on CPU takes
-        the explicit blocks, which run faster there than PyTorch's CPU flash kernel (benchmarks/README.md)."""
+    def _path(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        """"blocks" or "sdpa". SDPA returns no weights and needs keys as wide as values (no LAAT projection). "auto":
+        CUDA takes the blocks unless the compute dtype is float16; the CPU takes SDPA except for bf16 inference, where
+        the blocks run faster than PyTorch's CPU flash kernel (benchmarks/README.md)."""
         if output_attentions or self.projection is not None:
-            return False
+            return "blocks"
+        if self.implementation != "auto":
+            return self.implementation
         device = hidden_states.device.type
-        autocast_bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
-        bf16 = hidden_states.dtype == torch.bfloat16 or autocast_bf16
-        return not (device == "cpu" and bf16 and not torch.is_grad_enabled())
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden_states.dtype
+        if device == "cuda":
+            return "sdpa" if dtype == torch.float16 else "blocks"
+        cpu_bf16_inference = device == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled()
+        return "blocks" if cpu_bf16_inference else "sdpa"
 
     def _fused_logits(self, hidden_states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         # A note without tokens attends to all its (zeroed) states, as in the explicit path, so that no kernel meets
@@ -272,9 +282,14 @@ class BertXMLModel(BertXMLPreTrainedModel):
             attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=reference.device)
 
         chunk_mask = _to_chunks(attention_mask, chunk_length, 0)
-        # Always encode a note's first chunk (an empty note still gets states); skip chunks that are all padding.
-        encode = chunk_mask.bool().any(-1)
-        encode.view(batch_size, -1)[:, 0] = True
+        # Always encode a note's first chunk (an empty note still gets states); skip chunks that are all padding. With
+        # one chunk per note (MLM blocks, short notes) every chunk is encoded: no boolean indexing, whose unknown
+        # output size would make the host wait for the device.
+        if chunk_mask.shape[0] == batch_size:
+            encode = slice(None)
+        else:
+            encode = chunk_mask.bool().any(-1)
+            encode.view(batch_size, -1)[:, 0] = True
         embeddings = self.embeddings(
             input_ids=_to_chunks(input_ids, chunk_length, self.config.pad_token_id or 0)[encode]
             if input_ids is not None
@@ -286,9 +301,10 @@ class BertXMLModel(BertXMLPreTrainedModel):
         mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embeddings, attention_mask=chunk_mask[encode]
         )
-        encoded = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
-        states = encoded.new_zeros(encode.shape[0], chunk_length, encoded.shape[-1])
-        states[encode] = encoded
+        states = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
+        if isinstance(encode, torch.Tensor):
+            encoded, states = states, states.new_zeros(encode.shape[0], chunk_length, states.shape[-1])
+            states[encode] = encoded
         return BaseModelOutput(last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length])
 
 

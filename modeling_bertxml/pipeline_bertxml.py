@@ -95,6 +95,8 @@ class ICDCodingPipeline(Pipeline):
             `config.threshold`, or to no threshold when `top_k` is given.
         top_k (`int`, *optional*): keep at most the `top_k` best codes.
         num_evidence_spans (`int`, defaults to 3): evidence spans per code.
+        bf16 (`bool`, *optional*): run the model under bf16 autocast (scores and attention stay float32). Defaults
+            to on for a CUDA device that supports bf16, where it is several times faster, and off elsewhere.
 
     Notes longer than the model reads (`config.max_note_length` tokens) are truncated, with a warning.
     """
@@ -115,9 +117,15 @@ class ICDCodingPipeline(Pipeline):
             )
 
     def _sanitize_parameters(
-        self, threshold: float | None = None, top_k: int | None = None, num_evidence_spans: int | None = None
+        self,
+        threshold: float | None = None,
+        top_k: int | None = None,
+        num_evidence_spans: int | None = None,
+        bf16: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         forward_params, postprocess_params = {}, {}
+        if bf16 is not None:
+            forward_params["bf16"] = bool(bf16)
         if threshold is not None:
             if not 0.0 <= float(threshold) <= 1.0:
                 raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
@@ -156,22 +164,37 @@ class ICDCodingPipeline(Pipeline):
             "text": text,
         }
 
-    def _forward(self, model_inputs: dict, threshold: float | None = None, top_k: int | None = None) -> dict:
+    def _forward(
+        self, model_inputs: dict, threshold: float | None = None, top_k: int | None = None, bf16: bool | None = None
+    ) -> dict:
         if threshold is None and top_k is None:
             threshold = self.model.config.threshold
         attention_mask = model_inputs["attention_mask"]
-        states = self.model.bert(input_ids=model_inputs["input_ids"], attention_mask=attention_mask).last_hidden_state
-        logits, _ = self.model.label_head(states, attention_mask)
-        codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16)):
+            states = self.model.bert(
+                input_ids=model_inputs["input_ids"], attention_mask=attention_mask
+            ).last_hidden_state
+            logits, _ = self.model.label_head(states, attention_mask)
+            codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
+            # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
+            attentions = self.model.label_head.attention(states, attention_mask, codes.clamp(min=0))
         return {
             "codes": codes,
             "scores": scores,
-            # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
-            "attentions": self.model.label_head.attention(states, attention_mask, codes.clamp(min=0)),
+            "attentions": attentions,
             "offset_mapping": model_inputs["offset_mapping"],
             "word_ids": model_inputs["word_ids"],
             "text": model_inputs["text"],
         }
+
+    def runs_bf16(self, bf16: bool | None = None) -> bool:
+        """Whether a call with this `bf16` parameter runs under bf16 autocast (None: the pipeline's setting, else the
+        device's default: a CUDA device that supports bf16)."""
+        if bf16 is None:
+            bf16 = self._forward_params.get("bf16")
+        if bf16 is None:
+            return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return bf16
 
     def postprocess(self, model_outputs: dict, num_evidence_spans: int = 3) -> list[dict]:
         if not model_outputs["text"].strip():

@@ -14,7 +14,9 @@ leaves a truncated file that looks finished, and it may not be the input (a hard
 import argparse
 import json
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from transformers import pipeline
 
 from .pipeline_bertxml import ICDCodingPipeline
 from .readers import NotesError, iter_notes
+
+PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top_k", type=int, default=None, help="Keep at most this many codes per note.")
     parser.add_argument("--num_evidence_spans", type=int, default=3)
     parser.add_argument("--device", default=None, help='e.g. "cpu", "cuda:1"; defaults to the first GPU if any.')
+    parser.add_argument(
+        "--precision", choices=list(PRECISIONS), default="auto",
+        help="auto: bf16 autocast on a GPU that supports it, float32 elsewhere (the scores are float32 either way).",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -85,15 +93,26 @@ def predict(args: argparse.Namespace) -> None:
     rows = read_rows(args.input, args.text_column)  # all of them: a bad row fails before the model loads
     device = args.device or (0 if torch.cuda.is_available() else -1)
     coder = pipeline("icd-coding", model=args.model, pipeline_class=ICDCodingPipeline, device=device)
-    parameters = {"threshold": args.threshold, "top_k": args.top_k, "num_evidence_spans": args.num_evidence_spans}
+    parameters = {
+        "threshold": args.threshold, "top_k": args.top_k, "num_evidence_spans": args.num_evidence_spans,
+        "bf16": PRECISIONS[args.precision],
+    }  # fmt: skip
     parameters = {name: value for name, value in parameters.items() if value is not None}
     notes = (text for _, text in rows)  # a generator makes the pipeline stream, so progress is live
     results = coder(notes, batch_size=args.batch_size, **parameters)
     progress = tqdm(zip(rows, results), total=len(rows), desc="Coding notes", unit="note")
+    start = time.perf_counter()
     # default=str: a Parquet or saved-dataset field (a date, bytes) that JSON has no type for is kept as text.
     write_lines_atomically(
         args.output, (json.dumps({**fields, "codes": codes}, ensure_ascii=False, default=str) + "\n"
                       for (fields, _), codes in progress)
+    )
+    seconds = time.perf_counter() - start
+    precision = "bf16" if coder.runs_bf16(PRECISIONS[args.precision]) else "fp32"
+    print(
+        f"Coded {len(rows):,} notes in {seconds:.1f} s: {len(rows) / seconds:,.1f} notes/s on {coder.device} "
+        f"({precision}, batch size {args.batch_size}) -> {args.output}",
+        file=sys.stderr,
     )
 
 

@@ -48,6 +48,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def non_negative_int(value: str) -> int:
+    """argparse type: a count that may be 0."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {value!r}")
+    return int(value)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--train_file", nargs="+", help="Training files: .txt, .jsonl, .csv, .parquet, folders, globs.")
@@ -63,6 +70,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text_column", default="text", help="Column holding the note in JSONL/CSV/Parquet files.")
     group.add_argument("--max_seq_length", type=int, help="Tokens per example (default: the tokenizer's limit).")
     group.add_argument("--preprocessing_num_workers", type=int, help="Processes for tokenisation (datasets.map).")
+    group.add_argument(
+        "--dataloader_num_workers", type=non_negative_int, default=0,
+        help="Processes that collate (and mask) batches while the device trains (0: in the training process).",
+    )  # fmt: skip
     group.add_argument("--output_dir", required=True, help="Where checkpoints, logs and the final model go.")
     group.add_argument(
         "--overwrite_output_dir", action="store_true", help="Start a new run in an output dir that holds another one."
@@ -176,10 +187,12 @@ def accelerator_settings(args: argparse.Namespace, project_name: str) -> dict:
         project_name=project_name,
         hparams=vars(args),
         deterministic=args.deterministic,
-        # A stream is read by every rank (dispatching batches from rank 0 would need the whole corpus there).
+        # A stream is read by every rank (dispatching batches from rank 0 would need the whole corpus there). Batches
+        # come from pinned memory on CUDA and are copied without blocking: a blocking copy waits for the queued steps.
         dataloader_config=DataLoaderConfiguration(
-            use_seedable_sampler=True, dispatch_batches=False if args.streaming else None
-        ),
+            use_seedable_sampler=True, dispatch_batches=False if args.streaming else None,
+            non_blocking=torch.cuda.is_available(),
+        ),  # fmt: skip
     )
 
 
@@ -217,7 +230,9 @@ def setup_accelerator(
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=os.path.join(output_dir, "logs")),
         # A seeded sampler makes each epoch's order a function of (seed, epoch), so a resumed run sees the same data.
-        dataloader_config=dataloader_config or DataLoaderConfiguration(use_seedable_sampler=True),
+        # Non-blocking copies of (pinned) batches on CUDA: a blocking copy waits for every step queued before it.
+        dataloader_config=dataloader_config
+        or DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
     )
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
@@ -239,11 +254,13 @@ def setup_accelerator(
 
 
 def log_training(
-    accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler
+    accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler,
+    **rates: float,
 ) -> None:
     """Log a training step under the tags both scripts share: `train/loss`, `train/learning_rate` (the first
-    parameter group's: the encoder's), `train/epoch` and `train/tokens`, so their runs compare in one TensorBoard."""
-    values = {"loss": loss, "learning_rate": scheduler.get_last_lr()[0], "epoch": progress.epoch}
+    parameter group's: the encoder's), `train/epoch` and `train/tokens`, so their runs compare in one TensorBoard;
+    `rates` (tokens_per_second, mfu) under `train/` too."""
+    values = {"loss": loss, "learning_rate": scheduler.get_last_lr()[0], "epoch": progress.epoch, **rates}
     accelerator.log({f"train/{key}": value for key, value in {**values, "tokens": progress.tokens}.items()},
                     step=progress.step)  # fmt: skip
 
@@ -336,11 +353,13 @@ def create_optimizer(
     learning_rate: float,
     weight_decay: float = 0.0,
     param_groups: dict[str, float] | None = None,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and LayerNorm weights (every parameter of fewer than 2 dimensions).
 
     `param_groups` maps a parameter-name prefix to its own learning rate (e.g. `{"label_head.": 1e-3}` for a new
-    head on a pretrained encoder); the other parameters use `learning_rate`.
+    head on a pretrained encoder); the other parameters use `learning_rate`. `fused`: one kernel updates every
+    parameter (for CUDA, see `fused_optimizer`), instead of a dozen launches per parameter group.
     """
     prefixes = param_groups or {}
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
@@ -353,7 +372,14 @@ def create_optimizer(
     return torch.optim.AdamW(
         [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()],
         lr=learning_rate,
+        fused=fused or None,
     )
+
+
+def fused_optimizer(accelerator: Accelerator) -> bool:
+    """Whether AdamW should be fused: on CUDA, where its per-parameter kernel launches are a visible share of a
+    step; elsewhere the default (foreach) implementation is kept."""
+    return accelerator.device.type == "cuda"
 
 
 def create_scheduler(
@@ -449,13 +475,19 @@ def training_step(
     progress: Progress,
     uniform_loss: float,
     max_grad_norm: float = 1.0,
-) -> float:
+    check_divergence: bool = True,
+) -> torch.Tensor:
     """Train on one micro-batch: forward, divergence guard, backward, and at the end of an accumulation window
     clipping, update and `progress.step += 1` (`accelerator.sync_gradients` says whether it stepped).
-    Returns the micro-batch's loss."""
+    Returns the micro-batch's loss as a detached device tensor: reading it (`.item()`) waits for the device.
+
+    `check_divergence=False` skips the guard, which reads the loss and so makes the host wait for the device every
+    step; a loop that does so checks its losses itself now and then (`check_loss`), and `save_checkpoint` still
+    refuses diverged weights."""
     with accelerator.accumulate(model):
         loss = model(**batch).loss
-        check_loss(loss, progress.step + 1, uniform_loss, accelerator)
+        if check_divergence:
+            check_loss(loss, progress.step + 1, uniform_loss, accelerator)
         accelerator.backward(loss)
         if accelerator.sync_gradients and max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -465,7 +497,7 @@ def training_step(
     progress.tokens += batch["input_ids"].numel() * accelerator.num_processes
     if accelerator.sync_gradients:
         progress.step += 1
-    return loss.detach().float().item()
+    return loss.detach().float()
 
 
 @torch.no_grad()
@@ -521,6 +553,7 @@ __all__ = [
     "data_source",
     "default_learning_rate",
     "epoch_batches",
+    "fused_optimizer",
     "load_config",
     "load_tokenizer",
     "log_training",

@@ -78,7 +78,7 @@ def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
 
 
 # What both scripts log every training step (modeling_bertxml.training.log_training); evaluations are validation/*.
-TRAIN_TAGS = {"train/loss", "train/learning_rate", "train/epoch", "train/tokens"}
+TRAIN_TAGS = {"train/loss", "train/learning_rate", "train/epoch", "train/tokens", "train/tokens_per_second", "train/mfu"}
 
 
 def tracked_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -13,7 +13,7 @@ def test_benchmark_prints_tables_and_writes_json(tmp_path: Path) -> None:
     command += ["--naive_training_max_scores", "10000", "--output", str(output)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
-    for title in ("Encoder alone", "head vs the naive head", "End to end", "Ways to run the head", "GFLOP/s"):
+    for title in ("Encoder alone", "head vs the naive head", "End to end", "Ways to run the head", "GFLOP/s", "MFU"):
         assert title in done.stdout
 
     results = json.loads(output.read_text())
@@ -23,5 +23,28 @@ def test_benchmark_prints_tables_and_writes_json(tmp_path: Path) -> None:
     assert {(row["mode"], row["tokens"], row["codes"]) for row in skipped} == {("training", 64, 300)}
     errors = {row["variant"]: row["max_abs_error"] for row in results["variants"]}
     exact_fp32 = [error for variant, error in errors.items() if variant.startswith("exact") and "bf16" not in variant]
-    assert len(exact_fp32) == 3 and max(exact_fp32) < 1e-5
+    assert len(exact_fp32) == 5 and max(exact_fp32) < 1e-5
+    paths = {row["variant"]: row["path"] for row in results["variants"]}
+    assert paths["exact: SDPA per block"] == "sdpa" and paths["exact: explicit blocks"] == "blocks"
+    assert paths["exact, bf16 autocast, default (auto)"] == "blocks"  # CPU bf16 inference
+    assert results["warmup_runs"] == 1 and all(row["runs"] >= 1 for row in results["encoder"])
     assert results["peak_flops"]["fp32"] > 1e9
+
+
+def test_head_path_check_holds_every_path_to_the_naive_head(tmp_path: Path) -> None:
+    """The script benchmarks/gpu_check.sh runs on CUDA, run here on CPU: each forced path runs as itself and matches
+    the naive head in values and gradients (fp32 tightly, bf16 autocast within its rounding)."""
+    output = tmp_path / "paths.json"
+    command = [sys.executable, "benchmarks/check_head_paths.py", "--config", "tiny", "--codes", "50", "--tokens", "64",
+               "--block_size", "16", "--budget", "0.01", "--output", str(output)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    assert {(row["precision"], row["path"]) for row in rows} == {
+        (precision, path) for precision in ("fp32", "bf16") for path in ("auto", "sdpa", "blocks", "naive")
+    }
+    assert all(row["runs as"] == row["path"] for row in rows if row["path"] != "auto")
+    for row in rows:
+        limit = 1e-5 if row["precision"] == "fp32" else 3e-2
+        assert row["logit error"] < limit and row["gradient error"] < limit, row
+        assert row["inference ms"] > 0 and row["training ms"] > 0

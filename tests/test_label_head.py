@@ -1,4 +1,7 @@
-"""The fast label-attention head computes exactly what the naive one does, in bounded memory, also under autocast."""
+"""The fast label-attention head computes exactly what the naive one does, in bounded memory, also under autocast.
+
+Both exact paths run here whatever the device would pick (`label_attention_implementation`): "sdpa", the CPU's
+default, and "blocks", CUDA's (benchmarks/gpu_check.sh compares them with the naive head on a GPU)."""
 
 import pytest
 import torch
@@ -11,11 +14,17 @@ from tests.conftest import assert_close_scaled, tiny_config
 BATCH, TOKENS, CODES, BLOCK = 3, 50, 37, 8
 
 
+IMPLEMENTATIONS = ["sdpa", "blocks"]
+
+
 def random_head(
-    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES
+    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES, implementation: str = "auto"
 ) -> BertXMLLabelWiseHead:
     """A head with unit-scale weights, so that attention is peaked and a wrong mask or block visibly moves logits."""
-    config = tiny_config(num_labels=codes, label_block_size=block, label_attention_dim=label_attention_dim)
+    config = tiny_config(
+        num_labels=codes, label_block_size=block, label_attention_dim=label_attention_dim,
+        label_attention_implementation=implementation,
+    )  # fmt: skip
     head = BertXMLLabelWiseHead(config)
     with torch.no_grad():
         for parameter in head.parameters():
@@ -32,10 +41,11 @@ def random_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return states, mask
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
 @pytest.mark.parametrize("block", [1, BLOCK, CODES, 64])
-def test_head_matches_naive_head_in_fp32(label_attention_dim: int | None, block: int) -> None:
-    head = random_head(label_attention_dim, block)
+def test_head_matches_naive_head_in_fp32(implementation: str, label_attention_dim: int | None, block: int) -> None:
+    head = random_head(label_attention_dim, block, implementation=implementation)
     states, mask = random_batch()
     with torch.no_grad():
         expected = naive_label_attention(head, states, mask)
@@ -48,9 +58,10 @@ def test_head_matches_naive_head_in_fp32(label_attention_dim: int | None, block:
     assert torch.all(attentions[2, :, 17:] == 0)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
-def test_head_gradients_match_naive_head(label_attention_dim: int | None) -> None:
-    head = random_head(label_attention_dim)
+def test_head_gradients_match_naive_head(implementation: str, label_attention_dim: int | None) -> None:
+    head = random_head(label_attention_dim, implementation=implementation)
     states, mask = random_batch()
     states = states.nan_to_num(0.0).requires_grad_()
     gradients = []
@@ -85,7 +96,7 @@ class LargestTensor(TorchDispatchMode):
 @pytest.mark.parametrize("training", [False, True])
 def test_fused_head_never_forms_a_codes_by_tokens_tensor(training: bool) -> None:
     codes, block = 100, 40  # one block of scores (batch x 40 x tokens) outweighs the states (batch x tokens x 32)
-    head = random_head(block=block, codes=codes)
+    head = random_head(block=block, codes=codes, implementation="sdpa")
     states, mask = random_batch()
     states = states.nan_to_num(0.0).requires_grad_(training)
     with torch.set_grad_enabled(training), LargestTensor() as largest:
@@ -96,9 +107,12 @@ def test_fused_head_never_forms_a_codes_by_tokens_tensor(training: bool) -> None
     assert largest.numel <= BATCH * TOKENS * 32 < BATCH * block * TOKENS
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
-def test_backward_builds_each_parameter_gradient_once_not_once_per_block(label_attention_dim: int | None) -> None:
-    head = random_head(label_attention_dim)  # 37 codes in blocks of 8: 5 blocks
+def test_backward_builds_each_parameter_gradient_once_not_once_per_block(
+    implementation: str, label_attention_dim: int | None
+) -> None:
+    head = random_head(label_attention_dim, implementation=implementation)  # 37 codes in blocks of 8: 5 blocks
     states, mask = random_batch()
     logits, _ = head(states.nan_to_num(0.0), mask)
     with LargestTensor() as created:
@@ -107,30 +121,48 @@ def test_backward_builds_each_parameter_gradient_once_not_once_per_block(label_a
     assert sum(size in full_size for size in created.sizes) == 2  # one gradient each for queries and output weights
 
 
-def test_bf16_inference_on_cpu_forms_one_block_of_scores_at_most() -> None:
+@pytest.mark.parametrize("implementation", ["auto", "blocks"])  # auto: CPU bf16 inference takes the blocks
+def test_bf16_inference_in_blocks_forms_one_block_of_scores_at_most(implementation: str) -> None:
     codes, block = 100, 40
-    head = random_head(block=block, codes=codes)
+    head = random_head(block=block, codes=codes, implementation=implementation)
     states, mask = random_batch()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), LargestTensor() as largest:
         head(states, mask)
     assert largest.numel == BATCH * block * TOKENS < BATCH * codes * TOKENS
 
 
+def test_training_in_blocks_keeps_one_block_of_scores_alive_per_block_not_the_whole_tensor_at_once() -> None:
+    """The blocks path's memory: the forward creates one block's scores at a time (autograd keeps each block's
+    weights for the backward, as the naive head keeps its one tensor: the GPU check measures that memory)."""
+    codes, block = 100, 40
+    head = random_head(block=block, codes=codes, implementation="blocks")
+    states, mask = random_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16), LargestTensor() as largest:
+        logits, _ = head(states.nan_to_num(0.0), mask)
+    assert largest.numel == BATCH * block * TOKENS < BATCH * codes * TOKENS
+    logits.sum().backward()
+    assert torch.isfinite(head.queries.grad).all()
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
-def test_bf16_autocast_stays_close_to_fp32(label_attention_dim: int | None) -> None:
-    head = random_head(label_attention_dim)
+def test_bf16_autocast_stays_close_to_fp32(
+    implementation: str, label_attention_dim: int | None, training: bool
+) -> None:
+    head = random_head(label_attention_dim, implementation=implementation)
     states, mask = random_batch()
     with torch.no_grad():
         expected = naive_label_attention(head, states, mask)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits, _ = head(states, mask)
+    with torch.set_grad_enabled(training), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = head(states, mask)
     assert logits.dtype == torch.float32  # the per-code output runs against the float32 output weights
     # bf16 keeps 8 bits of mantissa: allow a few of its roundings (2**-8) on logits of size ~ sqrt(hidden).
     torch.testing.assert_close(logits, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
 
 
 def test_half_precision_scores_beyond_fp16_range_stay_finite() -> None:
-    head = random_head()
+    head = random_head()  # "auto" keeps float16 off the blocks, whose products would overflow
     states, mask = random_batch()
     with torch.no_grad():
         head.queries.mul_(1e4)  # scores of ~1e4 * sqrt(hidden): beyond fp16's 65,504
@@ -138,3 +170,8 @@ def test_half_precision_scores_beyond_fp16_range_stay_finite() -> None:
         with torch.autocast("cpu", dtype=torch.float16):
             logits, _ = head(states, mask)
     assert torch.isfinite(logits).all()
+
+
+def test_an_unknown_implementation_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="label_attention_implementation must be one of auto, blocks, sdpa"):
+        tiny_config(label_attention_implementation="triton")

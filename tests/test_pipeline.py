@@ -268,6 +268,36 @@ def test_predict_cli_writes_one_line_per_note_keeping_ids(
         predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(output)])
 
 
+def test_bf16_runs_only_when_asked_on_cpu_and_codes_the_same(coder: ICDCodingPipeline, test_notes: list) -> None:
+    """bf16 autocast is the default on a CUDA GPU only: on CPU the pipeline runs float32 unless asked, and bf16
+    changes scores by rounding, not the codes of clear-cut notes."""
+    seen: list[torch.dtype] = []
+    hook = coder.model.bert.encoder.layer[0].output.dense.register_forward_hook(
+        lambda module, inputs, output: seen.append(output.dtype)
+    )
+    notes = [text for text, *_ in test_notes[:8]]
+    try:
+        default = coder(notes, batch_size=4)
+        bf16 = coder(notes, batch_size=4, bf16=True)
+    finally:
+        hook.remove()
+    assert not coder.runs_bf16() and coder.runs_bf16(True)
+    assert seen == [torch.float32] * 2 + [torch.bfloat16] * 2
+    codes = [{item["code"]: item["score"] for item in note} for note in default]
+    bf16_codes = [{item["code"]: item["score"] for item in note} for note in bf16]
+    assert [set(note) for note in bf16_codes] == [set(note) for note in codes]  # the order of near ties may swap
+    for note, expected in zip(bf16_codes, codes):
+        assert note == pytest.approx(expected, abs=0.05)
+
+
+def test_predict_reports_notes_per_second_and_its_precision(model_folder: Path, tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("".join(json.dumps({"text": "chest pain"}) + "\n" for _ in range(3)))
+    predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(tmp_path / "codes.jsonl"),
+                  "--precision", "bf16"])  # fmt: skip
+    assert re.search(r"Coded 3 notes in \S+ s: \S+ notes/s on cpu \(bf16, batch size 8\)", capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("make_output", [
     lambda notes: notes,
     lambda notes: notes.parent / "." / notes.name,

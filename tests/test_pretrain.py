@@ -104,6 +104,7 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
     assert len(losses) == 3 and losses == sorted(losses, reverse=True) and losses[-1] < uniform - 0.3, losses
     results = json.loads((out / "train_results.json").read_text())
     assert results["train_steps"] == 60 and results["perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-3)
+    assert_sane_throughput(results, warmup_steps=5)
     # Below the unigram plateau (token frequencies) on the same masked words: the context is used.
     assert results["perplexity"] < 0.95 * results["unigram_perplexity"], results
     scalars = tracked_scalars(out / "logs")
@@ -122,6 +123,27 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
         torch.testing.assert_close(coder.bert.state_dict()[name], weight, rtol=0, atol=0)
 
 
+def assert_sane_throughput(results: dict, warmup_steps: int) -> None:
+    """Steady-state tokens/s and MFU: the steps after warm-up, at least about the whole loop's average rate (which
+    also pays for warm-up and evaluations), FLOPs per token near the 6 x parameters rule, MFU what they make."""
+    assert results["steady_state_steps"] == results["train_steps"] - warmup_steps
+    whole_loop = results["train_tokens"] / results["train_runtime"]
+    assert results["tokens_per_second"] > 0.5 * whole_loop, results
+    assert 0.5 < results["flops_per_token"] / (6 * results["num_parameters"]) < 2, results
+    per_device = results["tokens_per_second"] / results["num_processes"]
+    assert results["mfu"] == pytest.approx(per_device * results["flops_per_token"] / results["peak_flops"], rel=1e-6)
+    assert 0 < results["mfu"] < 1 and results["peak_dtype"] == "float32"
+
+
+def test_compiled_model_with_loader_workers_trains_and_saves_plain_weight_names(corpus, tmp_path, run_main):
+    out = tmp_path / "compiled"
+    run_main(base_args(corpus, out, "--max_train_steps", "3", "--torch_compile", "eager",
+                       "--dataloader_num_workers", "1"))  # fmt: skip
+    mlm = AutoModelForMaskedLM.from_pretrained(out)
+    assert not any("_orig_mod" in name for name in load_file(out / "model.safetensors"))
+    assert isinstance(mlm, BertXMLForMaskedLM)
+
+
 def test_two_gloo_ranks_train_one_model(corpus, tmp_path):
     out = tmp_path / "ddp"
     port = str(free_port())  # another 2-rank job on this machine must not join our group
@@ -133,6 +155,7 @@ def test_two_gloo_ranks_train_one_model(corpus, tmp_path):
     assert log.count("Num processes: 2") == 2
     results = json.loads((out / "train_results.json").read_text())
     assert results["num_processes"] == 2 and results["ranks_identical"] is True
+    assert_sane_throughput(results, warmup_steps=2)
     # Each rank consumed its own batches: twice the tokens of one process, and each rank saved its RNG state.
     assert results["train_tokens"] == 6 * 2 * 4 * 32
     assert {p.name for p in (out / "checkpoints" / "step_3").glob("random_states_*")} == {

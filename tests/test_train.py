@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -161,6 +162,17 @@ def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(tra
     unseen = "1 code occurrences (1 codes) are outside the label space, counted as misses: R51.9"
     assert any(unseen in line for line in lines)
     assert any("test: 1 of 16 notes are longer than 32 tokens and were truncated" in line for line in lines)
+    speed = json.loads((output_dir / "train_results.json").read_text())
+    # 48 notes, 8 per batch, 3 epochs: 18 steps, the first 5 untimed (warm-up).
+    assert speed["train_steps"] == 18 and speed["steady_state_steps"] == 13
+    assert speed["tokens_per_second"] > 0 and 0 < speed["mfu"] < 1
+    assert speed["mfu"] == pytest.approx(speed["tokens_per_second"] * speed["flops_per_token"] / speed["peak_flops"])
+    assert any("note tokens/s, MFU" in line for line in lines)
+    # Mega-batches are batch x min(notes // (4 x batch), 50) notes (transformers' rule): one batch for 48 notes, so
+    # grouping cannot beat random order here; tests/test_sampling.py measures it on a larger set.
+    padding = [line for line in lines if "Padding in training batches" in line]
+    grouped, shuffled = (float(share) for share in re.findall(r"(\d+\.\d)%", padding[0]))
+    assert grouped <= shuffled
 
 
 def test_no_note_text_reaches_the_logs_or_the_output_folder(data: Path, trained) -> None:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from accelerate.state import AcceleratorState
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -34,6 +35,7 @@ from modeling_bertxml.training import (
     load_tokenizer,
     run_args,
     setup_accelerator,
+    training_step,
 )
 
 from conftest import tiny_config, tiny_tokenizer
@@ -249,6 +251,14 @@ def test_a_launch_whose_processes_did_not_join_is_refused(tmp_path, monkeypatch)
         prepare_output_dir(parse("--output_dir", str(tmp_path / "run")))
 
 
+def test_an_fsdp_launch_that_accelerate_ran_as_something_else_is_refused(tmp_path, monkeypatch):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --config_file configs/accelerate/fsdp.yaml` on CPU: Accelerate sets up
+    DDP instead (FSDP is for GPUs), which then fails on meta-device weights; the run must say why at once."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets from the FSDP config
+    with pytest.raises(RuntimeError, match="asks for FSDP but Accelerate set up NO: Accelerate runs FSDP on GPUs"):
+        prepare_output_dir(parse("--output_dir", str(tmp_path / "run")))
+
+
 def test_tokenizer_and_config_must_belong_together(tmp_path):
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
@@ -279,6 +289,43 @@ def test_optimizer_skips_decay_on_biases_and_layernorm_and_gives_prefixes_their_
     assert (query["weight_decay"], query["lr"]) == (0.01, 1e-4)
     assert group_of[id(named["cls.predictions.transform.dense.weight"])]["lr"] == 1e-2
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the reads of a tensor's value by the host (`.item()`, `bool(tensor)`): each one waits for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_without_the_guard_leaves_the_loss_on_the_device(tmp_path):
+    """pretrain.py's steps: the loss stays on the device (read every --logging_steps), so the host can queue the next
+    step while the device runs this one; the guard (train.py's steps) reads it. Other reads on CPU (AdamW's step
+    counters, transformers' all-ones mask check) are the same in both and CPU-side or tiny on a GPU."""
+    reads = {}
+    for check_divergence in (True, False):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = setup_accelerator(tmp_path, seed=0)
+        model = BertXMLForMaskedLM(tiny_config())
+        optimizer = create_optimizer(model, learning_rate=1e-3)
+        scheduler = create_scheduler(optimizer, num_training_steps=2)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        ids = torch.randint(5, 40, (2, 16))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+        progress = Progress()
+        with DeviceReads() as device_reads:
+            loss = training_step(accelerator, model, optimizer, scheduler, batch, progress, uniform_loss=4.0,
+                                 check_divergence=check_divergence)  # fmt: skip
+        reads[check_divergence] = device_reads.count
+        assert progress.step == 1 and loss.ndim == 0 and not loss.requires_grad
+    with DeviceReads() as guard:
+        check_loss(loss, step=1, uniform_loss=4.0, accelerator=accelerator)
+    assert guard.count >= 1 and reads[True] == reads[False] + guard.count, (reads, guard.count)
 
 
 def test_warmup_ratio_sets_the_linear_warmup():
