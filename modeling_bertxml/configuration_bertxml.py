@@ -48,10 +48,9 @@ class BertXMLConfig(BertConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        # Only the coding model needs multi-label (it checks); the encoder and MLM model share this config.
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
-        if self.problem_type != "multi_label_classification":
-            raise ValueError(f"BERT-XML codes notes with multi-hot labels; got problem_type={self.problem_type!r}")
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self.check_values()
 

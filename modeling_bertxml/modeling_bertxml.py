@@ -350,6 +350,12 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
     """BERT-XML: the chunked encoder with a label-wise attention head that assigns codes to whole notes."""
 
     def __init__(self, config: BertXMLConfig):
+        # Checked here, not in the config, which the encoder and the MLM model share (and peer tools build freely).
+        if config.problem_type != "multi_label_classification":
+            raise ValueError(
+                f"BERT-XML codes notes with multi-hot labels (problem_type='multi_label_classification'); got "
+                f"problem_type={config.problem_type!r}"
+            )
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertXMLModel(config)
