@@ -36,6 +36,7 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
 )
 from modeling_bertxml.finetuning import (
+    adapter_base_id,
     add_lora,
     build_coding_model,
     coding_config,
@@ -119,6 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lora.add_argument("--lora_dropout", type=float, default=0.1)
     lora.add_argument("--lora_target_modules", nargs="+", default=["query", "value"])
     lora.add_argument("--merge_lora", action="store_true", help="Save a plain model with the adapters merged in.")
+    lora.add_argument(
+        "--base_model_id",
+        help="Hub id of --model_name_or_path that the adapter folder names as its base (needed when it is a local "
+        "folder and --merge_lora is not given).",
+    )
     args = parser.parse_args(argv)
     if not args.train_file or not args.validation_file:
         parser.error("--train_file and --validation_file are required (the threshold and best model come from it)")
@@ -126,6 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tokenizer_name is required when training from scratch")
     if args.merge_lora and not args.use_lora:
         parser.error("--merge_lora needs --use_lora")
+    if args.use_lora and not args.merge_lora:
+        try:  # checked now, not after training: the adapter folder must name a base others can load
+            args.base_model_id = adapter_base_id(args.base_model_id, args.model_name_or_path)
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
@@ -308,7 +319,7 @@ def write_outputs(args, accelerator, model, tokenizer, splits: Splits, results: 
         shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
         model_card(args, accelerator, config, splits, results, progress).save(folder / "README.md")
 
-    save_coding_model(accelerator, model, tokenizer, args.output_dir, args.merge_lora, add_files)
+    save_coding_model(accelerator, model, tokenizer, args.output_dir, args.merge_lora, add_files, args.base_model_id)
     logger.info(f"Results (threshold tuned on validation):\n{format_table(results)}")
 
 

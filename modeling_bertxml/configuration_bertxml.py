@@ -10,6 +10,8 @@ AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_bertxml.BertXMLForMultiLabelCoding",
     "AutoModelForMaskedLM": "modeling_bertxml.BertXMLForMaskedLM",
 }
+CODING_ARCHITECTURE = "BertXMLForMultiLabelCoding"
+ENCODER = "modeling_bertxml.BertXMLModel"
 
 
 class BertXMLConfig(BertConfig):
@@ -52,7 +54,18 @@ class BertXMLConfig(BertConfig):
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        # Iterable, as transformers' Auto classes read it to pick the encoder or the coding model (None would raise).
+        if self.architectures is None:
+            self.architectures = []
         self.check_values()
+
+    def to_dict(self) -> dict:
+        """What `AutoModel` means follows the saved model: a coding folder gives the coding model (the product's
+        entry point), any other (pretraining, encoder) the encoder, so feature extraction returns token states."""
+        output = super().to_dict()
+        coding = CODING_ARCHITECTURE in (output.get("architectures") or [])
+        output["auto_map"] = {**output["auto_map"], "AutoModel": AUTO_MAP["AutoModel"] if coding else ENCODER}
+        return output
 
     def check_values(self) -> None:
         """Refuse values BERT-XML cannot run (construction checks them; call it again after setting attributes, as

@@ -6,6 +6,7 @@ encoder's attention, the whole label-attention head trained and saved (`modules_
 because `SEQ_CLS` would only unfreeze a module named `classifier` and leave the head random.
 """
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
+from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions, init_label_queries_from_descriptions
@@ -128,6 +130,24 @@ def add_lora(
     return model
 
 
+def adapter_base_id(base_model_id: str | None, model_name_or_path: str | None) -> str:
+    """The Hub id an adapter folder names as its base: `base_model_id`, else `model_name_or_path` when that is a Hub
+    id. A local folder is refused (ValueError with what to pass instead): it resolves on no other machine."""
+    if base_model_id:
+        if os.path.isabs(base_model_id):
+            raise ValueError(f"--base_model_id {base_model_id} is an absolute local path; give the base's Hub id")
+        return base_model_id
+    if model_name_or_path is None:
+        raise ValueError("--use_lora adapts a pretrained encoder: pass --model_name_or_path")
+    if os.path.exists(model_name_or_path):
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path} is a local folder, which the LoRA adapter cannot name as its "
+            "base on other machines: pass --base_model_id org/name (its Hub repo, e.g. from pretrain.py "
+            "--push_to_hub), or --merge_lora for a folder that needs no base"
+        )
+    return model_name_or_path
+
+
 def head_prefix(model: torch.nn.Module) -> str:
     """Parameter-name prefix of the head, for its own learning rate (`training.create_optimizer(param_groups=...)`)."""
     return f"base_model.model.{HEAD_MODULE}." if isinstance(model, PeftModel) else f"{HEAD_MODULE}."
@@ -145,33 +165,62 @@ def save_coding_model(
     output_dir: str | Path,
     merge_lora: bool = False,
     add_files: Callable[[Path], None] | None = None,
+    base_model_id: str | None = None,
 ) -> None:
     """Write a loadable model folder once: weights, config (labels, threshold, auto_map), code files, tokenizer and
     whatever `add_files(folder)` adds (see `checkpointing.save_model_folder`).
 
     A LoRA model is merged into a plain model with `merge_lora` (loads anywhere, like full fine-tuning); otherwise
-    the folder holds the adapter plus the coding config, which `load_coding_model` reloads on top of its base model.
+    the folder holds the adapter (LoRA weights and the whole head) plus the coding config and code, and names its
+    base by `base_model_id` (a Hub id: a local path would not resolve on anyone else's machine).
     """
     unwrapped = accelerator.unwrap_model(model)
     if isinstance(unwrapped, PeftModel) and merge_lora:
         unwrapped = unwrapped.merge_and_unload()
-    save_model_folder(accelerator, unwrapped, tokenizer, output_dir, coding_config(unwrapped), add_files)
+    config = coding_config(unwrapped)
+    if isinstance(unwrapped, PeftModel):
+        if not base_model_id:
+            raise ValueError("An adapter folder must name its base model: pass base_model_id (a Hub id)")
+        unwrapped.peft_config["default"].base_model_name_or_path = base_model_id
+        add_files = _with_adapter_files(unwrapped, add_files)
+    save_model_folder(accelerator, unwrapped, tokenizer, output_dir, config, add_files)
+
+
+def _with_adapter_files(model: PeftModel, add_files: Callable[[Path], None] | None) -> Callable[[Path], None]:
+    """What an adapter folder needs besides peft's two files to load the standard ways (see the coding model's
+    `from_pretrained`): the coding config as the model's, the remote code, and an `auto_mapping` that names the
+    transformers Auto class, so that `AutoPeftModel` needs no import of this package."""
+    base = model.get_base_model()
+    base.config.architectures = [type(base).__name__]
+
+    def add(folder: Path) -> None:
+        custom_object_save(base, folder)
+        adapter_config = folder / ADAPTER_CONFIG
+        values = json.loads(adapter_config.read_text())
+        values["auto_mapping"] = {"base_model_class": "AutoModelForSequenceClassification", "parent_library": "transformers"}
+        adapter_config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+        if add_files is not None:
+            add_files(folder)
+
+    return add
 
 
 def load_coding_model(folder: str | Path, **kwargs) -> torch.nn.Module:
-    """Reload what `save_coding_model` wrote: a plain model, or base model + LoRA adapter (a `PeftModel`)."""
+    """Reload what `save_coding_model` wrote: a plain model, or base model + LoRA adapter (a `PeftModel`, as
+    `PeftModel.from_pretrained` documents it: the base built with the folder's config, so the saved head fits)."""
     folder = Path(folder)
     if not (folder / ADAPTER_CONFIG).is_file():
         return BertXMLForMultiLabelCoding.from_pretrained(folder, **kwargs)
-    base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
-    config = BertXMLConfig.from_pretrained(folder)
-    # The base checkpoint's head (if any) is for other labels: it is replaced by the adapter's saved head.
-    base = BertXMLForMultiLabelCoding.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True, **kwargs)
+    base_id = PeftConfig.from_pretrained(folder).base_model_name_or_path
+    base = BertXMLForMultiLabelCoding.from_pretrained(
+        base_id, config=BertXMLConfig.from_pretrained(folder), ignore_mismatched_sizes=True, **kwargs
+    )
     return PeftModel.from_pretrained(base, folder)
 
 
 __all__ = [
     "HEAD_MODULE",
+    "adapter_base_id",
     "add_lora",
     "build_coding_model",
     "coding_config",

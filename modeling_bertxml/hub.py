@@ -133,7 +133,7 @@ class Secret:
 MODEL_REPO_FILES = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-    "tokenizer_report.json", "*.py", "README.md", "eval_results.json", "test_results.json", "train_results.json",
+    "tokenizer_report.json", "*.py", "requirements.txt", "README.md", "eval_results.json", "test_results.json", "train_results.json",
 )
 UNSCANNABLE_KIND = "binary file that cannot be scanned"
 _ALWAYS_BLOCKING = (TOKEN_KIND, UNSCANNABLE_KIND)  # --hub_allow_phi cannot vouch for what nobody could read

@@ -21,6 +21,7 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
 4. There is no pooler and no next-sentence head.
 """
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ from transformers.models.bert.modeling_bert import (
 )
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import CONFIG_NAME, TransformersKwargs, can_return_tuple, cached_file, find_adapter_config_file
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_bertxml import BertXMLConfig
@@ -363,6 +364,36 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         self.dropout = nn.Dropout(dropout)
         self.label_head = BertXMLLabelWiseHead(config)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads a LoRA adapter folder (`train.py --use_lora`), whichever way it is reached: the Auto classes,
+        the pipelines, an Inference Endpoint.
+
+        Such a folder holds this model's config (its codes, threshold, pipeline) and the adapter with the trained
+        head, not the encoder. transformers' adapter detection would build the model from the base's config, with
+        the base's number of codes, and the saved head would not fit: here the base model named in
+        `adapter_config.json` is built with the folder's config, then transformers loads the adapter (peft).
+        """
+        adapter_kwargs = dict(kwargs.get("adapter_kwargs") or {})
+        adapter = adapter_kwargs.get("_adapter_model_path")  # set by the Auto classes when they found an adapter
+        download = {key: kwargs[key] for key in ("cache_dir", "token", "revision", "local_files_only") if key in kwargs}
+        if adapter is None and find_adapter_config_file(str(pretrained_model_name_or_path), **download) is not None:
+            adapter = pretrained_model_name_or_path
+        config_file = adapter and cached_file(
+            adapter, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **download
+        )
+        if not config_file:  # not an adapter, or one without our config: nothing to add
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        with open(find_adapter_config_file(str(adapter), **download), encoding="utf-8") as file:
+            base = json.load(file)["base_model_name_or_path"]
+        kwargs["config"] = cls.config_class.from_json_file(config_file)
+        kwargs["adapter_kwargs"] = {**adapter_kwargs, "_adapter_model_path": adapter}
+        if str(base) != str(pretrained_model_name_or_path):
+            kwargs.pop("revision", None)  # the adapter's revision, not the base's
+        # The base's own head, if any, is for other codes: the adapter brings the trained one.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
+        return super().from_pretrained(base, *model_args, **kwargs)
 
     @can_return_tuple
     def forward(
