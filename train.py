@@ -45,7 +45,7 @@ from modeling_bertxml.finetuning import (
 )
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
-from modeling_bertxml.model_card import render_model_card
+from modeling_bertxml.model_card import add_card_args, hub_id, render_model_card
 from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.notes import (
     MultiLabelCollator,
@@ -95,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_optimization_args(parser)
     add_checkpoint_args(parser)
     add_hub_args(parser)
+    add_card_args(parser)
     coding = parser.add_argument_group("ICD-10 coding")
     coding.add_argument("--test_file", nargs="+", help="Test notes; scored once, with the validation threshold.")
     coding.add_argument("--label_column", default="labels", help="Column of the code lists (CSV: ';'-separated).")
@@ -120,11 +121,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lora.add_argument("--lora_dropout", type=float, default=0.1)
     lora.add_argument("--lora_target_modules", nargs="+", default=["query", "value"])
     lora.add_argument("--merge_lora", action="store_true", help="Save a plain model with the adapters merged in.")
-    lora.add_argument(
-        "--base_model_id",
-        help="Hub id of --model_name_or_path that the adapter folder names as its base (needed when it is a local "
-        "folder and --merge_lora is not given).",
-    )
     args = parser.parse_args(argv)
     if not args.train_file or not args.validation_file:
         parser.error("--train_file and --validation_file are required (the threshold and best model come from it)")
@@ -327,7 +323,10 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
     return render_model_card(
         repo_id=args.hub_model_id or Path(args.output_dir).resolve().name,
         results=results,
-        base_model=Path(args.model_name_or_path).name if args.model_name_or_path else None,
+        license=args.license,
+        base_model=args.base_model_id or hub_id(args.model_name_or_path),
+        datasets=[name] if (name := hub_id(getattr(args, "dataset_name", None))) else None,
+        adapter=args.use_lora and not args.merge_lora,
         num_labels=f"{len(splits.labels):,}",
         label_space=f"codes of --label_file {Path(args.label_file).name}" if args.label_file
         else f"training codes seen at least {args.min_code_count} time(s)",

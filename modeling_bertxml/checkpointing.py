@@ -414,9 +414,11 @@ def save_model_folder(
         shutil.rmtree(temporary, ignore_errors=True)
         with writing(output, temporary):
             unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(temporary, state_dict=state_dict, save_function=accelerator.save)
-            tokenizer.save_pretrained(temporary)
             adapter = hasattr(unwrapped, "peft_config")
+            # An adapter never trains the embeddings; peft's default ("auto") would ask the Hub about the base.
+            options = {"save_embedding_layers": False} if adapter else {}
+            unwrapped.save_pretrained(temporary, state_dict=state_dict, save_function=accelerator.save, **options)
+            tokenizer.save_pretrained(temporary)
             requirements = REMOTE_CODE_REQUIREMENTS + (ADAPTER_REQUIREMENTS if adapter else ())
             (temporary / REQUIREMENTS_FILE).write_text("".join(f"{line}\n" for line in requirements))
             if config is not None and not (temporary / "config.json").exists():
