@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "description and inclusion terms (meant for rare codes; needs a well-pretrained encoder, see README).",
     )
     coding.add_argument(
+        "--allow_random_encoder", action="store_true",
+        help="Fine-tune even when --model_name_or_path's encoder weights do not load (e.g. a RoBERTa checkpoint): "
+        "the encoder then starts from random weights. Refused by default.",
+    )
+    coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
         help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
     )
@@ -354,6 +359,7 @@ def run(args: argparse.Namespace) -> None:
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=args.init_label_queries_from_descriptions,
         label_frequencies=label_frequencies(splits.train, splits.labels),
+        allow_random_encoder=args.allow_random_encoder,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)

@@ -22,7 +22,7 @@ from .configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions, init_label_queries_from_descriptions
 from .modeling_bertxml import BertXMLForMultiLabelCoding
 from .checkpointing import save_model_folder
-from .training import load_config
+from .training import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def build_coding_model(
     config_overrides: str | None = None,
     init_from_descriptions: bool = False,
     label_frequencies: dict[str, float] | None = None,
+    allow_random_encoder: bool = False,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, or any BERT checkpoint) with a head for
     `labels`.
@@ -48,6 +49,8 @@ def build_coding_model(
 code's query from its ICD-10-CM description (`label_init`). Weights load in float32 whatever the
     checkpoint's dtype: mixed precision is Accelerate's job, and the optimizer needs float32 master weights.
     `label_frequencies` (share of training notes carrying each code) start new codes at their prior.
+    A checkpoint whose encoder weights do not all load (another architecture, e.g. RoBERTa) is refused with
+    `EncoderMismatchError` unless `allow_random_encoder`: fine-tuning would silently start from random weights.
     """
     id2label = dict(enumerate(labels))
     config = load_config(
@@ -60,9 +63,11 @@ code's query from its ICD-10-CM description (`label_init`). Weights load in floa
         model = BertXMLForMultiLabelCoding(config)
     else:
         # ignore_mismatched_sizes: a checkpoint that already has a head for another label space gets a new one.
-        model = BertXMLForMultiLabelCoding.from_pretrained(
-            model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
-        )
+        model, loading = BertXMLForMultiLabelCoding.from_pretrained(
+            model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )  # fmt: skip
+        check_encoder_loaded(model_name_or_path, loading, allow_random_encoder)
         known = reuse_head_rows_by_code(model, model_name_or_path)
     new = [code for code in labels if code not in set(known)]
     if label_frequencies is not None:
@@ -71,6 +76,40 @@ code's query from its ICD-10-CM description (`label_init`). Weights load in floa
         initialised = init_label_queries_from_descriptions(model, tokenizer, code_descriptions(new))
         logger.info(f"{len(initialised)} of {len(new)} new label queries start from their ICD-10-CM descriptions")
     return model
+
+
+_ENCODER_PARTS = ("embeddings", "encoder", "layers")
+
+
+class EncoderMismatchError(ConfigError):
+    """The checkpoint's weights do not fit BERT-XML's encoder: training would start from a random one."""
+
+
+def check_encoder_loaded(source: str | os.PathLike, loading: dict, allow_random: bool = False, listed: int = 5) -> None:
+    """Refuse (or, with `allow_random`, warn about) a checkpoint that left encoder weights random: missing ones, or
+    ones of another shape. The head is expected to be new; unused checkpoint weights are named as the likely cause."""
+    mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in loading["mismatched_keys"]]
+    random = sorted(
+        key for key in {*loading["missing_keys"], *mismatched} if not key.startswith(f"{HEAD_MODULE}.")
+    )
+    if not random:
+        return
+    # The checkpoint's own encoder weights first: their names show what it is (roberta.*, model.layers.*).
+    unused = sorted(loading["unexpected_keys"], key=lambda key: (not any(part in key for part in _ENCODER_PARTS), key))
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:listed]) + (f", ... ({len(keys)} in all)" if len(keys) > listed else "")
+
+    message = (
+        f"--model_name_or_path {source}: {len(random)} encoder weights did not load ({some(random)})"
+        + (f"; {len(unused)} of the checkpoint's weights are unused ({some(unused)})" if unused else "")
+        + ". It is not a BERT or BERT-XML checkpoint (RoBERTa, ModernBERT and others name their weights "
+        "differently), so fine-tuning would start from a random encoder. Use a BERT-style checkpoint or "
+        "pretrain.py's output, or pass --allow_random_encoder to train from random weights anyway."
+    )
+    if not allow_random:
+        raise EncoderMismatchError(message)
+    logger.warning(message.replace(", or pass --allow_random_encoder to train from random weights anyway", ""))
 
 
 def init_output_bias_from_priors(model: BertXMLForMultiLabelCoding, frequencies: dict[str, float]) -> None:
@@ -220,6 +259,8 @@ def load_coding_model(folder: str | Path, **kwargs) -> torch.nn.Module:
 
 __all__ = [
     "HEAD_MODULE",
+    "EncoderMismatchError",
+    "check_encoder_loaded",
     "adapter_base_id",
     "add_lora",
     "build_coding_model",

@@ -528,3 +528,29 @@ def test_resuming_after_the_training_codes_changed_is_refused(data: Path, tmp_pa
     train_file.write_text(train_file.read_text().replace("N17.9", "N17.0"))  # the export was redone
     with pytest.raises(SystemExit, match=r"step_6 was saved by a run with other labels \(1 added, 1 removed\)"):
         main([*args, "--resume_from_checkpoint", "latest"])
+
+
+def test_a_checkpoint_whose_encoder_does_not_load_is_refused_unless_allowed(data: Path, tmp_path: Path) -> None:
+    # A RoBERTa checkpoint (PLM-ICD's family) names its weights roberta.*: nothing of BERT-XML's encoder loads.
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
+    roberta = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=40, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    RobertaForMaskedLM(roberta).save_pretrained(tmp_path / "roberta")
+    tokenizer.save_pretrained(tmp_path / "roberta")
+    args = train_args(data, tmp_path / "out", "--num_train_epochs", "1")
+    args[args.index("--model_name_or_path") + 1] = str(tmp_path / "roberta")
+    with pytest.raises(SystemExit) as stopped:
+        run_train(args)
+    message = str(stopped.value.code)
+    assert "encoder weights did not load" in message and "bert.embeddings.word_embeddings.weight" in message
+    assert "roberta.embeddings" in message or "roberta.encoder" in message  # the unused weights say why
+    assert "--allow_random_encoder" in message and not (tmp_path / "out" / "config.json").exists()
+
+    lines = run_train([*args, "--allow_random_encoder", "--overwrite_output_dir"])
+    assert any("encoder weights did not load" in line for line in lines)  # warned, not silent
+    assert (tmp_path / "out" / "config.json").is_file()
+    # A BERT-XML checkpoint loads whole: no error, no warning.
+    labels = sorted(TOPICS)
+    build_coding_model(labels, tokenizer, data / "pretrained")
