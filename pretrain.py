@@ -9,8 +9,9 @@ script never asks. Modelled on transformers' `examples/pytorch/language-modeling
 
 Notes are tokenised with `datasets.map`, concatenated and cut into `--max_seq_length` blocks (no padding is wasted),
 and masked by whole words. Checkpoints are atomic and `--resume_from_checkpoint latest` continues at the same step
-and data position. The output dir ends with a `save_pretrained` model (+ tokenizer) that loads with
-`AutoModelForMaskedLM` and whose encoder loads into `BertXMLForMultiLabelCoding` for fine-tuning.
+and data position. The output dir ends with a `save_pretrained` model (+ tokenizer, model card, requirements.txt)
+that loads with `AutoModelForMaskedLM` (`AutoModel`: the encoder) and whose encoder loads into
+`BertXMLForMultiLabelCoding` for fine-tuning; `--push_to_hub` uploads it as train.py does (private by default).
 """
 
 import argparse
