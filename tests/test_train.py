@@ -259,7 +259,7 @@ ADAPTER_SCRIPT = textwrap.dedent(
     import torch
     from peft import AutoPeftModelForSequenceClassification, PeftModel
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, pipeline
-    adapter, base_id, note = sys.argv[1], sys.argv[2], sys.argv[3]
+    adapter, base_id, note, hub_adapter = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5]
     ids = torch.tensor(json.loads(sys.argv[4]))
     config = AutoConfig.from_pretrained(adapter, trust_remote_code=True)
     models = {
@@ -272,12 +272,17 @@ ADAPTER_SCRIPT = textwrap.dedent(
             base_id, config=config, trust_remote_code=True), adapter),
         "AutoPeftModel":
             AutoPeftModelForSequenceClassification.from_pretrained(adapter, trust_remote_code=True, id2label=config.id2label),
+        # the same adapter on the Hub: transformers then reads the base's config, and the adapter's must win
+        "Hub AutoModel": AutoModel.from_pretrained(hub_adapter, trust_remote_code=True),
     }
     result = {}
     with torch.no_grad():
         for name, model in models.items():
             result[name] = model.eval()(ids).logits[0].tolist()
     result["pipeline"] = pipeline("icd-coding", model=adapter, trust_remote_code=True, threshold=0.0)(note)
+    result["Hub pipeline"] = pipeline(
+        "icd-coding", model=hub_adapter, config=hub_adapter, trust_remote_code=True, threshold=0.0
+    )(note)
     spec = importlib.util.spec_from_file_location("handler", f"{adapter}/handler.py")
     handler = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(handler)
@@ -305,7 +310,8 @@ def test_lora_adapter_loads_the_standard_ways_without_the_package(data: Path, tm
     api.create_repo(base_id, private=False)
     api.upload_folder(repo_id=base_id, folder_path=data / "pretrained")
     lora = ["--use_lora", "--lora_r", "4", "--num_train_epochs", "1", "--base_model_id", base_id]
-    run_train(train_args(data, tmp_path / "run", *lora, "--hub_model_id", "hospital/coder-lora"))
+    run_train(train_args(data, tmp_path / "run", *lora, "--hub_model_id", "hospital/coder-lora", "--push_to_hub",
+                         "--hub_public", "--hub_token", loopback_hub.token))  # fmt: skip
     alone = tmp_path / "alone"
     alone.mkdir()
     adapter = alone / "coder-lora"
@@ -338,14 +344,15 @@ def test_lora_adapter_loads_the_standard_ways_without_the_package(data: Path, tm
         expected = model(**encoded).logits[0]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     out = subprocess.run(
-        [sys.executable, "-c", ADAPTER_SCRIPT, adapter.name, base_id, note, json.dumps(encoded.input_ids.tolist())],
+        [sys.executable, "-c", ADAPTER_SCRIPT, adapter.name, base_id, note, json.dumps(encoded.input_ids.tolist()),
+         "hospital/coder-lora"],
         capture_output=True, text=True, cwd=alone, env={**env, "PYTHONNOUSERSITE": "1"}, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for name in ("AutoModel", "AutoModelForSequenceClassification", "PeftModel", "AutoPeftModel"):
+    for name in ("AutoModel", "AutoModelForSequenceClassification", "PeftModel", "AutoPeftModel", "Hub AutoModel"):
         torch.testing.assert_close(torch.tensor(result[name]), expected, rtol=1e-4, atol=1e-5, msg=name)
-    for answer in (result["pipeline"], result["handler"]):
+    for answer in (result["pipeline"], result["handler"], result["Hub pipeline"]):
         scores = {item["code"]: item["score"] for item in answer}
         assert scores == pytest.approx({code: torch.sigmoid(expected[i]).item() for i, code in enumerate(labels)})
 
