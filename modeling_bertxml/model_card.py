@@ -67,10 +67,19 @@ def add_card_args(parser: argparse.ArgumentParser) -> None:
         "none granted).",
     )  # fmt: skip
     group.add_argument(
-        "--base_model_id",
+        "--base_model_id", type=repo_id_argument,
         help="Hub id of --model_name_or_path when that is a local folder: the card's base_model (the Hub's model "
         "tree) and the base a LoRA adapter folder names.",
     )
+
+
+def repo_id_argument(value: str) -> str:
+    """argparse type of a Hub repo id ("org/name"): a path or a typo would otherwise end up in the card."""
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id (org/name, not a local path)") from None
+    return value
 
 
 def hub_id(name: str | os.PathLike | None) -> str | None:
