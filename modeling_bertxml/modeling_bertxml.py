@@ -19,6 +19,8 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    self-attention with RoFormer's rotary embedding on queries and keys, so attention knows token distances from
    the first step instead of waiting for a random position table to organise (the MLM "unigram plateau").
 4. There is no pooler and no next-sentence head.
+5. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
+   head), which transformers' adapter detection alone would build with the base's config and number of codes.
 """
 
 import json
