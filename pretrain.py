@@ -9,8 +9,9 @@ script never asks. Modelled on transformers' `examples/pytorch/language-modeling
 
 Notes are tokenised with `datasets.map`, concatenated and cut into `--max_seq_length` blocks (no padding is wasted),
 and masked by whole words. Checkpoints are atomic and `--resume_from_checkpoint latest` continues at the same step
-and data position. The output dir ends with a `save_pretrained` model (+ tokenizer) that loads with
-`AutoModelForMaskedLM` and whose encoder loads into `BertXMLForMultiLabelCoding` for fine-tuning.
+and data position. The output dir ends with a `save_pretrained` model (+ tokenizer, model card, requirements.txt)
+that loads with `AutoModelForMaskedLM` (`AutoModel`: the encoder) and whose encoder loads into
+`BertXMLForMultiLabelCoding` for fine-tuning; `--push_to_hub` uploads it as train.py does (private by default).
 """
 
 import argparse
@@ -41,6 +42,8 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
     save_model_folder,
 )
+from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
+from modeling_bertxml.model_card import add_card_args, hub_id, render_encoder_card
 from modeling_bertxml.readers import DatasetSource, NotesError, describe, load_text_dataset
 from modeling_bertxml.training import (
     STREAMING_SHUFFLE_BUFFER,
@@ -92,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_args(parser)
     add_optimization_args(parser)
     add_checkpoint_args(parser)
+    add_hub_args(parser)
+    add_card_args(parser)
     group = parser.add_argument_group("pretraining")
     group.add_argument("--mlm_probability", type=float, default=0.15, help="Share of words masked (whole words).")
     group.add_argument(
@@ -416,9 +421,30 @@ def finish(
 
     def write_results(folder: Path) -> None:
         (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        encoder_card(args, accelerator, tokenizer, accelerator.unwrap_model(model).config, results).save(
+            folder / "README.md"
+        )
 
     save_model_folder(accelerator, model, tokenizer, args.output_dir, add_files=write_results)
     logger.info(f"Done: {results}")
+
+
+def encoder_card(args, accelerator: Accelerator, tokenizer, config: BertXMLConfig, results: dict):
+    """The folder's README.md: what the encoder is, its perplexity beside the unigram baseline's, how to load it."""
+    return render_encoder_card(
+        repo_id=args.hub_model_id or Path(args.output_dir).resolve().name,
+        results=results,
+        license=args.license,
+        base_model=args.base_model_id or hub_id(args.model_name_or_path),
+        datasets=[name] if (name := hub_id(getattr(args, "dataset_name", None))) else None,
+        max_note_length=f"{config.max_note_length:,}",
+        chunk_length=config.max_position_embeddings,
+        learning_rate=args.learning_rate,
+        batch_size=f"{args.per_device_train_batch_size} x {accelerator.num_processes} x "
+        f"{args.gradient_accumulation_steps}",
+        mlm_probability=args.mlm_probability,
+        block_size=block_size_for(args, tokenizer, config),
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -450,6 +476,8 @@ def run(args: argparse.Namespace) -> None:
         )
         runtime = time.perf_counter() - start
         finish(args, accelerator, model, tokenizer, progress, metrics, runtime, throughput)
+        if accelerator.is_main_process:
+            push_from_args(args, args.output_dir)  # private by default, scanned for identifiers, as train.py
     finally:
         accelerator.end_training()
 
@@ -463,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
             run(args)
     # Expected failures of a run: the message (file, line, field; or what to do), not a traceback. A bad row of a
     # streamed corpus is only found while training.
-    except (NotesError, ConfigError, TrainingDivergedError, OutputDirError, OutputWriteError, PermissionError) as error:
+    except (NotesError, ConfigError, TrainingDivergedError, OutputDirError, OutputWriteError, PermissionError,
+            HubPushError, IdentifiersFoundError) as error:  # fmt: skip
         raise SystemExit(f"error: {error}") from None
 
 

@@ -39,6 +39,7 @@ from modeling_bertxml.checkpointing import (
 )
 from modeling_bertxml.code_systems import CODE_SYSTEMS, code_groups, get_code_system, warn_local_codes
 from modeling_bertxml.finetuning import (
+    adapter_base_id,
     add_lora,
     build_coding_model,
     coding_config,
@@ -54,7 +55,7 @@ from modeling_bertxml.metrics import (
     format_table,
     tune_threshold,
 )
-from modeling_bertxml.model_card import render_model_card
+from modeling_bertxml.model_card import add_card_args, hub_id, render_model_card
 from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.plots import write_figures
 from modeling_bertxml.space import save_space_app
@@ -122,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_optimization_args(parser)
     add_checkpoint_args(parser)
     add_hub_args(parser)
+    add_card_args(parser)
     coding = parser.add_argument_group("ICD coding")
     coding.add_argument(
         "--code_system", choices=CODE_SYSTEMS, default="icd10",
@@ -146,6 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Batch training notes in random order instead of grouping notes of similar length (less padding).",
     )  # fmt: skip
     coding.add_argument(
+        "--allow_random_encoder", action="store_true",
+        help="Fine-tune even when --model_name_or_path's encoder weights do not load (e.g. a RoBERTa checkpoint): "
+        "the encoder then starts from random weights. Refused by default.",
+    )
+    coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
         help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
     )
@@ -164,6 +171,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tokenizer_name is required when training from scratch")
     if args.merge_lora and not args.use_lora:
         parser.error("--merge_lora needs --use_lora")
+    if args.use_lora and not args.merge_lora:
+        try:  # checked now, not after training: the adapter folder must name a base others can load
+            args.base_model_id = adapter_base_id(args.base_model_id, args.model_name_or_path)
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
@@ -434,7 +446,7 @@ def write_outputs(
         figures = card_figures(folder, splits, results, predictions, progress.history)
         model_card(args, accelerator, config, splits, results, progress, figures).save(folder / "README.md")
 
-    save_coding_model(accelerator, model, tokenizer, args.output_dir, args.merge_lora, add_files)
+    save_coding_model(accelerator, model, tokenizer, args.output_dir, args.merge_lora, add_files, args.base_model_id)
     logger.info(f"Results (threshold tuned on validation):\n{format_table(results)}")
 
 
@@ -444,7 +456,10 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
         results=results,
         figures=figures,
         figures_split="test" if "test" in results else "validation",
-        base_model=Path(args.model_name_or_path).name if args.model_name_or_path else None,
+        license=args.license,
+        base_model=args.base_model_id or hub_id(args.model_name_or_path),
+        datasets=[name] if (name := hub_id(args.dataset_name)) else None,
+        adapter=args.use_lora and not args.merge_lora,
         num_labels=f"{len(splits.labels):,}",
         code_system=args.code_system,
         code_system_title=get_code_system(args.code_system).title,
@@ -474,6 +489,7 @@ def run(args: argparse.Namespace) -> None:
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=args.init_label_queries_from_descriptions,
         label_frequencies=label_frequencies(splits.train, splits.labels), code_system=args.code_system,
+        allow_random_encoder=args.allow_random_encoder,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)

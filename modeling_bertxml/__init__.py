@@ -55,12 +55,13 @@ def register() -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from .configuration_bertxml import BertXMLConfig
-    from .modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+    from .modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding, BertXMLModel
     from .pipeline_bertxml import ICDCodingPipeline
 
     AutoConfig.register(BertXMLConfig.model_type, BertXMLConfig)
-    # `AutoModel` is the coding model: the product's entry point is AutoModel.from_pretrained("org/bert-xml-icd10").
-    AutoModel.register(BertXMLConfig, BertXMLForMultiLabelCoding)
+    # `AutoModel` follows the folder's `architectures`, as its saved auto_map does: a coding folder gives the coding
+    # model (the product's entry point is AutoModel.from_pretrained("org/bert-xml-icd10")), any other the encoder.
+    AutoModel.register(BertXMLConfig, (BertXMLModel, BertXMLForMultiLabelCoding))
     AutoModelForSequenceClassification.register(BertXMLConfig, BertXMLForMultiLabelCoding)
     AutoModelForMaskedLM.register(BertXMLConfig, BertXMLForMaskedLM)
 
@@ -68,6 +69,7 @@ def register() -> None:
     # files. The full auto_map (every Auto class) is written by BertXMLConfig itself.
     BertXMLConfig.register_for_auto_class()
     BertXMLForMultiLabelCoding.register_for_auto_class("AutoModel")
+    BertXMLModel.register_for_auto_class("AutoModel")
     BertXMLForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 
     # The model loads through AutoModelForSequenceClassification, which a saved folder's `custom_pipelines` names.

@@ -51,6 +51,11 @@ RESUMABLE_ARG_CHANGES = frozenset(
 # What a failed write raises: OSError from Python, RuntimeError ("unexpected pos") from torch's writer, and
 # SafetensorError from safetensors, all for the same full disk.
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+# What a saved folder's remote code needs (no bert-xml): an Inference Endpoint installs it, Hub users read it. An
+# adapter folder needs peft too.
+REQUIREMENTS_FILE = "requirements.txt"
+REMOTE_CODE_REQUIREMENTS = ("transformers>=5", "torch>=2.4", "safetensors")
+ADAPTER_REQUIREMENTS = ("peft>=0.17",)
 
 
 # --------------------------------------------------------------------------------------------------- the output dir
@@ -439,10 +444,14 @@ def save_model_folder(
         output, temporary = Path(output_dir), Path(output_dir) / ".model.tmp"
         shutil.rmtree(temporary, ignore_errors=True)
         with writing(output, temporary):
-            accelerator.unwrap_model(model).save_pretrained(
-                temporary, state_dict=state_dict, save_function=accelerator.save
-            )
+            unwrapped = accelerator.unwrap_model(model)
+            adapter = hasattr(unwrapped, "peft_config")
+            # An adapter never trains the embeddings; peft's default ("auto") would ask the Hub about the base.
+            options = {"save_embedding_layers": False} if adapter else {}
+            unwrapped.save_pretrained(temporary, state_dict=state_dict, save_function=accelerator.save, **options)
             tokenizer.save_pretrained(temporary)
+            requirements = REMOTE_CODE_REQUIREMENTS + (ADAPTER_REQUIREMENTS if adapter else ())
+            (temporary / REQUIREMENTS_FILE).write_text("".join(f"{line}\n" for line in requirements))
             if config is not None and not (temporary / "config.json").exists():
                 config.save_pretrained(temporary)
             if add_files is not None:

@@ -10,6 +10,8 @@ AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_bertxml.BertXMLForMultiLabelCoding",
     "AutoModelForMaskedLM": "modeling_bertxml.BertXMLForMaskedLM",
 }
+CODING_ARCHITECTURE = "BertXMLForMultiLabelCoding"
+ENCODER = "modeling_bertxml.BertXMLModel"
 
 # The code systems a label space can be read in (bert-xml's `code_systems` module implements them).
 CODE_SYSTEMS = ("icd10cm", "icd10pcs", "icd10", "icd9cm", "any")
@@ -63,12 +65,22 @@ class BertXMLConfig(BertConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        # Only the coding model needs multi-label (it checks); the encoder and MLM model share this config.
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
-        if self.problem_type != "multi_label_classification":
-            raise ValueError(f"BERT-XML codes notes with multi-hot labels; got problem_type={self.problem_type!r}")
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        # Iterable, as transformers' Auto classes read it to pick the encoder or the coding model (None would raise).
+        if self.architectures is None:
+            self.architectures = []
         self.check_values()
+
+    def to_dict(self) -> dict:
+        """What `AutoModel` means follows the saved model: a coding folder gives the coding model (the product's
+        entry point), any other (pretraining, encoder) the encoder, so feature extraction returns token states."""
+        output = super().to_dict()
+        coding = CODING_ARCHITECTURE in (output.get("architectures") or [])
+        output["auto_map"] = {**output["auto_map"], "AutoModel": AUTO_MAP["AutoModel"] if coding else ENCODER}
+        return output
 
     def check_values(self) -> None:
         """Refuse values BERT-XML cannot run (construction checks them; call it again after setting attributes, as

@@ -6,6 +6,7 @@ encoder's attention, the whole label-attention head trained and saved (`modules_
 because `SEQ_CLS` would only unfreeze a module named `classifier` and leave the head random.
 """
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -15,12 +16,13 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
+from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions, init_label_queries_from_descriptions
 from .modeling_bertxml import BertXMLForMultiLabelCoding
 from .checkpointing import save_model_folder
-from .training import load_config
+from .training import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ def build_coding_model(
     init_from_descriptions: bool = False,
     label_frequencies: dict[str, float] | None = None,
     code_system: str = "icd10",
+    allow_random_encoder: bool = False,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, or any BERT checkpoint) with a head for
     `labels`.
@@ -47,7 +50,9 @@ def build_coding_model(
     stored in the config; `init_from_descriptions` starts each new code's query from its official description
     (`label_init`). Weights load in float32 whatever the checkpoint's dtype: mixed precision is Accelerate's job,
     and the optimizer needs float32 master weights. `label_frequencies` (share of training notes carrying each
-    code) start new codes at their prior.
+    code) start new codes at their prior. A checkpoint whose encoder weights do not all load (another architecture,
+    e.g. RoBERTa) is refused with `EncoderMismatchError` unless `allow_random_encoder`: fine-tuning would silently
+    start from random weights.
     """
     id2label = dict(enumerate(labels))
     config = load_config(
@@ -60,9 +65,11 @@ def build_coding_model(
         model = BertXMLForMultiLabelCoding(config)
     else:
         # ignore_mismatched_sizes: a checkpoint that already has a head for another label space gets a new one.
-        model = BertXMLForMultiLabelCoding.from_pretrained(
-            model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True
-        )
+        model, loading = BertXMLForMultiLabelCoding.from_pretrained(
+            model_name_or_path, config=config, dtype=torch.float32, ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )  # fmt: skip
+        check_encoder_loaded(model_name_or_path, loading, allow_random_encoder)
         known = reuse_head_rows_by_code(model, model_name_or_path)
     new = [code for code in labels if code not in set(known)]
     if label_frequencies is not None:
@@ -72,6 +79,40 @@ def build_coding_model(
         initialised = init_label_queries_from_descriptions(model, tokenizer, descriptions)
         logger.info(f"{len(initialised)} of {len(new)} new label queries start from their official descriptions")
     return model
+
+
+_ENCODER_PARTS = ("embeddings", "encoder", "layers")
+
+
+class EncoderMismatchError(ConfigError):
+    """The checkpoint's weights do not fit BERT-XML's encoder: training would start from a random one."""
+
+
+def check_encoder_loaded(source: str | os.PathLike, loading: dict, allow_random: bool = False, listed: int = 5) -> None:
+    """Refuse (or, with `allow_random`, warn about) a checkpoint that left encoder weights random: missing ones, or
+    ones of another shape. The head is expected to be new; unused checkpoint weights are named as the likely cause."""
+    mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in loading["mismatched_keys"]]
+    random = sorted(
+        key for key in {*loading["missing_keys"], *mismatched} if not key.startswith(f"{HEAD_MODULE}.")
+    )
+    if not random:
+        return
+    # The checkpoint's own encoder weights first: their names show what it is (roberta.*, model.layers.*).
+    unused = sorted(loading["unexpected_keys"], key=lambda key: (not any(part in key for part in _ENCODER_PARTS), key))
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:listed]) + (f", ... ({len(keys)} in all)" if len(keys) > listed else "")
+
+    message = (
+        f"--model_name_or_path {source}: {len(random)} encoder weights did not load ({some(random)})"
+        + (f"; {len(unused)} of the checkpoint's weights are unused ({some(unused)})" if unused else "")
+        + ". It is not a BERT or BERT-XML checkpoint (RoBERTa, ModernBERT and others name their weights "
+        "differently), so fine-tuning would start from a random encoder. Use a BERT-style checkpoint or "
+        "pretrain.py's output, or pass --allow_random_encoder to train from random weights anyway."
+    )
+    if not allow_random:
+        raise EncoderMismatchError(message)
+    logger.warning(message.replace(", or pass --allow_random_encoder to train from random weights anyway", ""))
 
 
 def init_output_bias_from_priors(model: BertXMLForMultiLabelCoding, frequencies: dict[str, float]) -> None:
@@ -131,6 +172,24 @@ def add_lora(
     return model
 
 
+def adapter_base_id(base_model_id: str | None, model_name_or_path: str | None) -> str:
+    """The Hub id an adapter folder names as its base: `base_model_id`, else `model_name_or_path` when that is a Hub
+    id. A local folder is refused (ValueError with what to pass instead): it resolves on no other machine."""
+    if base_model_id:
+        if os.path.isabs(base_model_id):
+            raise ValueError(f"--base_model_id {base_model_id} is an absolute local path; give the base's Hub id")
+        return base_model_id
+    if model_name_or_path is None:
+        raise ValueError("--use_lora adapts a pretrained encoder: pass --model_name_or_path")
+    if os.path.exists(model_name_or_path):
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path} is a local folder, which the LoRA adapter cannot name as its "
+            "base on other machines: pass --base_model_id org/name (its Hub repo, e.g. from pretrain.py "
+            "--push_to_hub), or --merge_lora for a folder that needs no base"
+        )
+    return model_name_or_path
+
+
 def head_prefix(model: torch.nn.Module) -> str:
     """Parameter-name prefix of the head, for its own learning rate (`training.create_optimizer(param_groups=...)`)."""
     return f"base_model.model.{HEAD_MODULE}." if isinstance(model, PeftModel) else f"{HEAD_MODULE}."
@@ -148,33 +207,64 @@ def save_coding_model(
     output_dir: str | Path,
     merge_lora: bool = False,
     add_files: Callable[[Path], None] | None = None,
+    base_model_id: str | None = None,
 ) -> None:
     """Write a loadable model folder once: weights, config (labels, threshold, auto_map), code files, tokenizer and
     whatever `add_files(folder)` adds (see `checkpointing.save_model_folder`).
 
     A LoRA model is merged into a plain model with `merge_lora` (loads anywhere, like full fine-tuning); otherwise
-    the folder holds the adapter plus the coding config, which `load_coding_model` reloads on top of its base model.
+    the folder holds the adapter (LoRA weights and the whole head) plus the coding config and code, and names its
+    base by `base_model_id` (a Hub id: a local path would not resolve on anyone else's machine).
     """
     unwrapped = accelerator.unwrap_model(model)
     if isinstance(unwrapped, PeftModel) and merge_lora:
         unwrapped = unwrapped.merge_and_unload()
-    save_model_folder(accelerator, unwrapped, tokenizer, output_dir, coding_config(unwrapped), add_files)
+    config = coding_config(unwrapped)
+    if isinstance(unwrapped, PeftModel):
+        if not base_model_id:
+            raise ValueError("An adapter folder must name its base model: pass base_model_id (a Hub id)")
+        unwrapped.peft_config["default"].base_model_name_or_path = base_model_id
+        add_files = _with_adapter_files(unwrapped, add_files)
+    save_model_folder(accelerator, unwrapped, tokenizer, output_dir, config, add_files)
+
+
+def _with_adapter_files(model: PeftModel, add_files: Callable[[Path], None] | None) -> Callable[[Path], None]:
+    """What an adapter folder needs besides peft's two files to load the standard ways (see the coding model's
+    `from_pretrained`): the coding config as the model's, the remote code, and an `auto_mapping` that names the
+    transformers Auto class, so that `AutoPeftModel` needs no import of this package."""
+    base = model.get_base_model()
+    base.config.architectures = [type(base).__name__]
+
+    def add(folder: Path) -> None:
+        custom_object_save(base, folder)
+        adapter_config = folder / ADAPTER_CONFIG
+        values = json.loads(adapter_config.read_text())
+        values["auto_mapping"] = {"base_model_class": "AutoModelForSequenceClassification", "parent_library": "transformers"}
+        adapter_config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+        if add_files is not None:
+            add_files(folder)
+
+    return add
 
 
 def load_coding_model(folder: str | Path, **kwargs) -> torch.nn.Module:
-    """Reload what `save_coding_model` wrote: a plain model, or base model + LoRA adapter (a `PeftModel`)."""
+    """Reload what `save_coding_model` wrote: a plain model, or base model + LoRA adapter (a `PeftModel`, as
+    `PeftModel.from_pretrained` documents it: the base built with the folder's config, so the saved head fits)."""
     folder = Path(folder)
     if not (folder / ADAPTER_CONFIG).is_file():
         return BertXMLForMultiLabelCoding.from_pretrained(folder, **kwargs)
-    base_path = PeftConfig.from_pretrained(folder).base_model_name_or_path
-    config = BertXMLConfig.from_pretrained(folder)
-    # The base checkpoint's head (if any) is for other labels: it is replaced by the adapter's saved head.
-    base = BertXMLForMultiLabelCoding.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True, **kwargs)
+    base_id = PeftConfig.from_pretrained(folder).base_model_name_or_path
+    base = BertXMLForMultiLabelCoding.from_pretrained(
+        base_id, config=BertXMLConfig.from_pretrained(folder), ignore_mismatched_sizes=True, **kwargs
+    )
     return PeftModel.from_pretrained(base, folder)
 
 
 __all__ = [
     "HEAD_MODULE",
+    "EncoderMismatchError",
+    "check_encoder_loaded",
+    "adapter_base_id",
     "add_lora",
     "build_coding_model",
     "coding_config",

@@ -137,7 +137,7 @@ MODEL_REPO_FILES = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "tokenizer_report.json", "*.py", "README.md", "eval_results.json", "test_results.json", "train_results.json",
-    "requirements.txt", "*.png",  # the Space-ready app's requirements; the model card's figures
+    "requirements.txt", "*.png",  # what the remote code (and the Space-ready app) needs; the model card's figures
 )
 UNSCANNABLE_KIND = "binary file that cannot be scanned"
 _ALWAYS_BLOCKING = (TOKEN_KIND, UNSCANNABLE_KIND)  # --hub_allow_phi cannot vouch for what nobody could read

@@ -19,8 +19,11 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    self-attention with RoFormer's rotary embedding on queries and keys, so attention knows token distances from
    the first step instead of waiting for a random position table to organise (the MLM "unigram plateau").
 4. There is no pooler and no next-sentence head.
+5. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
+   head), which transformers' adapter detection alone would build with the base's config and number of codes.
 """
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +43,7 @@ from transformers.models.bert.modeling_bert import (
 )
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import CONFIG_NAME, TransformersKwargs, can_return_tuple, cached_file, find_adapter_config_file
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_bertxml import BertXMLConfig
@@ -206,6 +209,44 @@ class BertXMLPreTrainedModel(BertPreTrainedModel):
     config: BertXMLConfig
     config_class = BertXMLConfig
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads a LoRA adapter folder (`train.py --use_lora`), whichever way it is reached: the Auto classes,
+        the pipelines, an Inference Endpoint.
+
+        Such a folder holds the model's config (its codes, threshold, pipeline) and the adapter with the trained head,
+        not the encoder. transformers' adapter detection would build the model from the base's config, with the
+        base's number of codes (and, for `AutoModel` on a Hub adapter, the base's class), and the saved head would not
+        fit: here the model class and config come from the adapter folder, the weights from the base named in its
+        `adapter_config.json`, then transformers loads the adapter (peft).
+        """
+        adapter_kwargs = dict(kwargs.get("adapter_kwargs") or {})
+        # Set by the Auto classes when they found an adapter (and then point us at the base already).
+        adapter, revision = adapter_kwargs.get("_adapter_model_path"), adapter_kwargs.get("revision")
+        download = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
+        if adapter is None:
+            revision = kwargs.get("revision")
+            if find_adapter_config_file(str(pretrained_model_name_or_path), revision=revision, **download):
+                adapter = pretrained_model_name_or_path
+        config_file = adapter and cached_file(
+            adapter, CONFIG_NAME, revision=revision, _raise_exceptions_for_missing_entries=False, **download
+        )
+        if not config_file:  # not an adapter, or one without our config: nothing to add
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        config = cls.config_class.from_json_file(config_file)
+        # The adapter's model, as a full folder's `architectures` decide (AutoModel of a coder is the coder).
+        ours = [globals().get(name) for name in config.architectures]
+        model_class = next((c for c in ours if isinstance(c, type) and issubclass(c, BertXMLPreTrainedModel)), cls)
+        with open(find_adapter_config_file(str(adapter), revision=revision, **download), encoding="utf-8") as file:
+            base = json.load(file)["base_model_name_or_path"]
+        if str(base) != str(pretrained_model_name_or_path):
+            kwargs.pop("revision", None)  # the adapter's revision, not the base's
+        kwargs.update(config=config, adapter_kwargs={**adapter_kwargs, "_adapter_model_path": adapter})
+        if revision is not None:
+            kwargs["adapter_kwargs"]["revision"] = revision
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # the base's own head, if any, is for other codes
+        return super(BertXMLPreTrainedModel, model_class).from_pretrained(base, *model_args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, BertEmbeddings) and self.config.position_embedding_type == "rotary":
@@ -366,6 +407,12 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
     """BERT-XML: the chunked encoder with a label-wise attention head that assigns codes to whole notes."""
 
     def __init__(self, config: BertXMLConfig):
+        # Checked here, not in the config, which the encoder and the MLM model share (and peer tools build freely).
+        if config.problem_type != "multi_label_classification":
+            raise ValueError(
+                f"BERT-XML codes notes with multi-hot labels (problem_type='multi_label_classification'); got "
+                f"problem_type={config.problem_type!r}"
+            )
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertXMLModel(config)

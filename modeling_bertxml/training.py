@@ -118,7 +118,11 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_train_epochs", type=int, default=3)
     group.add_argument("--max_train_steps", type=int, help="Optimizer steps in total; overrides --num_train_epochs.")
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear", choices=list(SchedulerType))
+    # Plain names: choices=list(SchedulerType) would print and accept "SchedulerType.LINEAR" in --help and errors.
+    group.add_argument(
+        "--lr_scheduler_type", default="linear", choices=[kind.value for kind in SchedulerType],
+        help="Learning-rate schedule after warmup.",
+    )  # fmt: skip
     warmup = group.add_mutually_exclusive_group()
     warmup.add_argument("--num_warmup_steps", type=int, help="Linear warmup steps.")
     warmup.add_argument(

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import validate_repo_id
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -105,6 +107,23 @@ def run_in_fresh_interpreter(script: str, *args: str, cwd: Path) -> Any:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_valid_model_card(path: Path) -> ModelCard:
+    """The checks huggingface_hub makes offline (YAML, model-index into EvalResults, ModelCardData round trip), plus
+    the metadata bert-xml promises on every card: license, Hub ids (never paths), metrics, `inference: false` with
+    the way to serve instead."""
+    card = ModelCard.load(path, ignore_metadata_errors=False)
+    metadata = card.data.to_dict()
+    assert ModelCardData(**metadata).to_dict() == metadata
+    for key in ("license", "library_name", "pipeline_tag", "language", "metrics", "tags"):
+        assert metadata.get(key), key
+    assert metadata["inference"] is False and "Inference Endpoint" in card.text
+    for repo_id in [metadata.get("base_model"), *(metadata.get("datasets") or [])]:
+        if repo_id is not None:
+            validate_repo_id(repo_id)
+            assert not os.path.isabs(repo_id), repo_id
+    return card
 
 
 @pytest.fixture(params=["absolute", "rotary"])

@@ -259,3 +259,39 @@ def test_binary_cross_entropy_is_the_mean_loss_per_note_and_code() -> None:
     probs, targets = np.array([[0.9, 0.2], [0.5, 0.0]]), np.array([[1, 0], [1, 0]])
     expected = -(np.log(0.9) + np.log(0.8) + np.log(0.5) + np.log(1 - 1e-7)) / 4  # 0 is clipped, never log(0)
     assert binary_cross_entropy(probs, targets) == pytest.approx(expected, rel=1e-9)
+
+
+def test_evaluate_module_names_the_pip_package_when_bert_xml_is_missing(tmp_path):
+    # evaluate checks a script's imports before running it; its message must say what to pip install (bert-xml), not
+    # the import name (modeling_bertxml), which is no package on PyPI.
+    from modeling_bertxml.metrics_evaluate import MULTILABEL_ICD_SCRIPT
+
+    script = textwrap.dedent(
+        """
+        import sys, evaluate
+        sys.modules["modeling_bertxml"] = None  # as in an environment without bert-xml
+        try:
+            evaluate.load(sys.argv[1])
+        except ImportError as error:
+            print(error)
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run(
+        [sys.executable, "-c", script, MULTILABEL_ICD_SCRIPT],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=True,
+    )  # fmt: skip
+    assert "pip install bert-xml" in out.stdout, out.stdout + out.stderr
+
+
+def test_evaluate_module_has_a_metric_card():
+    from huggingface_hub import RepoCard
+
+    from modeling_bertxml.metrics_evaluate import MULTILABEL_ICD_SCRIPT
+
+    card = RepoCard.load(os.path.join(os.path.dirname(MULTILABEL_ICD_SCRIPT), "README.md"))
+    assert {"evaluate", "metric"} <= set(card.data.tags) and card.data.description
+    # Every score the module returns and every argument it takes is documented.
+    assert all(f"`{key}`" in card.text for key in METRIC_KEYS)
+    assert all(f"**{name}**" in card.text for name in ("predictions", "references", "threshold", "num_unseen_positives"))

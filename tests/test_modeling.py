@@ -226,3 +226,42 @@ def test_remote_code_loads_without_the_package(tmp_path: Path) -> None:
     for label, score in scores.items():
         assert score == pytest.approx(expected_scores[label], abs=1e-5)
     assert sum(scores.values()) != pytest.approx(1.0, abs=1e-3)  # independent sigmoids, not a softmax
+
+
+PRETRAINING_FOLDER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_bertxml"] = None  # remote code only
+    import torch
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, pipeline
+    folder, note = sys.argv[1], sys.argv[2]
+    encoder = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    mlm = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)
+    coder = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    features = pipeline("feature-extraction", model=folder, trust_remote_code=True)(note)
+    print(json.dumps({"classes": [type(m).__name__ for m in (encoder, mlm, coder)], "features": features}))
+    """
+)
+
+
+def test_auto_model_of_a_pretraining_folder_is_the_encoder(tmp_path: Path) -> None:
+    # A pretrain.py folder holds an MLM model: AutoModel must give its encoder (token states), not a coding model
+    # with random codes, both with the package imported and through the folder's own remote code.
+    config = tiny_config(max_chunks=8, position_embedding_type="rotary")
+    tokenizer = tiny_tokenizer(model_max_length=config.max_note_length)
+    mlm = BertXMLForMaskedLM(config).eval()
+    mlm.save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    assert json.loads((tmp_path / "mlm" / "config.json").read_text())["auto_map"]["AutoModel"].endswith(".BertXMLModel")
+    note = " ".join(WORDS * 2)  # several chunks
+    encoded = tokenizer(note, return_tensors="pt")
+    with torch.no_grad():
+        expected = mlm.bert(**encoded).last_hidden_state[0]
+        local = AutoModel.from_pretrained(tmp_path / "mlm").eval()
+        assert isinstance(local, BertXMLModel)
+        assert_close_scaled(local(**encoded).last_hidden_state[0], expected)
+    assert isinstance(AutoModel.from_config(config), BertXMLModel)  # no folder: the bare encoder, as for BERT
+
+    result = run_in_fresh_interpreter(PRETRAINING_FOLDER_SCRIPT, str(tmp_path / "mlm"), note, cwd=tmp_path)
+    assert result["classes"] == ["BertXMLModel", "BertXMLForMaskedLM", "BertXMLForMultiLabelCoding"]
+    assert_close_scaled(torch.tensor(result["features"][0]), expected)

@@ -8,7 +8,6 @@ stock BERT) and on notes of three chunks, the path every real note takes.
 import unittest
 from collections import OrderedDict
 from dataclasses import dataclass
-from unittest import mock
 
 import torch
 from parameterized import parameterized
@@ -21,7 +20,6 @@ import_common_tests()
 
 import transformers_tests.test_modeling_common as common  # noqa: E402
 from transformers_tests.test_configuration_common import ConfigTester  # noqa: E402
-from transformers_tests.utils.test_configuration_utils import config_common_kwargs  # noqa: E402
 
 # The common tests learn each class's role from transformers' static name tables, which list only transformers' own
 # models. AutoModel maps to the coding model in our registry (the product's entry point), but the tests read
@@ -120,13 +118,8 @@ class BertXMLModelTest(common.ModelTesterMixin, unittest.TestCase):
         return inputs_dict
 
     def test_config(self) -> None:
-        # BertXMLConfig accepts only problem_type="multi_label_classification" (it raises otherwise, checked below);
-        # every other common argument must round-trip as ConfigTester expects.
-        with mock.patch.dict(config_common_kwargs, problem_type="multi_label_classification"):
-            self.config_tester.run_common_tests()
-        for problem_type in ("single_label_classification", "regression"):
-            with self.assertRaises(ValueError):
-                BertXMLConfig(problem_type=problem_type)
+        # Every common argument round-trips, problem_type="regression" included (transformers' own check).
+        self.config_tester.run_common_tests()
 
     def test_model(self) -> None:
         self.model_tester.create_and_check_model(*self.model_tester.prepare_config_and_inputs())
@@ -146,9 +139,15 @@ class BertXMLModelTest(common.ModelTesterMixin, unittest.TestCase):
             self, name, dtype, padding_side, use_attention_mask, output_attentions, kernels
         )
 
-    @unittest.skip("BERT-XML codes multi-label only: BertXMLConfig rejects single-label and regression problem types")
     def test_problem_types(self) -> None:
-        pass
+        # The config takes any problem type (the encoder and MLM model share it); the coding model refuses the ones
+        # it cannot train, with the value in the message.
+        config = self.model_tester.prepare_config_and_inputs_for_common()[0]
+        for problem_type in ("single_label_classification", "regression"):
+            config.problem_type = problem_type
+            BertXMLModel(config)
+            with self.assertRaisesRegex(ValueError, problem_type):
+                BertXMLForMultiLabelCoding(config)
 
     def test_hidden_states_share_one_layout(self) -> None:
         # Every entry, the last included, is in the layers' (chunk) layout; last_hidden_state alone is note-shaped.

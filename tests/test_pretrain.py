@@ -16,12 +16,14 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast
+from huggingface_hub import HfApi
+from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast
 
 import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 
-from conftest import TRAIN_TAGS, assert_close_scaled, free_port, tiny_tokenizer, tracked_scalars
+from conftest import TRAIN_TAGS, assert_close_scaled, assert_valid_model_card, free_port, tiny_tokenizer, tracked_scalars
+from tests.hub_server import loopback_hub  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (
@@ -121,6 +123,27 @@ def test_python_run_learns_and_saves_a_model_that_loads_into_both_heads(corpus, 
     coder = BertXMLForMultiLabelCoding.from_pretrained(out, num_labels=3)
     for name, weight in mlm.bert.state_dict().items():
         torch.testing.assert_close(coder.bert.state_dict()[name], weight, rtol=0, atol=0)
+    card = assert_valid_model_card(out / "README.md")
+    assert card.data.pipeline_tag == "fill-mask" and card.data.base_model is None  # from scratch
+    # The card reports the run's perplexity beside the baseline's, as train_results.json has them.
+    assert f"{results['perplexity']:.2f}" in card.text and f"{results['unigram_perplexity']:.2f}" in card.text
+
+
+def test_push_makes_a_private_encoder_repo_that_loads_as_the_encoder(corpus, tmp_path, run_main, loopback_hub):
+    repo_id = "hospital/bert-xml-encoder"
+    out = tmp_path / "mlm"
+    run_main(base_args(corpus, out, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", repo_id,
+                       "--hub_token", loopback_hub.token, "--license", "cc-by-nc-4.0"))  # fmt: skip
+    assert HfApi().model_info(repo_id, token=loopback_hub.token).private
+    assert {"README.md", "requirements.txt", "model.safetensors", "modeling_bertxml.py"} <= set(
+        loopback_hub.repos[repo_id].files
+    )
+    assert assert_valid_model_card(out / "README.md").data.license == "cc-by-nc-4.0"
+    encoder = AutoModel.from_pretrained(repo_id, token=loopback_hub.token, cache_dir=tmp_path / "cache")
+    mlm = BertXMLForMaskedLM.from_pretrained(out).eval()
+    ids = torch.tensor([[2, 10, 20, 30, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.eval()(ids).last_hidden_state, mlm.bert(ids).last_hidden_state)
 
 
 def assert_sane_throughput(results: dict, warmup_steps: int) -> None:

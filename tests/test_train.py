@@ -23,9 +23,17 @@ from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.finetuning import build_coding_model, load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
-from tests.conftest import TRAIN_TAGS, free_port, run_in_fresh_interpreter, tiny_config, tiny_tokenizer, tracked_scalars
+from tests.conftest import (
+    TRAIN_TAGS,
+    assert_valid_model_card,
+    free_port,
+    run_in_fresh_interpreter,
+    tiny_config,
+    tiny_tokenizer,
+    tracked_scalars,
+)
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
-from train import main
+from train import main, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOPICS = {
@@ -203,6 +211,12 @@ def test_output_folder_is_hub_ready(data: Path, trained) -> None:
     assert reported == {(split, key) for split in ("validation", "test") for key in SCORES}
     for heading in ("## Intended use", "## Limitations", "Protected health information", "handler.py"):
         assert heading in card
+    card_data = assert_valid_model_card(output_dir / "README.md").data
+    # Trained from a local folder without --base_model_id: no base_model, rather than a path nobody else has.
+    assert card_data.base_model is None and str(data) not in card
+    # What the remote code needs, and the Space-ready app's gradio.
+    requirements = (output_dir / "requirements.txt").read_text().split()
+    assert requirements == ["transformers>=5", "torch>=2.4", "safetensors", "gradio>=6"]
     training_texts = [json.loads(line)["text"] for line in (data / "train.jsonl").read_text().splitlines()]
     widget_texts = [example["text"] for example in metadata["widget"]]
     assert widget_texts and not any(text in card or text in widget_texts for text in training_texts)
@@ -347,26 +361,115 @@ def test_folder_loads_with_automodel_pipeline_and_handler_without_the_package(da
     assert len(every_code) == len(labels) and empty_note == []
 
 
-def test_lora_trains_the_whole_head_and_reloads_or_merges(data: Path, tmp_path: Path) -> None:
-    lora = ["--use_lora", "--lora_r", "4", "--num_train_epochs", "1"]
-    run_train(train_args(data, tmp_path / "adapter", *lora))
-    run_train(train_args(data, tmp_path / "merged", *lora, "--merge_lora"))
+ADAPTER_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    sys.modules["modeling_bertxml"] = None  # an environment without bert-xml: the folder's own code only
+    import torch
+    from peft import AutoPeftModelForSequenceClassification, PeftModel
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, pipeline
+    adapter, base_id, note, hub_adapter = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5]
+    ids = torch.tensor(json.loads(sys.argv[4]))
+    config = AutoConfig.from_pretrained(adapter, trust_remote_code=True)
+    models = {
+        # transformers' adapter detection: the base named in adapter_config.json, then the adapter
+        "AutoModel": AutoModel.from_pretrained(adapter, trust_remote_code=True),
+        "AutoModelForSequenceClassification":
+            AutoModelForSequenceClassification.from_pretrained(adapter, trust_remote_code=True),
+        # peft's documented calls
+        "PeftModel": PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(
+            base_id, config=config, trust_remote_code=True), adapter),
+        "AutoPeftModel":
+            AutoPeftModelForSequenceClassification.from_pretrained(adapter, trust_remote_code=True, id2label=config.id2label),
+        # the same adapter on the Hub: transformers then reads the base's config, and the adapter's must win
+        "Hub AutoModel": AutoModel.from_pretrained(hub_adapter, trust_remote_code=True),
+    }
+    result = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            result[name] = model.eval()(ids).logits[0].tolist()
+    result["pipeline"] = pipeline("icd-coding", model=adapter, trust_remote_code=True, threshold=0.0)(note)
+    result["Hub pipeline"] = pipeline(
+        "icd-coding", model=hub_adapter, config=hub_adapter, trust_remote_code=True, threshold=0.0
+    )(note)
+    spec = importlib.util.spec_from_file_location("handler", f"{adapter}/handler.py")
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    result["handler"] = handler.EndpointHandler(adapter)({"inputs": note, "parameters": {"threshold": 0.0}})
+    print(json.dumps(result))
+    """
+)
 
-    adapter = load_coding_model(tmp_path / "adapter")
-    head = adapter.base_model.model.label_head
+
+def test_lora_adapter_names_a_hub_base_and_needs_one(data: Path, tmp_path: Path) -> None:
+    lora = ["--use_lora", "--num_train_epochs", "1"]
+    with pytest.raises(SystemExit):  # a local base: the adapter could name only a path
+        parse_args(train_args(data, tmp_path / "adapter", *lora))
+    with pytest.raises(SystemExit):
+        parse_args(train_args(data, tmp_path / "adapter", *lora, "--base_model_id", str(data / "pretrained")))
+    assert parse_args(train_args(data, tmp_path / "a", *lora, "--merge_lora")).base_model_id is None  # no base needed
+    args = parse_args(train_args(data, tmp_path / "a", *lora, "--base_model_id", "hospital/encoder"))
+    assert args.base_model_id == "hospital/encoder"
+
+
+def test_lora_adapter_loads_the_standard_ways_without_the_package(data: Path, tmp_path: Path, loopback_hub) -> None:
+    # The base lives on a (loopback) Hub under its id; the adapter folder, alone in a directory, must find it there.
+    base_id = "hospital/encoder"
+    api = HfApi(token=loopback_hub.token)
+    api.create_repo(base_id, private=False)
+    api.upload_folder(repo_id=base_id, folder_path=data / "pretrained")
+    lora = ["--use_lora", "--lora_r", "4", "--num_train_epochs", "1", "--base_model_id", base_id]
+    run_train(train_args(data, tmp_path / "run", *lora, "--hub_model_id", "hospital/coder-lora", "--push_to_hub",
+                         "--hub_public", "--hub_token", loopback_hub.token))  # fmt: skip
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    adapter = alone / "coder-lora"
+    os.replace(tmp_path / "run", adapter)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == base_id
+    assert json.loads((adapter / "config.json").read_text())["architectures"] == ["BertXMLForMultiLabelCoding"]
+    assert "peft>=0.17" in (adapter / "requirements.txt").read_text().split()
+    card = assert_valid_model_card(adapter / "README.md")
+    assert (card.data.base_model, card.data.library_name) == (base_id, "peft")
+    assert "PeftModel.from_pretrained" in card.text and str(tmp_path) not in card.text
+
+    model = load_coding_model(adapter).eval()
+    head = model.base_model.model.label_head
     for name, trained_parameter in head.modules_to_save["default"].named_parameters():
         assert not torch.equal(trained_parameter, getattr(head.original_module, name)), name  # trained, not random
-    lora_b = [p for name, p in adapter.named_parameters() if "lora_B" in name]
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
     pretrained = load_file(data / "pretrained" / "model.safetensors")
-    base = adapter.get_base_model().bert.state_dict()
+    base = model.get_base_model().bert.state_dict()
     assert torch.equal(base["embeddings.word_embeddings.weight"], pretrained["bert.embeddings.word_embeddings.weight"])
-
-    model, tokenizer, labels = load_folder(tmp_path / "adapter")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(adapter)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     probs, targets, _ = probabilities(model, tokenizer, data / "validation.jsonl", labels)
-    results = json.loads((tmp_path / "adapter" / "eval_results.json").read_text())
+    results = json.loads((adapter / "eval_results.json").read_text())
     assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
 
+    note = "type 2 diabetes mellitus metformin and acute kidney injury"
+    encoded = tokenizer(note, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**encoded).logits[0]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", ADAPTER_SCRIPT, adapter.name, base_id, note, json.dumps(encoded.input_ids.tolist()),
+         "hospital/coder-lora"],
+        capture_output=True, text=True, cwd=alone, env={**env, "PYTHONNOUSERSITE": "1"}, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("AutoModel", "AutoModelForSequenceClassification", "PeftModel", "AutoPeftModel", "Hub AutoModel"):
+        torch.testing.assert_close(torch.tensor(result[name]), expected, rtol=1e-4, atol=1e-5, msg=name)
+    for answer in (result["pipeline"], result["handler"], result["Hub pipeline"]):
+        scores = {item["code"]: item["score"] for item in answer}
+        assert scores == pytest.approx({code: torch.sigmoid(expected[i]).item() for i, code in enumerate(labels)})
+
+
+def test_lora_merged_folder_loads_as_a_plain_model(data: Path, tmp_path: Path) -> None:
+    run_train(train_args(data, tmp_path / "merged", "--use_lora", "--lora_r", "4", "--num_train_epochs", "1",
+                         "--merge_lora"))  # fmt: skip
+    _, tokenizer, labels = load_folder(tmp_path / "merged")
     merged = AutoModel.from_pretrained(tmp_path / "merged")
     assert isinstance(merged, BertXMLForMultiLabelCoding) and not (tmp_path / "merged" / "adapter_config.json").exists()
     probs, targets, _ = probabilities(merged, tokenizer, data / "validation.jsonl", labels)
@@ -615,3 +718,29 @@ def test_resuming_after_the_training_codes_changed_is_refused(data: Path, tmp_pa
     train_file.write_text(train_file.read_text().replace("N17.9", "N17.0"))  # the export was redone
     with pytest.raises(SystemExit, match=r"step_6 was saved by a run with other labels \(1 added, 1 removed\)"):
         main([*args, "--resume_from_checkpoint", "latest"])
+
+
+def test_a_checkpoint_whose_encoder_does_not_load_is_refused_unless_allowed(data: Path, tmp_path: Path) -> None:
+    # A RoBERTa checkpoint (PLM-ICD's family) names its weights roberta.*: nothing of BERT-XML's encoder loads.
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
+    roberta = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=40, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    RobertaForMaskedLM(roberta).save_pretrained(tmp_path / "roberta")
+    tokenizer.save_pretrained(tmp_path / "roberta")
+    args = train_args(data, tmp_path / "out", "--num_train_epochs", "1")
+    args[args.index("--model_name_or_path") + 1] = str(tmp_path / "roberta")
+    with pytest.raises(SystemExit) as stopped:
+        run_train(args)
+    message = str(stopped.value.code)
+    assert "encoder weights did not load" in message and "bert.embeddings.word_embeddings.weight" in message
+    assert "roberta.embeddings" in message or "roberta.encoder" in message  # the unused weights say why
+    assert "--allow_random_encoder" in message and not (tmp_path / "out" / "config.json").exists()
+
+    lines = run_train([*args, "--allow_random_encoder", "--overwrite_output_dir"])
+    assert any("encoder weights did not load" in line for line in lines)  # warned, not silent
+    assert (tmp_path / "out" / "config.json").is_file()
+    # A BERT-XML checkpoint loads whole: no error, no warning.
+    labels = sorted(TOPICS)
+    build_coding_model(labels, tokenizer, data / "pretrained")

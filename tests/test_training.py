@@ -353,3 +353,18 @@ def test_new_configs_are_rotary_and_a_mistyped_override_is_refused() -> None:
     assert load_config(None, "position_embedding_type=absolute").position_embedding_type == "absolute"
     with pytest.raises(ConfigError, match="position_embedding_type must be .* got 'rotry'"):
         load_config(None, "position_embedding_type=rotry")
+
+
+def test_lr_scheduler_type_takes_and_shows_plain_names(capsys) -> None:
+    # As transformers' examples document them: "cosine", not "SchedulerType.COSINE".
+    args = parse("--output_dir", "unused", "--lr_scheduler_type", "cosine")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = create_scheduler(optimizer, 10, args.lr_scheduler_type, num_warmup_steps=0)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.5, rel=1e-6)  # half-way down a cosine
+    with pytest.raises(SystemExit):
+        parse("--help")
+    shown = capsys.readouterr().out
+    assert "{linear,cosine," in shown and "SchedulerType" not in shown

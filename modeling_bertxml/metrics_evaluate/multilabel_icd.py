@@ -9,7 +9,8 @@ import datasets
 import evaluate
 import numpy as np
 
-from modeling_bertxml.metrics import compute_metrics
+# "From:" names the pip package for evaluate's missing-dependency error (the import name differs from it).
+from modeling_bertxml.metrics import compute_metrics  # From: bert-xml
 
 
 _DESCRIPTION = (
