@@ -10,7 +10,8 @@ Both run small models on the demo corpus (`python -m modeling_bertxml.synthetic 
 data/synthetic-tokenizer --vocab_size 4000 --min_frequency 2`) with a plain loop, one thread, so that one setting
 changes at a time. `mlm` prints the validation perplexity every 50 steps beside the unigram perplexity of the same
 masked tokens (token masking, 15 %); `coding` trains from scratch (512-token chunks, notes cut at 1,024 tokens) and
-prints validation MAP, micro- and macro-AUC every half epoch beside the code-prior MAP.
+prints validation MAP, micro- and macro-AUC every half epoch beside the code-prior MAP (`--probe_steps N`: also the
+token-state cosine and label-attention entropy that show the encoder collapsing).
 """
 
 import argparse
@@ -84,6 +85,22 @@ def run_mlm(args: argparse.Namespace, tokenizer) -> None:
                 return
 
 
+@torch.no_grad()
+def collapse_probe(model: BertXMLForMultiLabelCoding, inputs: dict) -> tuple[float, float]:
+    """Mean cosine between the token states of the first note, and the codes' mean label-attention entropy (1 =
+    uniform over the note). Both near 1 is the collapse that holds coding on the code-prior plateau: the encoder maps
+    every token to one state, so no attention can find the words that name a code (README, "What mattered")."""
+    model.eval()
+    states = model.bert(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].bool()
+    first = torch.nn.functional.normalize(states[0][mask[0]], dim=-1)
+    codes = torch.arange(model.config.num_labels).expand(len(states), -1)
+    weights = model.label_head.attention(states, inputs["attention_mask"], codes)
+    entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / mask.sum(-1, keepdim=True).float().log()
+    model.train()
+    return (first @ first.T).mean().item(), entropy.mean().item()
+
+
 def run_coding(args: argparse.Namespace, tokenizer) -> None:
     train, validation = read(f"{args.data}/train.jsonl"), read(f"{args.data}/validation.jsonl")
     codes = sorted({code for note in train for code in note["labels"]})
@@ -143,6 +160,9 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad()
             step += 1
+            if args.probe_steps and step % args.probe_steps == 0:
+                cosine, entropy = collapse_probe(model, batch(val_ids, list(range(8))))
+                print(f"step {step}: token-state cosine {cosine:.3f}, label-attention entropy {entropy:.3f}")
             if step % (steps_per_epoch // 2) == 0 or step == steps:
                 model.eval()
                 with torch.no_grad():
@@ -187,6 +207,7 @@ def main() -> None:
     coding.add_argument("--epochs", type=float, default=1.0)
     coding.add_argument("--batch_size", type=int, default=8)
     coding.add_argument("--max_length", type=int, default=1024)
+    coding.add_argument("--probe_steps", type=int, help="Every N steps, print the collapse probe (collapse_probe).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
