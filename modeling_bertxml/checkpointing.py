@@ -151,8 +151,8 @@ def _run_files(output_dir: Path) -> list[Path]:
 
 def _check_contents(output_dir: Path, run_args: dict, resume: bool, overwrite: bool) -> None:
     files, recorded = _run_files(output_dir), output_dir / RUN_ARGS_FILE
-    if not files:
-        return
+    if not files or (files == [recorded] and not resume):
+        return  # empty, or a run that stopped before writing anything (bad notes, a typo): retrying needs no flag
     if overwrite and not resume:
         if not recorded.is_file():  # not a bert-xml run: its files are someone else's, never ours to delete
             raise OutputDirError(

@@ -222,6 +222,17 @@ def test_output_dir_holding_another_run_is_refused_unless_overwritten(tmp_path):
     assert json.loads((tmp_path / "run" / "run_args.json").read_text())["learning_rate"] == 2e-3
 
 
+def test_a_run_that_stopped_before_writing_anything_can_be_retried_without_flags(tmp_path):
+    # A run refused for a missing notes file leaves only its run_args.json; the corrected command just runs.
+    out = str(tmp_path / "run")
+    prepare_output_dir(parse("--output_dir", out, "--train_file", "typo.jsonl"))
+    prepare_output_dir(parse("--output_dir", out, "--train_file", "notes.jsonl"))
+    assert json.loads((tmp_path / "run" / "run_args.json").read_text())["train_file"] == ["notes.jsonl"]
+    (tmp_path / "run" / "logs").mkdir()  # once it has written anything else, it is a run to resume or overwrite
+    with pytest.raises(OutputDirError, match="already holds a run"):
+        prepare_output_dir(parse("--output_dir", out, "--train_file", "other.jsonl"))
+
+
 def test_overwrite_never_deletes_files_that_no_run_wrote(tmp_path):
     (tmp_path / "notes.jsonl").write_text("{}")
     with pytest.raises(OutputDirError, match=r"holds files that no bert-xml run wrote .*empty or new --output_dir"):
