@@ -153,12 +153,12 @@ def _check_contents(output_dir: Path, run_args: dict, resume: bool, overwrite: b
     files, recorded = _run_files(output_dir), output_dir / RUN_ARGS_FILE
     if not files or (files == [recorded] and not resume):
         return  # empty, or a run that stopped before writing anything (bad notes, a typo): retrying needs no flag
+    if not resume and not recorded.is_file():  # not a bert-xml run: its files are someone else's, never ours to delete
+        raise OutputDirError(
+            f"--output_dir {output_dir} holds files that no bert-xml run wrote (no {RUN_ARGS_FILE}; e.g. "
+            f"{files[0].name}): choose an empty or new --output_dir (--overwrite_output_dir only replaces a previous run)"
+        )
     if overwrite and not resume:
-        if not recorded.is_file():  # not a bert-xml run: its files are someone else's, never ours to delete
-            raise OutputDirError(
-                f"--output_dir {output_dir} holds files that no bert-xml run wrote (no {RUN_ARGS_FILE}); "
-                "--overwrite_output_dir only replaces a previous run: choose an empty or new --output_dir"
-            )
         return
     if not resume:
         raise OutputDirError(
