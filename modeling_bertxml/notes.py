@@ -39,9 +39,9 @@ from .readers import (
     Location,
     NotesError,
     Source,
-    as_source,
     describe,
     file_format,
+    files_tuple,
     generate_dataset,
     iter_notes,
     row_field,
@@ -218,8 +218,7 @@ def read_notes(
     with `strict_codes` any of them is an error.
     """
     system = get_code_system(code_system)
-    source = as_source(files)
-    source = source if isinstance(source, DatasetSource) else tuple(map(str, source))
+    source = files_tuple(files)
     kwargs = {"files": source, "split": split, "columns": (columns.text, columns.labels, columns.id),
               "code_system": system.name}  # fmt: skip
     settings = ("labelled notes", system.name, *kwargs["columns"])

@@ -445,7 +445,8 @@ def generate_dataset(generator: Callable[..., Iterator[dict]], features, gen_kwa
         raise
 
 
-def _files_tuple(files: Source) -> "tuple[str, ...] | DatasetSource":
+def files_tuple(files: Source) -> "tuple[str, ...] | DatasetSource":
+    """`files` as `generate_dataset` takes them in gen_kwargs: a dataset as itself, paths as a tuple of strings."""
     files = as_source(files)
     return files if isinstance(files, DatasetSource) else tuple(map(str, files))
 
@@ -463,7 +464,7 @@ def load_text_dataset(files: Source, text_column: str = "text", streaming: bool 
     """
     import datasets
 
-    files = _files_tuple(files)
+    files = files_tuple(files)
     texts = iter_texts(files, text_column, split)
     next(texts)  # an empty corpus fails now, not in the middle of training
     features = datasets.Features({"text": datasets.Value("string")})
@@ -479,6 +480,7 @@ __all__ = [
     "as_source",
     "describe",
     "file_format",
+    "files_tuple",
     "generate_dataset",
     "iter_notes",
     "iter_rows",
