@@ -25,6 +25,7 @@ import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.label_init import code_descriptions, init_label_queries_from_descriptions
 from modeling_bertxml.metrics import compute_metrics
 
 
@@ -127,6 +128,10 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
         model = BertXMLForMultiLabelCoding.from_pretrained(args.model_name_or_path, **values)
     else:
         model = BertXMLForMultiLabelCoding(config)
+    model.config.id2label = dict(enumerate(codes))
+    if args.reinit_layers:  # the top MLM layers are specialised for predicting masked words (Zhang et al., 2021)
+        for layer in model.bert.encoder.layer[-args.reinit_layers :]:
+            layer.apply(model._init_weights)
     head = model.label_head
     with torch.no_grad():
         if args.query_std is not None:
@@ -138,6 +143,8 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
         if not args.zero_bias:
             share = train_targets.mean(0).clamp(1e-4, 1 - 1e-4)
             head.output_bias.copy_(torch.logit(share))
+    if args.init_from_descriptions:
+        init_label_queries_from_descriptions(model, tokenizer, code_descriptions(codes))
     encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
     for parameter in encoder:
         parameter.requires_grad_(not args.freeze_encoder)
@@ -202,6 +209,8 @@ def main() -> None:
     coding.add_argument("--output_std", type=float, help="Re-draw the output weights (default: = the queries).")
     coding.add_argument("--zero_bias", action="store_true", help="Output bias 0 instead of the log prior odds.")
     coding.add_argument("--freeze_encoder", action="store_true", help="Train the head on the random encoder.")
+    coding.add_argument("--init_from_descriptions", action="store_true", help="Queries from the codes' descriptions.")
+    coding.add_argument("--reinit_layers", type=int, default=0, help="Re-draw the top N layers of the encoder.")
     coding.add_argument("--label_attention_dim", type=int, help="LAAT's projection.")
     coding.add_argument("--warmup_ratio", type=float, default=0.0)
     coding.add_argument("--epochs", type=float, default=1.0)
