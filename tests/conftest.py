@@ -14,7 +14,13 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import ModernBertConfig, PretrainedConfig, PreTrainedTokenizerFast, RobertaConfig
+from transformers import (
+    AutoModelForMaskedLM,
+    ModernBertConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+)
 
 from modeling_bertxml import BertXMLConfig
 
@@ -83,6 +89,15 @@ def tiny_backbone(model_type: str, vocab_size: int = TINY_VOCAB_SIZE, pad_token_
     """A tiny `model_type` encoder (`BACKBONES`): pass it as `tiny_config(backbone_config=...)`, or save its masked-LM
     model as a checkpoint for train.py."""
     return BACKBONES[model_type](vocab_size, pad_token_id)
+
+
+def save_backbone_checkpoint(model_type: str, folder: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """A tiny masked-LM checkpoint of another encoder and its tokenizer, as `save_pretrained` writes them: what
+    train.py's --model_name_or_path gets for a RoBERTa or ModernBERT model."""
+    backbone = tiny_backbone(model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    AutoModelForMaskedLM.from_config(backbone).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
