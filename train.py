@@ -95,6 +95,7 @@ from modeling_bertxml.training import (
     data_source,
     default_learning_rate,
     epoch_batches,
+    is_backbone_checkpoint,
     load_tokenizer,
     log_training,
     log_validation,
@@ -149,8 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     coding.add_argument(
         "--allow_random_encoder", action="store_true",
-        help="Fine-tune even when --model_name_or_path's encoder weights do not load (e.g. a RoBERTa checkpoint): "
-        "the encoder then starts from random weights. Refused by default.",
+        help="Fine-tune even when --model_name_or_path's encoder weights do not load (e.g. weights saved under "
+        "other names than its config.json says): the encoder then starts from random weights. Refused by default.",
     )
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
@@ -469,6 +470,7 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
         threshold=f"{config.threshold:.2f}",
         max_note_length=f"{config.max_note_length:,}",
         chunk_length=config.max_position_embeddings,
+        encoder="BERT" if config.backbone_config is None else f"`{config.backbone_config.model_type}`",
         num_train_notes=f"{len(splits.train):,}",
         steps=f"{progress.step:,}",
         best_step=f"{progress.best_step:,}",
@@ -481,7 +483,18 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
     )
 
 
+def check_adapter_base(args: argparse.Namespace) -> None:
+    """An adapter folder is loaded with its base repo's code: a RoBERTa or ModernBERT checkpoint has none of ours, so
+    its adapter would load into transformers' own model, without the label attention. Refused before any work."""
+    if args.use_lora and not args.merge_lora and is_backbone_checkpoint(args.model_name_or_path):
+        raise ConfigError(
+            f"--use_lora on {args.model_name_or_path}, another encoder than BERT-XML's, needs --merge_lora: an adapter "
+            "folder loads with its base repo's code, which that checkpoint does not have"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
+    check_adapter_base(args)
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
     splits = load_splits(args, accelerator)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)

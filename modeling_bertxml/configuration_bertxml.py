@@ -1,8 +1,9 @@
 """Remote code: travels with every saved model; imports only torch, transformers and its siblings.
 
-BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head."""
+BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head, and optionally the config
+of another transformers encoder (RoBERTa, ModernBERT, ...) to use instead of the built-in BERT."""
 
-from transformers import BertConfig
+from transformers import AutoConfig, BertConfig, PretrainedConfig
 
 AUTO_MAP = {
     "AutoConfig": "configuration_bertxml.BertXMLConfig",
@@ -16,6 +17,40 @@ ENCODER = "modeling_bertxml.BertXMLModel"
 # The code systems a label space can be read in (bert-xml's `code_systems` module implements them).
 CODE_SYSTEMS = ("icd10cm", "icd10pcs", "icd10", "icd9cm", "any")
 LABEL_ATTENTION_IMPLEMENTATIONS = ("auto", "blocks", "sdpa")
+# Encoders whose position ids start after the padding id (RoBERTa's `create_position_ids_from_input_ids`): a table of
+# `max_position_embeddings` rows holds `max_position_embeddings - pad_token_id - 1` tokens.
+POSITIONS_AFTER_PADDING = (
+    "camembert", "data2vec-text", "ibert", "mpnet", "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl",
+    "xmod",
+)  # fmt: skip
+# What the chunking and the head read from the top-level config: with a backbone, its values (checked, not settable).
+BACKBONE_VALUES = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "pad_token_id",
+    "max_position_embeddings",
+)  # fmt: skip
+
+
+def check_encoder(backbone_config: PretrainedConfig) -> None:
+    """Refuse a backbone that is not an encoder: BERT-XML reads every token's state, seen from both sides."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = backbone_config.model_type
+    if (
+        model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        or backbone_config.is_encoder_decoder
+        or getattr(backbone_config, "is_decoder", False)
+    ):
+        raise ValueError(
+            f"backbone_config is a {model_type!r} config, which is not an encoder: BERT-XML reads every token's state "
+            "from a bidirectional encoder that has a masked-LM model in transformers (bert, roberta, modernbert, "
+            "deberta-v2, electra, ...)"
+        )
+
+
+def backbone_chunk_length(backbone_config: PretrainedConfig) -> int:
+    """The most tokens one chunk can hold in `backbone_config`'s encoder: its position table, less RoBERTa's offset."""
+    offset = backbone_config.pad_token_id + 1 if backbone_config.model_type in POSITIONS_AFTER_PADDING else 0
+    return backbone_config.max_position_embeddings - offset
 
 
 class BertXMLConfig(BertConfig):
@@ -50,6 +85,13 @@ class BertXMLConfig(BertConfig):
         code_system (`str`, defaults to `"icd10"`):
             What the labels are: `"icd10cm"` (ICD-10-CM diagnoses), `"icd10pcs"` (ICD-10-PCS procedures), `"icd10"`
             (both), `"icd9cm"` (ICD-9-CM diagnoses and procedures, dotted) or `"any"` (a local code set).
+        backbone_config (`dict` or [`PretrainedConfig`], *optional*):
+            The config of another transformers encoder (any `model_type` with a masked-LM model, e.g. `"roberta"`,
+            `"modernbert"`), built with `AutoModel.from_config` in place of the built-in BERT; the chunking and the
+            label attention stay the same. `None` (the default) is the built-in BERT. With a backbone, `hidden_size`,
+            `num_hidden_layers`, `num_attention_heads`, `intermediate_size`, `vocab_size` and `pad_token_id` are the
+            backbone's, and `max_position_embeddings`, the chunk length, is its position limit (RoBERTa's 514 rows
+            hold 512 tokens, ModernBERT's 8,192 tokens); they are set from it and cannot be set apart from it.
     """
 
     model_type = "bertxml"
@@ -62,9 +104,21 @@ class BertXMLConfig(BertConfig):
     position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
     code_system: str = "icd10"
+    backbone_config: dict | PretrainedConfig | None = None
+
+    # Plain `sub_configs` (not transformers' newer `sub_configs_defaults`, which routes the key `backbone_config`
+    # through its vision-backbone helper): the attention implementation and dtype reach the backbone's config.
+    sub_configs = {"backbone_config": AutoConfig}
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):  # as read from config.json
+            values = dict(self.backbone_config)
+            self.backbone_config = AutoConfig.for_model(values.pop("model_type"), **values)
         super().__post_init__(**kwargs)
+        if self.backbone_config is not None:
+            check_encoder(self.backbone_config)
+            for name, value in self._backbone_values().items():
+                setattr(self, name, value)
         # Only the coding model needs multi-label (it checks); the encoder and MLM model share this config.
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
@@ -80,6 +134,8 @@ class BertXMLConfig(BertConfig):
         output = super().to_dict()
         coding = CODING_ARCHITECTURE in (output.get("architectures") or [])
         output["auto_map"] = {**output["auto_map"], "AutoModel": AUTO_MAP["AutoModel"] if coding else ENCODER}
+        if output.get("backbone_config") is not None:
+            output["backbone_config"].pop("_name_or_path", None)  # where the checkpoint was read: often a local path
         return output
 
     def check_values(self) -> None:
@@ -98,6 +154,25 @@ class BertXMLConfig(BertConfig):
             )
         if self.max_chunks < 1 or self.label_block_size < 1:
             raise ValueError("max_chunks and label_block_size must be positive")
+        if self.backbone_config is not None:
+            self._check_backbone()
+
+    def _backbone_values(self) -> dict:
+        """The top-level values a backbone fixes (`BACKBONE_VALUES`): its own, and its chunk length."""
+        values = {name: getattr(self.backbone_config, name) for name in BACKBONE_VALUES}
+        values["max_position_embeddings"] = backbone_chunk_length(self.backbone_config)
+        return values
+
+    def _check_backbone(self) -> None:
+        """The values the chunking and the head read must still be the backbone's (`--config_overrides
+        hidden_size=...` cannot resize a checkpoint's encoder)."""
+        check_encoder(self.backbone_config)
+        for name, value in self._backbone_values().items():
+            if getattr(self, name) != value:
+                raise ValueError(
+                    f"{name} is the backbone's ({value}), got {getattr(self, name)}: with backbone_config, change the "
+                    "backbone's own config instead"
+                )
 
     @property
     def max_note_length(self) -> int:
@@ -105,4 +180,4 @@ class BertXMLConfig(BertConfig):
         return self.max_chunks * self.max_position_embeddings
 
 
-__all__ = ["CODE_SYSTEMS", "BertXMLConfig"]
+__all__ = ["CODE_SYSTEMS", "BertXMLConfig", "backbone_chunk_length"]

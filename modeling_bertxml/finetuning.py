@@ -6,6 +6,7 @@ encoder's attention, the whole label-attention head trained and saved (`modules_
 because `SEQ_CLS` would only unfreeze a module named `classifier` and leave the head random.
 """
 
+import copy
 import json
 import logging
 import os
@@ -20,9 +21,9 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions, init_label_queries_from_descriptions
-from .modeling_bertxml import BertXMLForMultiLabelCoding
+from .modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
 from .checkpointing import save_model_folder
-from .training import ConfigError, load_config
+from .training import ConfigError, is_backbone_checkpoint, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def build_coding_model(
     code_system: str = "icd10",
     allow_random_encoder: bool = False,
 ) -> BertXMLForMultiLabelCoding:
-    """The encoder of `model_name_or_path` (a pretrain.py output, a coder, or any BERT checkpoint) with a head for
+    """The encoder of `model_name_or_path` (a pretrain.py output, a coder, any BERT checkpoint, or a checkpoint of
+    another transformers encoder, which becomes the backbone: `training.is_backbone_checkpoint`) with a head for
     `labels`.
 
     Starting from a coder, each code it already knows keeps its own head row (matched by code, not by position);
@@ -50,9 +52,9 @@ def build_coding_model(
     stored in the config; `init_from_descriptions` starts each new code's query from its official description
     (`label_init`). Weights load in float32 whatever the checkpoint's dtype: mixed precision is Accelerate's job,
     and the optimizer needs float32 master weights. `label_frequencies` (share of training notes carrying each
-    code) start new codes at their prior. A checkpoint whose encoder weights do not all load (another architecture,
-    e.g. RoBERTa) is refused with `EncoderMismatchError` unless `allow_random_encoder`: fine-tuning would silently
-    start from random weights.
+    code) start new codes at their prior. A checkpoint whose encoder weights do not all load (weights named for
+    another model than its config.json says) is refused with `EncoderMismatchError` unless `allow_random_encoder`:
+    fine-tuning would silently start from random weights.
     """
     id2label = dict(enumerate(labels))
     config = load_config(
@@ -63,6 +65,10 @@ def build_coding_model(
     if model_name_or_path is None:
         logger.warning("No --model_name_or_path: the encoder starts from random weights (no pretraining)")
         model = BertXMLForMultiLabelCoding(config)
+    elif config.backbone_config is not None and is_backbone_checkpoint(model_name_or_path):
+        model = BertXMLForMultiLabelCoding(config)
+        loading = load_backbone_weights(model, model_name_or_path)
+        check_encoder_loaded(model_name_or_path, loading, allow_random_encoder)
     else:
         # ignore_mismatched_sizes: a checkpoint that already has a head for another label space gets a new one.
         model, loading = BertXMLForMultiLabelCoding.from_pretrained(
@@ -79,6 +85,25 @@ def build_coding_model(
         initialised = init_label_queries_from_descriptions(model, tokenizer, descriptions)
         logger.info(f"{len(initialised)} of {len(new)} new label queries start from their official descriptions")
     return model
+
+
+def load_backbone_weights(model: BertXMLForMultiLabelCoding, source: str | os.PathLike) -> dict:
+    """Load checkpoint `source` of the backbone's own model type (its bare model or masked-LM model, loaded as
+    transformers loads either into `AutoModel`) into `model`'s backbone, in float32. Returns the loading info with the
+    backbone's names as `model` spells them (`bert.backbone.*`), as `check_encoder_loaded` reads it."""
+    backbone = model.bert.backbone
+    loaded, loading = type(backbone).from_pretrained(
+        source, config=copy.deepcopy(backbone.config), dtype=torch.float32, output_loading_info=True,
+        ignore_mismatched_sizes=True, **backbone_init_kwargs(backbone.config),
+    )  # fmt: skip
+    backbone.load_state_dict(loaded.state_dict())
+    prefix = "bert.backbone."
+    return {
+        "missing_keys": [prefix + key for key in loading["missing_keys"]],
+        "mismatched_keys": [prefix + (entry[0] if isinstance(entry, (tuple, list)) else entry)
+                            for entry in loading["mismatched_keys"]],
+        "unexpected_keys": list(loading["unexpected_keys"]),
+    }  # fmt: skip
 
 
 _ENCODER_PARTS = ("embeddings", "encoder", "layers")
@@ -106,9 +131,10 @@ def check_encoder_loaded(source: str | os.PathLike, loading: dict, allow_random:
     message = (
         f"--model_name_or_path {source}: {len(random)} encoder weights did not load ({some(random)})"
         + (f"; {len(unused)} of the checkpoint's weights are unused ({some(unused)})" if unused else "")
-        + ". It is not a BERT or BERT-XML checkpoint (RoBERTa, ModernBERT and others name their weights "
-        "differently), so fine-tuning would start from a random encoder. Use a BERT-style checkpoint or "
-        "pretrain.py's output, or pass --allow_random_encoder to train from random weights anyway."
+        + ". Its weights are not named as its config.json says (weights of another model, or saved from a wrapper "
+        "such as DDP's module.*), so fine-tuning would start from a random encoder. Use a checkpoint saved with "
+        "save_pretrained (pretrain.py's output, or a BERT, RoBERTa, ModernBERT, ... model), or pass "
+        "--allow_random_encoder to train from random weights anyway."
     )
     if not allow_random:
         raise EncoderMismatchError(message)
@@ -265,6 +291,7 @@ __all__ = [
     "EncoderMismatchError",
     "check_encoder_loaded",
     "adapter_base_id",
+    "load_backbone_weights",
     "add_lora",
     "build_coding_model",
     "coding_config",

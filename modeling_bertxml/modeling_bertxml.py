@@ -19,20 +19,26 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    self-attention with RoFormer's rotary embedding on queries and keys, so attention knows token distances from
    the first step instead of waiting for a random position table to organise (the MLM "unigram plateau").
 4. There is no pooler and no next-sentence head.
-5. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
+5. Other encoders (`config.backbone_config`): any transformers encoder (RoBERTa, ModernBERT, ...) built with
+   `AutoModel.from_config`, without its pooler, takes the place of BERT's embeddings and layers under the same
+   chunking and label attention; chunks hold as many tokens as its position table allows.
+6. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
    head), which transformers' adapter detection alone would build with the base's config and number of codes.
 """
 
+import inspect
 import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss
+from transformers import AutoModel, PretrainedConfig
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
     BertEncoder,
@@ -68,6 +74,13 @@ def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> t
     if pad:
         tensor = torch.cat([tensor, tensor.new_full((tensor.shape[0], pad, *tensor.shape[2:]), fill)], dim=1)
     return tensor.reshape(-1, chunk_length, *tensor.shape[2:])
+
+
+def backbone_init_kwargs(config: PretrainedConfig) -> dict:
+    """What `AutoModel` needs to build `config`'s encoder without a pooler: the label attention reads token states,
+    and a pooler would be a weight that masked-LM checkpoints lack and that no gradient reaches (DDP refuses that)."""
+    signature = inspect.signature(MODEL_MAPPING[type(config)].__init__)
+    return {"add_pooling_layer": False} if "add_pooling_layer" in signature.parameters else {}
 
 
 class BertXMLRotarySelfAttention(BertSelfAttention):
@@ -266,28 +279,38 @@ class BertXMLPreTrainedModel(BertPreTrainedModel):
 
 
 class BertXMLModel(BertXMLPreTrainedModel):
-    """BERT encoder that reads notes longer than `max_position_embeddings` by encoding them in chunks."""
+    """BERT encoder (or `config.backbone_config`'s) that reads notes longer than `max_position_embeddings` by encoding
+    them in chunks."""
 
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
 
     def __init__(self, config: BertXMLConfig):
         super().__init__(config)
-        self.embeddings = BertEmbeddings(config)
-        self.encoder = BertEncoder(config)
-        if config.position_embedding_type == "rotary":
-            for index, layer in enumerate(self.encoder.layer):
-                layer.attention.self = BertXMLRotarySelfAttention(config, layer_idx=index)
+        if config.backbone_config is not None:
+            backbone_config = config.backbone_config
+            self.backbone = AutoModel.from_config(backbone_config, **backbone_init_kwargs(backbone_config))
+            # Token types only reach encoders that have them (ModernBERT has none: a tokenizer's zeros say nothing).
+            self._backbone_token_types = "token_type_ids" in inspect.signature(self.backbone.forward).parameters
+        else:
+            self.embeddings = BertEmbeddings(config)
+            self.encoder = BertEncoder(config)
+            if config.position_embedding_type == "rotary":
+                for index, layer in enumerate(self.encoder.layer):
+                    layer.attention.self = BertXMLRotarySelfAttention(config, layer_idx=index)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
+        if self.config.backbone_config is not None:
+            return self.backbone.get_input_embeddings()
         return self.embeddings.word_embeddings
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings.word_embeddings = value
+        if self.config.backbone_config is not None:
+            self.backbone.set_input_embeddings(value)
+        else:
+            self.embeddings.word_embeddings = value
 
-    # Untied: the per-layer outputs are per encoded chunk, and tying would swap the last one for the note-shaped
-    # last_hidden_state, leaving `hidden_states` with two layouts.
-    @capture_outputs(tie_last_hidden_states=False)
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -305,7 +328,7 @@ class BertXMLModel(BertXMLPreTrainedModel):
 
         `last_hidden_state` is note-shaped, (batch_size, sequence_length, hidden_size). `hidden_states` and `attentions`
         (`output_hidden_states`/`output_attentions=True`) are per encoded chunk, (encoded_chunks, chunk_length, ...), as
-        the layers see them; a note of one chunk gives the usual BERT shapes.
+        the layers see them; a note of one chunk gives the usual BERT shapes (the backbone's, with a backbone).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -331,22 +354,53 @@ class BertXMLModel(BertXMLPreTrainedModel):
         else:
             encode = chunk_mask.bool().any(-1)
             encode.view(batch_size, -1)[:, 0] = True
-        embeddings = self.embeddings(
-            input_ids=_to_chunks(input_ids, chunk_length, self.config.pad_token_id or 0)[encode]
-            if input_ids is not None
-            else None,
-            token_type_ids=_to_chunks(token_type_ids, chunk_length, 0)[encode] if token_type_ids is not None else None,
-            position_ids=position_ids,
-            inputs_embeds=_to_chunks(inputs_embeds, chunk_length, 0.0)[encode] if inputs_embeds is not None else None,
-        )
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=embeddings, attention_mask=chunk_mask[encode]
-        )
-        states = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
+        chunks = {
+            "input_ids": _to_chunks(input_ids, chunk_length, self.config.pad_token_id or 0),
+            "attention_mask": chunk_mask,
+            "token_type_ids": _to_chunks(token_type_ids, chunk_length, 0),
+            "inputs_embeds": _to_chunks(inputs_embeds, chunk_length, 0.0),
+        }
+        chunks = {name: chunk[encode] for name, chunk in chunks.items() if chunk is not None}
+        encode_chunks = self._encode_with_backbone if self.config.backbone_config is not None else self._encode
+        outputs = encode_chunks(position_ids=position_ids, **chunks, **kwargs)
+        states = outputs.last_hidden_state
         if isinstance(encode, torch.Tensor):
             encoded, states = states, states.new_zeros(encode.shape[0], chunk_length, states.shape[-1])
             states[encode] = encoded
-        return BaseModelOutput(last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length])
+        return BaseModelOutput(
+            last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length],
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @capture_outputs
+    def _encode(
+        self,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """The built-in BERT on a batch of chunks. Outputs are captured here, not in `forward`, so that they are the
+        layers' (per chunk) whichever encoder runs."""
+        embeddings = self.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask)
+        states = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
+        return BaseModelOutput(last_hidden_state=states)
+
+    def _encode_with_backbone(
+        self, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutput:
+        """The backbone on a batch of chunks; it captures its own layers' outputs (asked here or in our config)."""
+        if token_type_ids is not None and self._backbone_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        for name in ("output_hidden_states", "output_attentions"):
+            kwargs.setdefault(name, getattr(self.config, name, False))
+        return self.backbone(attention_mask=attention_mask, return_dict=True, **kwargs)
 
 
 class BertXMLForMaskedLM(BertXMLPreTrainedModel):
@@ -358,6 +412,11 @@ class BertXMLForMaskedLM(BertXMLPreTrainedModel):
     }
 
     def __init__(self, config: BertXMLConfig):
+        if config.backbone_config is not None:
+            raise ValueError(
+                f"BertXMLForMaskedLM pretrains the built-in BERT; a {config.backbone_config.model_type} backbone is "
+                "pretrained with its own masked-LM model (AutoModelForMaskedLM), then fine-tuned with train.py"
+            )
         super().__init__(config)
         self.bert = BertXMLModel(config)
         self.cls = BertOnlyMLMHead(config)
@@ -467,6 +526,7 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
 
 
 __all__ = [
+    "backbone_init_kwargs",
     "BertXMLForMaskedLM",
     "BertXMLForMultiLabelCoding",
     "BertXMLLabelWiseHead",

@@ -19,7 +19,14 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, SchedulerType, get_scheduler
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    SchedulerType,
+    get_scheduler,
+)
 
 from .checkpointing import CheckpointManager, Progress, check_synchronised
 from .configuration_bertxml import BertXMLConfig
@@ -296,6 +303,19 @@ class ConfigError(ValueError):
     """A config value (from --config_overrides or a config file) that BERT-XML cannot run."""
 
 
+# Checkpoints whose weights load into the built-in BERT encoder; any other model type is used as a backbone.
+BUILT_IN_MODEL_TYPES = ("bertxml", "bert")
+
+
+def is_backbone_checkpoint(name: str | os.PathLike | None) -> bool:
+    """Whether `name` is a checkpoint of another encoder (RoBERTa, ModernBERT, ...): its config.json names a
+    `model_type` that is neither BERT-XML's nor BERT's. Its encoder becomes the coding model's backbone."""
+    if name is None:
+        return False
+    model_type = PretrainedConfig.get_config_dict(name)[0].get("model_type")
+    return model_type is not None and model_type not in BUILT_IN_MODEL_TYPES
+
+
 def load_config(
     name: str | os.PathLike | None = None,
     config_overrides: str | None = None,
@@ -306,9 +326,16 @@ def load_config(
 
     A config made from scratch (no `name`) has rotary positions (learned absolute ones keep MLM at the unigram
     plateau, see `BertXMLRotarySelfAttention`) and takes its vocabulary size and padding id from `tokenizer`; any
-    other config must already agree with it (checked, with a clear error).
+    other config must already agree with it (checked, with a clear error). The config of another encoder
+    (`is_backbone_checkpoint`) becomes the `backbone_config` of a BERT-XML config.
     """
-    if name is not None:
+    if is_backbone_checkpoint(name):
+        try:
+            config = BertXMLConfig(backbone_config=AutoConfig.from_pretrained(name))
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from error
+        logger.info(f"{name} is a {config.backbone_config.model_type} checkpoint: its encoder is the backbone")
+    elif name is not None:
         config = BertXMLConfig.from_pretrained(name)
     else:
         config = BertXMLConfig(position_embedding_type="rotary")
@@ -335,9 +362,11 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: B
     """Refuse a tokenizer whose vocabulary or padding id is not the model's, before hours of compute.
 
     More tokens than embeddings fail later and opaquely (an index error on some batch); fewer mean another tokenizer
-    whose ids name other words than the ones the model learnt (silently wrong); another padding id is not masked.
+    whose ids name other words than the ones the model learnt (silently wrong), except in a backbone, whose table
+    may be padded for speed (ModernBERT: 50,368 rows for 50,280 tokens); another padding id is not masked.
     """
-    if len(tokenizer) != config.vocab_size:
+    padded_table = config.backbone_config is not None and len(tokenizer) < config.vocab_size
+    if len(tokenizer) != config.vocab_size and not padded_table:
         raise ValueError(
             f"tokenizer {name} has {len(tokenizer)} tokens but the config's vocab_size is {config.vocab_size}: "
             "use the tokenizer the model was trained with (a new model from scratch takes its vocab_size from the "
@@ -537,6 +566,7 @@ def save_checkpoint(
 
 
 __all__ = [
+    "BUILT_IN_MODEL_TYPES",
     "ConfigError",
     "DIVERGENCE_FACTOR",
     "STREAMING_SHUFFLE_BUFFER",
@@ -558,6 +588,7 @@ __all__ = [
     "default_learning_rate",
     "epoch_batches",
     "fused_optimizer",
+    "is_backbone_checkpoint",
     "load_config",
     "load_tokenizer",
     "log_training",

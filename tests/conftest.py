@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny BERT-XML configs and a tiny WordPiece tokenizer, built offline in each test session."""
+"""Shared fixtures: tiny BERT-XML configs (built-in BERT or another encoder as backbone) and a tiny WordPiece
+tokenizer, built offline in each test session."""
 
 import json
 import os
@@ -13,7 +14,13 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForMaskedLM,
+    ModernBertConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+)
 
 from modeling_bertxml import BertXMLConfig
 
@@ -23,6 +30,9 @@ WORDS = (
     "no evidence of pneumonia ruled out acute kidney injury family history heart failure admitted discharged "
     "with stable vitals blood pressure glucose insulin metformin lisinopril the a and of to in on for was is"
 ).split()
+
+
+TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(set(WORDS)) + 10
 
 
 def free_port() -> int:
@@ -41,7 +51,7 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: floa
 def tiny_config(**overrides) -> BertXMLConfig:
     """A 2-layer, 32-wide BERT-XML with 16-token chunks: fast enough for every test, small enough to chunk often."""
     values = dict(
-        vocab_size=len(SPECIAL_TOKENS) + len(set(WORDS)) + 10,
+        vocab_size=TINY_VOCAB_SIZE,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -56,6 +66,38 @@ def tiny_config(**overrides) -> BertXMLConfig:
     values.update(overrides)
     values.setdefault("id2label", {i: f"C{i:02d}.{i}" for i in range(values["num_labels"])})
     return BertXMLConfig(**values)
+
+
+# Other encoders as backbones, as tiny as tiny_config and with its 16-token chunks. RoBERTa's positions start after
+# the padding id (1 in RoBERTa's vocabulary): 16 + 2 rows. ModernBERT: rotary positions, local attention (8-token
+# windows) between global layers, and an embedding table padded past the vocabulary, as ModernBERT-base's.
+BACKBONES = {
+    "roberta": lambda vocab_size, pad_token_id: RobertaConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16 + pad_token_id + 1, pad_token_id=pad_token_id, bos_token_id=2, eos_token_id=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    ),
+    "modernbert": lambda vocab_size, pad_token_id: ModernBertConfig(
+        vocab_size=vocab_size + 6, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, pad_token_id=pad_token_id, bos_token_id=2, eos_token_id=3, cls_token_id=2,
+        sep_token_id=3, local_attention=8, global_attn_every_n_layers=2,
+    ),
+}  # fmt: skip
+
+
+def tiny_backbone(model_type: str, vocab_size: int = TINY_VOCAB_SIZE, pad_token_id: int = 1) -> PretrainedConfig:
+    """A tiny `model_type` encoder (`BACKBONES`): pass it as `tiny_config(backbone_config=...)`, or save its masked-LM
+    model as a checkpoint for train.py."""
+    return BACKBONES[model_type](vocab_size, pad_token_id)
+
+
+def save_backbone_checkpoint(model_type: str, folder: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """A tiny masked-LM checkpoint of another encoder and its tokenizer, as `save_pretrained` writes them: what
+    train.py's --model_name_or_path gets for a RoBERTa or ModernBERT model."""
+    backbone = tiny_backbone(model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    AutoModelForMaskedLM.from_config(backbone).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
@@ -126,9 +168,12 @@ def assert_valid_model_card(path: Path) -> ModelCard:
     return card
 
 
-@pytest.fixture(params=["absolute", "rotary"])
+@pytest.fixture(params=["absolute", "rotary", *BACKBONES])
 def config(request) -> BertXMLConfig:
-    """Both position schemes: BERT's learned table (loaded checkpoints) and rotary (what the scripts build)."""
+    """Both position schemes of the built-in BERT: its learned table (loaded checkpoints) and rotary (what the scripts
+    build); and each other encoder as the backbone, under the same chunking and head."""
+    if request.param in BACKBONES:
+        return tiny_config(backbone_config=tiny_backbone(request.param))
     return tiny_config(position_embedding_type=request.param)
 
 

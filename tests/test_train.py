@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import HfApi
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
@@ -25,9 +26,11 @@ from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshol
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     TRAIN_TAGS,
+    assert_close_scaled,
     assert_valid_model_card,
     free_port,
     run_in_fresh_interpreter,
+    save_backbone_checkpoint,
     tiny_config,
     tiny_tokenizer,
     tracked_scalars,
@@ -335,23 +338,24 @@ def test_folder_is_a_space_app_that_serves_the_model_without_the_package(data: P
     assert result["codes"] and set(result["codes"]) <= set(TOPICS)
 
 
-def test_folder_loads_with_automodel_pipeline_and_handler_without_the_package(data: Path, trained) -> None:
-    output_dir, _ = trained
-    model, tokenizer, labels = load_folder(output_dir)
+def check_folder_without_the_package(data: Path, folder: Path) -> tuple:
+    """Score a validation note with `folder` loaded here and in FRESH_INTERPRETER (no bert-xml: the folder's own
+    code): AutoModel's logits and the pipeline's scores must agree. Returns the model, its codes, the probabilities
+    and the fresh interpreter's answers (the handler's too)."""
+    model, tokenizer, labels = load_folder(folder)
     note = json.loads((data / "validation.jsonl").read_text().splitlines()[0])["text"]
     with torch.no_grad():
         expected = torch.sigmoid(model(**tokenizer(note, return_tensors="pt", return_token_type_ids=False)).logits[0])
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", FRESH_INTERPRETER, str(output_dir), note],
-        capture_output=True, text=True, cwd=output_dir.parent, env=env, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    torch.testing.assert_close(torch.sigmoid(torch.tensor(result["logits"])), expected, atol=1e-5, rtol=0)
+    result = run_in_fresh_interpreter(FRESH_INTERPRETER, str(folder), note, cwd=folder.parent)
+    assert_close_scaled(torch.sigmoid(torch.tensor(result["logits"])), expected)
     scores = {item["label"]: item["score"] for item in result["pipeline"][0]}
     assert scores == pytest.approx({code: expected[i].item() for i, code in enumerate(labels)}, abs=1e-5)
+    return model, labels, expected, result
+
+
+def test_folder_loads_with_automodel_pipeline_and_handler_without_the_package(data: Path, trained) -> None:
+    output_dir, _ = trained
+    model, labels, expected, result = check_folder_without_the_package(data, output_dir)
     above = sorted((i for i in range(len(labels)) if expected[i] > model.config.threshold), key=lambda i: -expected[i])
     assert [item["code"] for item in result["handler"]] == [labels[i] for i in above]
     for item in result["handler"]:
@@ -721,22 +725,23 @@ def test_resuming_after_the_training_codes_changed_is_refused(data: Path, tmp_pa
 
 
 def test_a_checkpoint_whose_encoder_does_not_load_is_refused_unless_allowed(data: Path, tmp_path: Path) -> None:
-    # A RoBERTa checkpoint (PLM-ICD's family) names its weights roberta.*: nothing of BERT-XML's encoder loads.
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
+    # Weights saved from a DDP-wrapped model (module.*) are not named as the checkpoint's config.json says: nothing of
+    # the encoder loads, be it BERT-XML's own or another encoder (the backbone of a RoBERTa checkpoint).
     tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
-    roberta = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=40, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    RobertaForMaskedLM(roberta).save_pretrained(tmp_path / "roberta")
-    tokenizer.save_pretrained(tmp_path / "roberta")
-    args = train_args(data, tmp_path / "out", "--num_train_epochs", "1")
-    args[args.index("--model_name_or_path") + 1] = str(tmp_path / "roberta")
-    with pytest.raises(SystemExit) as stopped:
-        run_train(args)
-    message = str(stopped.value.code)
-    assert "encoder weights did not load" in message and "bert.embeddings.word_embeddings.weight" in message
-    assert "roberta.embeddings" in message or "roberta.encoder" in message  # the unused weights say why
-    assert "--allow_random_encoder" in message and not (tmp_path / "out" / "config.json").exists()
+    shutil.copytree(data / "pretrained", tmp_path / "bertxml")
+    save_backbone_checkpoint("roberta", tmp_path / "roberta", tokenizer)
+    for checkpoint in ("bertxml", "roberta"):
+        weights = tmp_path / checkpoint / "model.safetensors"
+        save_file({f"module.{key}": value for key, value in load_file(weights).items()}, weights, {"format": "pt"})
+    for checkpoint, encoder in (("bertxml", "bert.embeddings"), ("roberta", "bert.backbone.embeddings")):
+        args = train_args(data, tmp_path / "out", "--num_train_epochs", "1")
+        args[args.index("--model_name_or_path") + 1] = str(tmp_path / checkpoint)
+        with pytest.raises(SystemExit) as stopped:
+            run_train(args)
+        message = str(stopped.value.code)
+        assert "encoder weights did not load" in message and f"{encoder}.word_embeddings.weight" in message
+        assert "module." in message  # the unused weights say why
+        assert "--allow_random_encoder" in message and not (tmp_path / "out" / "config.json").exists()
 
     lines = run_train([*args, "--allow_random_encoder", "--overwrite_output_dir"])
     assert any("encoder weights did not load" in line for line in lines)  # warned, not silent
