@@ -140,9 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
     coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")
     coding.add_argument(
-        "--init_label_queries_from_descriptions", action="store_true",
+        "--init_label_queries_from_descriptions", action=argparse.BooleanOptionalAction,
         help="Start each code's attention query and output weight from the encoder's embedding of its official "
-        "description and ICD-10-CM inclusion terms (for rare codes; needs a well-pretrained encoder, see README).",
+        "description and ICD-10-CM inclusion terms (codes without one keep random queries). Default: on for an "
+        "encoder trained from scratch, where random queries let it collapse; off from a checkpoint, where they "
+        "measured worse (README: What mattered).",
     )
     coding.add_argument(
         "--no_length_grouping", action="store_true",
@@ -500,7 +502,11 @@ def run(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = build_coding_model(
         splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
-        init_from_descriptions=args.init_label_queries_from_descriptions,
+        init_from_descriptions=(
+            args.model_name_or_path is None
+            if args.init_label_queries_from_descriptions is None
+            else args.init_label_queries_from_descriptions
+        ),
         label_frequencies=label_frequencies(splits.train, splits.labels), code_system=args.code_system,
         allow_random_encoder=args.allow_random_encoder,
     )  # fmt: skip
