@@ -367,14 +367,14 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: B
     """
     padded_table = config.backbone_config is not None and len(tokenizer) < config.vocab_size
     if len(tokenizer) != config.vocab_size and not padded_table:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer {name} has {len(tokenizer)} tokens but the config's vocab_size is {config.vocab_size}: "
             "use the tokenizer the model was trained with (a new model from scratch takes its vocab_size from the "
             "tokenizer)"
         )
     if tokenizer.pad_token_id is not None and config.pad_token_id is not None:
         if tokenizer.pad_token_id != config.pad_token_id:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer {name} pads with id {tokenizer.pad_token_id} ({tokenizer.pad_token}) but the config's "
                 f"pad_token_id is {config.pad_token_id}: the tokenizer and the model do not belong together"
             )

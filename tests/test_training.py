@@ -281,11 +281,11 @@ def test_tokenizer_and_config_must_belong_together(tmp_path):
     # Too few embeddings fail on some batch much later; too many mean the model was trained with another tokenizer.
     for vocab_size in (20, 2 * len(tokenizer)):
         message = rf"tokenizer \S+tok has {len(tokenizer)} tokens but the config's vocab_size is {vocab_size}"
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):
             load_config(config_overrides=f"vocab_size={vocab_size}", tokenizer=tokenizer)
 
     tiny_config(vocab_size=len(tokenizer), pad_token_id=3).save_pretrained(tmp_path / "model")
-    with pytest.raises(ValueError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
+    with pytest.raises(ConfigError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
         load_tokenizer(tok, load_config(tmp_path / "model"))
 
 
