@@ -102,6 +102,26 @@ def collapse_probe(model: BertXMLForMultiLabelCoding, inputs: dict) -> tuple[flo
     return (first @ first.T).mean().item(), entropy.mean().item()
 
 
+def sign_step_probe(model: BertXMLForMultiLabelCoding, inputs: dict, targets: torch.Tensor, probe: dict, size: float):
+    """The token-state cosine after one step of `size` on every encoder weight along the sign of the coding loss's
+    gradient (AdamW's first step), beside one along random signs: does the coding gradient itself pull the states
+    of a note together, or would any step that size?"""
+    before = collapse_probe(model, probe)[0]
+    model(**inputs, labels=targets).loss.backward()
+    encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
+    saved = [p.detach().clone() for p in encoder]
+    directions = {"coding gradient": lambda p: p.grad.sign(), "random": lambda p: torch.randn_like(p).sign()}
+    for name, direction in directions.items():
+        with torch.no_grad():
+            for parameter in encoder:
+                parameter -= size * direction(parameter)
+        print(f"one {size:g} step along the {name} signs: token-state cosine {before:.3f} -> "
+              f"{collapse_probe(model, probe)[0]:.3f}")  # fmt: skip
+        with torch.no_grad():
+            for parameter, value in zip(encoder, saved):
+                parameter.copy_(value)
+
+
 def run_coding(args: argparse.Namespace, tokenizer) -> None:
     train, validation = read(f"{args.data}/train.jsonl"), read(f"{args.data}/validation.jsonl")
     codes = sorted({code for note in train for code in note["labels"]})
@@ -129,9 +149,6 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
     else:
         model = BertXMLForMultiLabelCoding(config)
     model.config.id2label = dict(enumerate(codes))
-    if args.reinit_layers:  # the top MLM layers are specialised for predicting masked words (Zhang et al., 2021)
-        for layer in model.bert.encoder.layer[-args.reinit_layers :]:
-            layer.apply(model._init_weights)
     head = model.label_head
     with torch.no_grad():
         if args.query_std is not None:
@@ -145,6 +162,9 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
             head.output_bias.copy_(torch.logit(share))
     if args.init_from_descriptions:
         init_label_queries_from_descriptions(model, tokenizer, code_descriptions(codes))
+    if args.sign_step:
+        rows = list(range(args.batch_size))
+        return sign_step_probe(model, batch(train_ids, rows), train_targets[rows], batch(val_ids, rows), args.sign_step)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
     for parameter in encoder:
         parameter.requires_grad_(not args.freeze_encoder)
@@ -210,7 +230,7 @@ def main() -> None:
     coding.add_argument("--zero_bias", action="store_true", help="Output bias 0 instead of the log prior odds.")
     coding.add_argument("--freeze_encoder", action="store_true", help="Train the head on the random encoder.")
     coding.add_argument("--init_from_descriptions", action="store_true", help="Queries from the codes' descriptions.")
-    coding.add_argument("--reinit_layers", type=int, default=0, help="Re-draw the top N layers of the encoder.")
+    coding.add_argument("--sign_step", type=float, help="Only print sign_step_probe for a step of this size.")
     coding.add_argument("--label_attention_dim", type=int, help="LAAT's projection.")
     coding.add_argument("--warmup_ratio", type=float, default=0.0)
     coding.add_argument("--epochs", type=float, default=1.0)

@@ -657,9 +657,13 @@ def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text
 
 @pytest.mark.parametrize(
     ("start", "flag", "described"),
-    [("scratch", None, True), ("checkpoint", None, False), ("scratch", "--no-init_label_queries_from_descriptions", False),
-     ("checkpoint", "--init_label_queries_from_descriptions", True)],
-)  # fmt: skip
+    [
+        ("scratch", None, True),
+        ("checkpoint", None, False),
+        ("scratch", "--no-init_label_queries_from_descriptions", False),
+        ("checkpoint", "--init_label_queries_from_descriptions", True),
+    ],
+)
 def test_label_queries_start_from_descriptions_by_default_only_for_an_encoder_trained_from_scratch(
     data: Path, tmp_path: Path, start: str, flag: str | None, described: bool
 ) -> None:
@@ -668,7 +672,8 @@ def test_label_queries_start_from_descriptions_by_default_only_for_an_encoder_tr
     args = train_args(data, tmp_path / "run", "--num_train_epochs", "1", *([flag] if flag else []))
     if start == "scratch":
         index = args.index("--model_name_or_path")
-        args[index : index + 2] = ["--config_name", str(data / "pretrained"), "--tokenizer_name", str(data / "pretrained")]
+        pretrained = str(data / "pretrained")
+        args[index : index + 2] = ["--config_name", pretrained, "--tokenizer_name", pretrained]
     lines = run_train(args)
     assert any("new label queries start from their official descriptions" in line for line in lines) == described
 
