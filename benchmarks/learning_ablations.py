@@ -4,6 +4,10 @@
     python benchmarks/learning_ablations.py mlm --positions rotary
     python benchmarks/learning_ablations.py coding --learning_rate 5e-4 --query_std 0.02 --output_std 0.02 --zero_bias
     python benchmarks/learning_ablations.py coding                          # today's defaults
+    python benchmarks/learning_ablations.py --data runs/quality-cpu/data --tokenizer runs/quality-cpu/tokenizer \
+        --hidden_size 256 --num_layers 4 --seed 1 coding --learning_rate 1e-3 --max_length 512 --epochs 0.4 \
+        --warmup_ratio 0.06 --probe_steps 25 --init_from_descriptions      # the hard corpus, description queries
+    python benchmarks/learning_ablations.py ... coding --sign_step 5e-4    # does the coding gradient collapse states?
 
 Both run small models on the demo corpus (`python -m modeling_bertxml.synthetic --output_dir data/synthetic` and
 `python tokenizer_training/train_tokenizer.py --train_file data/synthetic/train.jsonl --output_dir
