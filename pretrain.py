@@ -62,6 +62,7 @@ from modeling_bertxml.training import (
     data_source,
     default_learning_rate,
     epoch_batches,
+    finish_trackers,
     fused_optimizer,
     load_config,
     load_tokenizer,
@@ -479,7 +480,7 @@ def run(args: argparse.Namespace) -> None:
         if accelerator.is_main_process:
             push_from_args(args, args.output_dir)  # private by default, scanned for identifiers, as train.py
     finally:
-        accelerator.end_training()
+        finish_trackers(accelerator)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,6 +95,7 @@ from modeling_bertxml.training import (
     data_source,
     default_learning_rate,
     epoch_batches,
+    finish_trackers,
     is_backbone_checkpoint,
     load_tokenizer,
     log_training,
@@ -538,7 +539,7 @@ def run(args: argparse.Namespace) -> None:
     write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress, speed)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir)
-    accelerator.end_training()
+    finish_trackers(accelerator)
 
 
 def main(argv: list[str] | None = None) -> None:

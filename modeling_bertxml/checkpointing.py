@@ -7,6 +7,7 @@ resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save
 """
 
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -72,6 +73,10 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     checkpoints. A dir that already holds files is accepted only to resume the run in its `run_args.json`, or with
     `overwrite`, which removes the old run's files first: a crash of the new run must not leave the old run's model
     beside the new run's arguments.
+
+    The process group this starts is destroyed on exit, once the run (and its DDP model) is gone. Not before: a DDP
+    reducer freed after `destroy_process_group` holds the gloo group's last reference and destroys it holding the
+    GIL, joining a worker thread that waits for the GIL to free a gathered tensor: a hang, about 1 run in 30 here.
     """
     # The first state made fixes the process group for the run: read ACCELERATE_USE_CPU as Accelerator would, or
     # CPU ranks launched with it would come up unsynchronised.
@@ -79,6 +84,9 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     check_synchronised(state)
     output_dir = Path(output_dir)
     _check_writable(output_dir)
+    # Every rank's write probe is gone before the main process reads (or clears) the dir: a probe seen there would
+    # be "files no bert-xml run wrote", and one cleared there would fail its rank's probe.
+    state.wait_for_everyone()
     lock = _lock(output_dir) if state.is_main_process else None
     try:
         if state.is_main_process:
@@ -91,6 +99,8 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     finally:
         if lock is not None:
             lock.close()  # closing the descriptor releases the lock; the file stays (another run may hold it)
+        gc.collect()  # a model in a reference cycle is freed now, while the group lives
+        state.destroy_process_group()
 
 
 def check_synchronised(state: PartialState) -> None:

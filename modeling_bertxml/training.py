@@ -264,6 +264,12 @@ def setup_accelerator(
     return accelerator
 
 
+def finish_trackers(accelerator: Accelerator) -> None:
+    """`Accelerator.end_training` but the process group's teardown, which `claim_output_dir` does after the run."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def log_training(
     accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler,
     **rates: float,
@@ -587,6 +593,7 @@ __all__ = [
     "data_source",
     "default_learning_rate",
     "epoch_batches",
+    "finish_trackers",
     "fused_optimizer",
     "is_backbone_checkpoint",
     "load_config",

@@ -69,7 +69,9 @@ def run_cli(command: list[str], tmp_path: Path, **env: str) -> str:
     result = subprocess.run(
         command, cwd=REPO, env={**cli_env(tmp_path), **env}, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A failed rank's own error comes first: the launcher's tail is the other ranks' "connection closed".
+    errors = [line for line in result.stderr.splitlines() if re.match(r"(\[rank\d+\]: )?(error:|\w+Error\b)", line)]
+    assert result.returncode == 0, "\n".join(errors[:10]) + "\n...\n" + result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
