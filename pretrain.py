@@ -148,13 +148,29 @@ class WholeWordMaskingCollator(DataCollatorForLanguageModeling):
 
     mask_seed: int = 0
     epoch: int = 0
+    keep_prob: float = 0.1
+    random_prob: float = 0.1
 
     def torch_call(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         tokens = np.asarray([example["input_ids"] for example in examples], dtype=np.int64)
         seed = zlib.crc32(struct.pack("<qq", self.mask_seed, self.epoch) + tokens.tobytes())
         # The parent draws every mask from `self.generator` (its own `seed` stays None so it never replaces it).
         self.generator = torch.Generator().manual_seed(seed)
-        return super().torch_call(examples)
+        batch = super().torch_call(examples)
+        self._keep_or_randomise(batch["input_ids"], batch["labels"])
+        return batch
+
+    def _keep_or_randomise(self, input_ids: torch.Tensor, labels: torch.Tensor) -> None:
+        """BERT's 80/10/10 on the masked tokens, which transformers' whole-word masking makes all [MASK]: `keep_prob`
+        get their own token back and `random_prob` a random one, both still predicted. Why: fine-tuning feeds real
+        tokens only, and if every predicted token were [MASK] no loss would ever reach the top states of real ones
+        (a 300-step encoder trained so predicted its own token at 3 % of unmasked positions)."""
+        masked = labels != -100
+        draw = torch.rand(labels.shape, generator=self.generator)
+        keep = masked & (draw < self.keep_prob)
+        randomise = masked & (draw >= self.keep_prob) & (draw < self.keep_prob + self.random_prob)
+        input_ids[keep] = labels[keep]
+        input_ids[randomise] = torch.randint(len(self.tokenizer), labels.shape, generator=self.generator)[randomise]
 
 
 def block_size_for(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, config: BertXMLConfig) -> int:
@@ -197,7 +213,7 @@ def load_blocks(
 
 
 def masking_collator(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> WholeWordMaskingCollator:
-    # Whole-word masking cannot replace by random tokens (transformers v5): masked words become [MASK].
+    # transformers makes every masked word [MASK]; the collator then keeps or randomises 10 % each (BERT's 80/10/10).
     return WholeWordMaskingCollator(
         tokenizer, mlm_probability=args.mlm_probability, whole_word_mask=True, mask_replace_prob=1.0,
         random_replace_prob=0.0, mask_seed=args.seed,

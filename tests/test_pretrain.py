@@ -339,6 +339,25 @@ def test_masks_cover_whole_words_and_depend_only_on_seed_epoch_and_tokens():
     assert not torch.equal(masks(1), first), "a new epoch masks anew"
 
 
+def test_a_tenth_of_predicted_tokens_keep_their_own_token_and_a_tenth_get_a_random_one():
+    """BERT's 80/10/10 on whole words: fine-tuning reads real tokens only, so MLM must predict some real ones too."""
+    tokenizer = subword_tokenizer()
+    examples = pretrain.pack_notes({"text": ["hypertension diabetes no pain"] * 600}, tokenizer, block_size=14)
+    args = pretrain.parse_args(
+        ["--train_file", "x", "--tokenizer_name", "x", "--output_dir", "x", "--mlm_probability", "0.5"]
+    )
+    rows = [dict(zip(examples, values)) for values in zip(*examples.values())]
+    batch = pretrain.masking_collator(args, tokenizer)(rows)
+    original = torch.tensor(examples["input_ids"])
+    predicted = batch["labels"] != -100
+    assert torch.equal(batch["labels"][predicted], original[predicted])
+    assert torch.equal(batch["input_ids"][~predicted], original[~predicted])
+    got = batch["input_ids"][predicted]
+    shares = {"mask": (got == tokenizer.mask_token_id).float().mean(), "own": (got == original[predicted]).float().mean()}
+    # ~1,300 predicted tokens: each share within 5 standard deviations; a random token is [MASK] or its own 1 in 11.
+    assert predicted.sum() > 1000 and 0.74 < shares["mask"] < 0.86 and 0.06 < shares["own"] < 0.16, shares
+
+
 @pytest.mark.parametrize(
     "name, distributed_type, machines",
     [
