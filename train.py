@@ -19,7 +19,7 @@ import math
 import shutil
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import DataCollatorForLanguageModeling
 
 from modeling_bertxml import endpoint_handler
 from modeling_bertxml.checkpointing import (
@@ -118,6 +119,11 @@ LEARNING_RATE_AT_256 = 1e-3
 UNIFORM_LOSS = math.log(2)  # BCE per code of a model that answers 0.5 everywhere: the divergence guard's yardstick
 
 
+def uniform_loss(config) -> float:
+    """The loss of a model that knows nothing: BCE 0.5 per code, plus the weighted MLM loss of a uniform guess."""
+    return UNIFORM_LOSS + config.mlm_loss_weight * math.log(config.vocab_size)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(parser)
@@ -146,6 +152,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "description and ICD-10-CM inclusion terms (codes without one keep random queries). Default: on for an "
         "encoder trained from scratch, where random queries let it collapse; off from a checkpoint, where they "
         "measured worse (README: What mattered).",
+    )
+    coding.add_argument(
+        "--mlm_loss_weight", type=float, default=0.0,
+        help="Keep the masked-LM loss at this weight beside the coding loss: training notes get 15%% of their tokens "
+        "masked, and the checkpoint's MLM head scores them (built-in BERT only). It keeps the encoder's token states "
+        "apart, but measured no better MAP (README: What mattered); 0, the default, is off.",
     )
     coding.add_argument(
         "--no_length_grouping", action="store_true",
@@ -226,6 +238,7 @@ def build_dataloaders(
 ) -> dict[str, DataLoader]:
     label2id = {code: i for i, code in enumerate(splits.labels)}
     collator = MultiLabelCollator(num_labels=len(label2id), pad_token_id=pad_token_id)
+    masking = DataCollatorForLanguageModeling(tokenizer) if args.mlm_loss_weight else None
     loaders = {}
     for name in ("train", "validation", "test"):
         notes = getattr(splits, name)
@@ -249,9 +262,10 @@ def build_dataloaders(
                 f"Padding in training batches: {padding_share(lengths, list(sampler), batch_size):.1%} grouped by "
                 f"length, {padding_share(lengths, shuffled, batch_size):.1%} in random order"
             )
+        collate = replace(collator, mlm=masking) if name == "train" else collator  # evaluation reads whole notes
         loaders[name] = DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            collate_fn=collator, generator=generator, num_workers=args.dataloader_num_workers,
+            collate_fn=collate, generator=generator, num_workers=args.dataloader_num_workers,
             pin_memory=torch.cuda.is_available(),
         )  # fmt: skip
     return loaders
@@ -337,6 +351,7 @@ def train(
     """The Accelerate loop: optimizer steps, validation and early stopping, checkpoints (the last two left out of
     `throughput`)."""
     checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
+    uniform = uniform_loss(accelerator.unwrap_model(model).config)
     bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
     window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
@@ -345,7 +360,7 @@ def train(
         for batch in epoch_batches(accelerator, loaders["train"], progress):
             throughput.add_tokens(batch["attention_mask"].sum())
             loss = training_step(
-                accelerator, model, optimizer, scheduler, batch, progress, UNIFORM_LOSS, args.max_grad_norm
+                accelerator, model, optimizer, scheduler, batch, progress, uniform, args.max_grad_norm
             )
             window_loss += loss.item() / args.gradient_accumulation_steps
             if not accelerator.sync_gradients:  # the optimizer steps only after a full accumulation window
@@ -364,7 +379,7 @@ def train(
                     done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
                 if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
                     save_checkpoint(
-                        accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                        accelerator, model, checkpoints, progress, batch, uniform, {"labels": splits.labels}
                     )
             if done:
                 return
@@ -373,7 +388,7 @@ def train(
             done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
             if args.checkpointing_steps == "epoch":
                 save_checkpoint(
-                    accelerator, model, checkpoints, progress, batch, UNIFORM_LOSS, {"labels": splits.labels}
+                    accelerator, model, checkpoints, progress, batch, uniform, {"labels": splits.labels}
                 )
         if done:
             return
@@ -482,7 +497,8 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
         batch_size=f"{args.per_device_train_batch_size} x {accelerator.num_processes} x "
         f"{args.gradient_accumulation_steps}",
         fine_tuning=(f"LoRA (r={args.lora_r}, alpha={args.lora_alpha}, {', '.join(args.lora_target_modules)}; "
-                     f"{'merged' if args.merge_lora else 'adapter'}) + full head" if args.use_lora else "full"),
+                     f"{'merged' if args.merge_lora else 'adapter'}) + full head" if args.use_lora else "full")
+        + (f", masked-LM loss kept at weight {args.mlm_loss_weight:g}" if args.mlm_loss_weight else ""),
     )
 
 
@@ -509,7 +525,7 @@ def run(args: argparse.Namespace) -> None:
             else args.init_label_queries_from_descriptions
         ),
         label_frequencies=label_frequencies(splits.train, splits.labels), code_system=args.code_system,
-        allow_random_encoder=args.allow_random_encoder,
+        allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)

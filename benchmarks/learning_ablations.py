@@ -126,6 +126,26 @@ def sign_step_probe(model: BertXMLForMultiLabelCoding, inputs: dict, targets: to
                 parameter.copy_(value)
 
 
+def reinit_top_layers(model: BertXMLForMultiLabelCoding, count: int) -> None:
+    """Draw the top `count` encoder layers afresh, as BERT's init does (Zhang et al. 2021: a pretrained model's top
+    layers are the most specific to its pretraining task)."""
+    std = model.config.initializer_range
+    for module in model.bert.encoder.layer[-count:].modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, 0.0, std)
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+
+def center_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each note's token states less their mean over its tokens: attention is unchanged (softmax ignores a shift), but
+    a uniform attention gives a zero document vector, so no gradient asks every token for the same change."""
+    mask = attention_mask[..., None].to(hidden_states.dtype)
+    return hidden_states - (hidden_states * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+
+
 def run_coding(args: argparse.Namespace, tokenizer) -> None:
     train, validation = read(f"{args.data}/train.jsonl"), read(f"{args.data}/validation.jsonl")
     codes = sorted({code for note in train for code in note["labels"]})
@@ -149,10 +169,13 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
                           label_attention_dim=args.label_attention_dim, position_embedding_type=args.positions)  # fmt: skip
     if args.model_name_or_path:  # a pretrain.py output: its encoder (and its position scheme), a new head
         values = {key: getattr(config, key) for key in ("num_labels", "max_chunks", "label_attention_dim")}
+        values["mlm_loss_weight"] = args.mlm_loss_weight or 0.0
         model = BertXMLForMultiLabelCoding.from_pretrained(args.model_name_or_path, **values)
     else:
         model = BertXMLForMultiLabelCoding(config)
     model.config.id2label = dict(enumerate(codes))
+    if args.reinit_layers:
+        reinit_top_layers(model, args.reinit_layers)
     head = model.label_head
     with torch.no_grad():
         if args.query_std is not None:
@@ -166,14 +189,22 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
             head.output_bias.copy_(torch.logit(share))
     if args.init_from_descriptions:
         init_label_queries_from_descriptions(model, tokenizer, code_descriptions(codes))
+    if args.calibrate_bias:  # each code's mean score on 32 training notes starts at its log prior odds
+        model.eval()
+        with torch.no_grad():
+            head.output_bias.sub_(model(**batch(train_ids, list(range(32)))).logits.mean(0) - head.output_bias)
+        model.train()
     if args.sign_step:
         rows = list(range(args.batch_size))
         return sign_step_probe(model, batch(train_ids, rows), train_targets[rows], batch(val_ids, rows), args.sign_step)
+    if args.center_states:
+        head.register_forward_pre_hook(lambda _, inputs: (center_states(*inputs), *inputs[1:]))
     encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
     for parameter in encoder:
         parameter.requires_grad_(not args.freeze_encoder)
+    masking = DataCollatorForLanguageModeling(tokenizer)
     optimizer = torch.optim.AdamW([
-        {"params": [] if args.freeze_encoder else encoder, "lr": args.learning_rate},
+        {"params": encoder, "lr": args.learning_rate},  # a frozen weight has no gradient: AdamW skips it
         {"params": list(head.parameters()), "lr": args.head_learning_rate},
     ], weight_decay=0.0)  # fmt: skip
     steps_per_epoch = len(train_ids) // args.batch_size
@@ -187,10 +218,17 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
         for indices in torch.randperm(len(train_ids), generator=order).split(args.batch_size):
             model.train()
             rows = indices.tolist()
-            model(**batch(train_ids, rows), labels=train_targets[rows]).loss.backward()
+            inputs = batch(train_ids, rows)
+            if args.mlm_loss_weight:  # the checkpoint's MLM head and loss kept (BertXMLConfig.mlm_loss_weight)
+                special = torch.isin(inputs["input_ids"], torch.tensor(tokenizer.all_special_ids))
+                inputs["input_ids"], inputs["mlm_labels"] = masking.torch_mask_tokens(inputs["input_ids"], special)
+            model(**inputs, labels=train_targets[rows]).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad()
             step += 1
+            if args.freeze_encoder and step == args.unfreeze_after:
+                for parameter in encoder:
+                    parameter.requires_grad_(True)
             if args.probe_steps and step % args.probe_steps == 0:
                 cosine, entropy = collapse_probe(model, batch(val_ids, list(range(8))))
                 print(f"step {step}: token-state cosine {cosine:.3f}, label-attention entropy {entropy:.3f}")
@@ -232,7 +270,12 @@ def main() -> None:
     coding.add_argument("--query_std", type=float, help="Re-draw the queries (default: the model's init).")
     coding.add_argument("--output_std", type=float, help="Re-draw the output weights (default: = the queries).")
     coding.add_argument("--zero_bias", action="store_true", help="Output bias 0 instead of the log prior odds.")
-    coding.add_argument("--freeze_encoder", action="store_true", help="Train the head on the random encoder.")
+    coding.add_argument("--freeze_encoder", action="store_true", help="Train the head alone on the encoder.")
+    coding.add_argument("--unfreeze_after", type=int, help="With --freeze_encoder: train the encoder from this step.")
+    coding.add_argument("--reinit_layers", type=int, help="Draw the top N layers of the encoder afresh.")
+    coding.add_argument("--center_states", action="store_true", help="Label head on centred states (center_states).")
+    coding.add_argument("--calibrate_bias", action="store_true", help="Start each code's mean score at its prior.")
+    coding.add_argument("--mlm_loss_weight", type=float, help="Keep the checkpoint's MLM loss at this weight.")
     coding.add_argument("--init_from_descriptions", action="store_true", help="Queries from the codes' descriptions.")
     coding.add_argument("--sign_step", type=float, help="Only print sign_step_probe for a step of this size.")
     coding.add_argument("--label_attention_dim", type=int, help="LAAT's projection.")

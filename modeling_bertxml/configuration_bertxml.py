@@ -85,6 +85,12 @@ class BertXMLConfig(BertConfig):
         code_system (`str`, defaults to `"icd10"`):
             What the labels are: `"icd10cm"` (ICD-10-CM diagnoses), `"icd10pcs"` (ICD-10-PCS procedures), `"icd10"`
             (both), `"icd9cm"` (ICD-9-CM diagnoses and procedures, dotted) or `"any"` (a local code set).
+        mlm_loss_weight (`float`, defaults to 0.0):
+            Above 0 the coding model keeps BERT's masked-LM head (`cls`, tied to the word embeddings, loaded from a
+            `pretrain.py` checkpoint) and, when given `mlm_labels`, adds this weight times the masked-LM loss to the
+            coding loss. Why: fine-tuned from a pretrained encoder, the coding loss alone pulls every token state of a
+            note together within a few dozen steps (the code-prior plateau); the masked-LM loss needs them apart.
+            Built-in BERT only.
         backbone_config (`dict` or [`PretrainedConfig`], *optional*):
             The config of another transformers encoder (any `model_type` with a masked-LM model, e.g. `"roberta"`,
             `"modernbert"`), built with `AutoModel.from_config` in place of the built-in BERT; the chunking and the
@@ -104,6 +110,7 @@ class BertXMLConfig(BertConfig):
     position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
     code_system: str = "icd10"
+    mlm_loss_weight: float = 0.0
     backbone_config: dict | PretrainedConfig | None = None
 
     # Plain `sub_configs` (not transformers' newer `sub_configs_defaults`, which routes the key `backbone_config`
@@ -154,8 +161,14 @@ class BertXMLConfig(BertConfig):
             )
         if self.max_chunks < 1 or self.label_block_size < 1:
             raise ValueError("max_chunks and label_block_size must be positive")
+        if self.mlm_loss_weight < 0:
+            raise ValueError(f"mlm_loss_weight must be 0 (off) or positive, got {self.mlm_loss_weight}")
         if self.backbone_config is not None:
             self._check_backbone()
+            if self.mlm_loss_weight:
+                raise ValueError(
+                    "mlm_loss_weight keeps BERT's masked-LM head, which a backbone_config encoder does not have: set it to 0"
+                )
 
     def _backbone_values(self) -> dict:
         """The top-level values a backbone fixes (`BACKBONE_VALUES`): its own, and its chunk length."""

@@ -41,6 +41,7 @@ def build_coding_model(
     label_frequencies: dict[str, float] | None = None,
     code_system: str = "icd10",
     allow_random_encoder: bool = False,
+    mlm_loss_weight: float = 0.0,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, any BERT checkpoint, or a checkpoint of
     another transformers encoder, which becomes the backbone: `training.is_backbone_checkpoint`) with a head for
@@ -54,12 +55,14 @@ def build_coding_model(
     and the optimizer needs float32 master weights. `label_frequencies` (share of training notes carrying each
     code) start new codes at their prior. A checkpoint whose encoder weights do not all load (weights named for
     another model than its config.json says) is refused with `EncoderMismatchError` unless `allow_random_encoder`:
-    fine-tuning would silently start from random weights.
+    fine-tuning would silently start from random weights. `mlm_loss_weight` keeps the masked-LM loss (and the
+    checkpoint's MLM head, `cls`) while coding: `BertXMLConfig.mlm_loss_weight`.
     """
     id2label = dict(enumerate(labels))
     config = load_config(
         config_name or model_name_or_path, config_overrides, tokenizer,
         id2label=id2label, label2id={code: i for i, code in id2label.items()}, code_system=code_system,
+        mlm_loss_weight=mlm_loss_weight,
     )  # fmt: skip
     known: list[str] = []
     if model_name_or_path is None:

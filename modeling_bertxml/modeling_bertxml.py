@@ -61,9 +61,12 @@ class MultiLabelCodingOutput(SequenceClassifierOutput):
     label_attentions (`torch.FloatTensor` of shape `(batch_size, num_labels, sequence_length)`, *optional*):
         Each code's attention over the note's tokens (rows sum to 1, padding gets exactly 0): the evidence for the
         code. Returned when `output_label_attentions=True`.
+    mlm_loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        The masked-LM loss on `mlm_labels` (unweighted; `loss` holds it weighted), returned when they are given.
     """
 
     label_attentions: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
 
 
 def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> torch.Tensor | None:
@@ -478,6 +481,10 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.label_head = BertXMLLabelWiseHead(config)
+        # The masked-LM loss kept while coding (`config.mlm_loss_weight`): the pretraining model's head, same names,
+        # so a pretrain.py checkpoint's `cls.*` weights load into it.
+        self.cls = BertOnlyMLMHead(config) if config.mlm_loss_weight else None
+        self._tied_weights_keys = BertXMLForMaskedLM._tied_weights_keys if self.cls is not None else None
         self.post_init()
 
     @can_return_tuple
@@ -490,11 +497,15 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_label_attentions: bool = False,
+        mlm_labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultiLabelCodingOutput:
         r"""
         labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
             Multi-hot targets: 1 where the note carries the code, 0 elsewhere. Gives a binary cross-entropy loss.
+        mlm_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            With `config.mlm_loss_weight`: the original ids of the masked tokens of `input_ids`, -100 elsewhere. The
+            loss becomes the coding loss plus `mlm_loss_weight` times the masked-LM loss (`mlm_loss`).
         output_label_attentions (`bool`, defaults to `False`):
             Also return each code's attention over the tokens (`label_attentions`), the evidence for the code.
         """
@@ -513,11 +524,18 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         logits, label_attentions = self.label_head(
             self.dropout(hidden_states), attention_mask, output_attentions=output_label_attentions
         )
-        loss = None
+        loss = mlm_loss = None
         if labels is not None:
             loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+        if mlm_labels is not None:
+            if self.cls is None:
+                raise ValueError("mlm_labels need a model built with config.mlm_loss_weight > 0 (it has no MLM head)")
+            mlm_logits = self.cls(hidden_states)
+            mlm_loss = CrossEntropyLoss()(mlm_logits.view(-1, self.config.vocab_size), mlm_labels.view(-1))
+            loss = self.config.mlm_loss_weight * mlm_loss + (loss if loss is not None else 0.0)
         return MultiLabelCodingOutput(
             loss=loss,
+            mlm_loss=mlm_loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

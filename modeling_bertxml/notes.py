@@ -23,6 +23,7 @@ would take ~32 GB).
 
 import ast
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from transformers import DataCollatorForLanguageModeling
 
 from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system
 from .readers import (
@@ -395,10 +397,15 @@ def tokenize_notes(
 
 @dataclass
 class MultiLabelCollator:
-    """Pads `input_ids` and builds the batch's multi-hot `labels` from `label_ids` (never a dense dataset)."""
+    """Pads `input_ids` and builds the batch's multi-hot `labels` from `label_ids` (never a dense dataset).
+
+    With `mlm`, also masks the batch's tokens as that collator does (`mlm_labels`, for the masked-LM loss kept while
+    coding), drawing from a generator seeded by the batch's tokens: a resumed run masks exactly as the uninterrupted
+    one, whatever the loader had prefetched."""
 
     num_labels: int
     pad_token_id: int
+    mlm: DataCollatorForLanguageModeling | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(feature["input_ids"]) for feature in features)
@@ -410,7 +417,12 @@ class MultiLabelCollator:
             input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
             labels[row, list(feature["label_ids"])] = 1.0
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.mlm is not None:
+            self.mlm.generator = torch.Generator().manual_seed(zlib.crc32(input_ids.numpy().tobytes()))
+            special = torch.isin(input_ids, torch.tensor(self.mlm.tokenizer.all_special_ids))
+            batch["input_ids"], batch["mlm_labels"] = self.mlm.torch_mask_tokens(input_ids, special)
+        return batch
 
 
 __all__ = [

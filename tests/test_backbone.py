@@ -75,6 +75,8 @@ def test_a_backbone_must_be_an_encoder_and_fixes_what_the_chunking_and_head_read
         BertXMLConfig(backbone_config=GPT2Config(n_layer=1))
     with pytest.raises(ValueError, match="own masked-LM model"):
         BertXMLForMaskedLM(tiny_config(backbone_config=tiny_backbone("roberta")))
+    with pytest.raises(ValueError, match="mlm_loss_weight keeps BERT's masked-LM head"):
+        tiny_config(backbone_config=tiny_backbone("roberta"), mlm_loss_weight=1.0)
     # train.py's --config_overrides reach the head, not the checkpoint's encoder
     checkpoint = save_backbone_checkpoint("roberta", tmp_path / "roberta", tiny_tokenizer())
     assert load_config(checkpoint, "max_chunks=2,label_block_size=8").max_note_length == 32

@@ -36,6 +36,28 @@ def test_masked_lm_ties_decoder_to_word_embeddings(tmp_path: Path) -> None:
     assert reloaded.cls.predictions.decoder.weight is reloaded.bert.embeddings.word_embeddings.weight
 
 
+def test_coding_model_keeps_the_pretrained_mlm_head_and_adds_its_weighted_loss(tmp_path: Path) -> None:
+    mlm = BertXMLForMaskedLM(tiny_config()).eval()
+    mlm.save_pretrained(tmp_path)
+    coder, info = BertXMLForMultiLabelCoding.from_pretrained(tmp_path, mlm_loss_weight=0.5, output_loading_info=True)
+    assert set(info["missing_keys"]) == {f"label_head.{n}" for n, _ in coder.label_head.named_parameters()}
+    assert not info["unexpected_keys"]  # the checkpoint's MLM head is the coder's
+    assert coder.cls.predictions.decoder.weight is coder.bert.embeddings.word_embeddings.weight
+    ids = random_ids(coder.config, 2, 40)  # three chunks
+    mlm_labels = torch.full_like(ids, -100)
+    mlm_labels[:, ::7] = ids[:, ::7]
+    ids[:, ::7] = 4  # [MASK]
+    labels = torch.tensor([[1.0, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0]])
+    with torch.no_grad():
+        both = coder(ids, labels=labels, mlm_labels=mlm_labels)
+        coding = coder(ids, labels=labels).loss
+        pretrained = mlm(ids, labels=mlm_labels).loss
+    assert_close_scaled(both.mlm_loss, pretrained)
+    assert_close_scaled(both.loss, coding + 0.5 * pretrained)
+    with pytest.raises(ValueError, match="mlm_loss_weight > 0"):
+        BertXMLForMultiLabelCoding(tiny_config())(ids, labels=labels, mlm_labels=mlm_labels)
+
+
 def test_padding_never_changes_logits_and_gets_zero_attention(config: BertXMLConfig) -> None:
     model = BertXMLForMultiLabelCoding(config).eval()
     note = random_ids(config, 1, 21)  # two chunks of 16

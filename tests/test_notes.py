@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from transformers import DataCollatorForLanguageModeling
 
 from modeling_bertxml.notes import (
     MultiLabelCollator,
@@ -240,6 +241,23 @@ def test_collator_pads_and_builds_multi_hot_labels_per_batch(tmp_path: Path) -> 
     lengths = batch["attention_mask"].sum(1)
     assert lengths.tolist() == [len(ids) for ids in dataset["input_ids"]]
     assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == 0)
+
+
+def test_collator_masks_training_notes_for_the_mlm_loss_the_same_way_for_the_same_batch(tmp_path: Path) -> None:
+    notes = read_notes(write_jsonl(tmp_path / "n.jsonl", ROWS), "train")
+    label2id = {code: i for i, code in enumerate(build_label_space(notes))}
+    tokenizer = tiny_tokenizer()
+    features = [tokenize_notes(notes, label2id, tokenizer, max_length=64)[i] for i in range(3)] * 40
+    plain = MultiLabelCollator(num_labels=len(label2id), pad_token_id=0)(features)
+    collator = MultiLabelCollator(len(label2id), 0, mlm=DataCollatorForLanguageModeling(tokenizer))
+    batch = collator(features)
+    masked = batch["mlm_labels"] != -100
+    assert torch.equal(batch["mlm_labels"][masked], plain["input_ids"][masked])
+    special = torch.isin(plain["input_ids"], torch.tensor(tokenizer.all_special_ids))  # [CLS], [SEP], padding
+    assert not masked[special].any() and 0.10 < masked[~special].float().mean() < 0.20
+    assert torch.equal(batch["labels"], plain["labels"]) and torch.equal(batch["attention_mask"], plain["attention_mask"])
+    again = collator(features)  # a resumed run re-collates its batches: same masks
+    assert torch.equal(again["input_ids"], batch["input_ids"]) and torch.equal(again["mlm_labels"], batch["mlm_labels"])
 
 
 def write_dataset_folder(path: Path, splits: dict[str, list[dict]]) -> Path:
