@@ -8,6 +8,8 @@
         --hidden_size 256 --num_layers 4 --seed 1 coding --learning_rate 1e-3 --max_length 512 --epochs 0.4 \
         --warmup_ratio 0.06 --probe_steps 25 --init_from_descriptions      # the hard corpus, description queries
     python benchmarks/learning_ablations.py ... coding --sign_step 5e-4    # does the coding gradient collapse states?
+    python benchmarks/learning_ablations.py ... coding --model_name_or_path runs/quality-cpu/pretrained \
+        --learning_rate 2e-4 --init_from_descriptions [--mlm_loss_weight 1]  # from the MLM encoder
 
 Both run small models on the demo corpus (`python -m modeling_bertxml.synthetic --output_dir data/synthetic` and
 `python tokenizer_training/train_tokenizer.py --train_file data/synthetic/train.jsonl --output_dir
