@@ -164,7 +164,7 @@ class WholeWordMaskingCollator(DataCollatorForLanguageModeling):
         """BERT's 80/10/10 on the masked tokens, which transformers' whole-word masking makes all [MASK]: `keep_prob`
         get their own token back and `random_prob` a random one, both still predicted. Why: fine-tuning feeds real
         tokens only, and if every predicted token were [MASK] no loss would ever reach the top states of real ones
-        (a 300-step encoder trained so predicted its own token at 3 % of unmasked positions)."""
+        (trained that way, a 300-step encoder named the token at 3 % of the positions of unmasked notes)."""
         masked = labels != -100
         draw = torch.rand(labels.shape, generator=self.generator)
         keep = masked & (draw < self.keep_prob)

@@ -88,9 +88,9 @@ class BertXMLConfig(BertConfig):
         mlm_loss_weight (`float`, defaults to 0.0):
             Above 0 the coding model keeps BERT's masked-LM head (`cls`, tied to the word embeddings, loaded from a
             `pretrain.py` checkpoint) and, when given `mlm_labels`, adds this weight times the masked-LM loss to the
-            coding loss. Why: fine-tuned from a pretrained encoder, the coding loss alone pulls every token state of a
-            note together within a few dozen steps (the code-prior plateau); the masked-LM loss needs them apart.
-            Built-in BERT only.
+            coding loss. It keeps a pretrained encoder's token states apart, which the coding loss alone pulled together
+            within a few dozen steps from an encoder pretrained on `[MASK]` only; it measured no better MAP, so
+            `train.py` leaves it off unless asked. Built-in BERT only.
         backbone_config (`dict` or [`PretrainedConfig`], *optional*):
             The config of another transformers encoder (any `model_type` with a masked-LM model, e.g. `"roberta"`,
             `"modernbert"`), built with `AutoModel.from_config` in place of the built-in BERT; the chunking and the
@@ -167,7 +167,8 @@ class BertXMLConfig(BertConfig):
             self._check_backbone()
             if self.mlm_loss_weight:
                 raise ValueError(
-                    "mlm_loss_weight keeps BERT's masked-LM head, which a backbone_config encoder does not have: set it to 0"
+                    "mlm_loss_weight keeps BERT's masked-LM head, which a backbone_config encoder does not have: "
+                    "set it to 0"
                 )
 
     def _backbone_values(self) -> dict:

@@ -358,7 +358,8 @@ def load_config(
     try:
         config.check_values()
     except ValueError as error:
-        raise ConfigError(f"--config_overrides {config_overrides!r}: {error}" if config_overrides else str(error)) from error
+        where = f"--config_overrides {config_overrides!r}: " if config_overrides else ""
+        raise ConfigError(f"{where}{error}") from error
     if tokenizer is not None:
         check_tokenizer_matches_config(tokenizer, config, tokenizer.name_or_path)
     return config

@@ -255,7 +255,8 @@ def test_collator_masks_training_notes_for_the_mlm_loss_the_same_way_for_the_sam
     assert torch.equal(batch["mlm_labels"][masked], plain["input_ids"][masked])
     special = torch.isin(plain["input_ids"], torch.tensor(tokenizer.all_special_ids))  # [CLS], [SEP], padding
     assert not masked[special].any() and 0.10 < masked[~special].float().mean() < 0.20
-    assert torch.equal(batch["labels"], plain["labels"]) and torch.equal(batch["attention_mask"], plain["attention_mask"])
+    assert torch.equal(batch["labels"], plain["labels"])
+    assert torch.equal(batch["attention_mask"], plain["attention_mask"])
     again = collator(features)  # a resumed run re-collates its batches: same masks
     assert torch.equal(again["input_ids"], batch["input_ids"]) and torch.equal(again["mlm_labels"], batch["mlm_labels"])
 

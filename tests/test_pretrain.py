@@ -353,7 +353,9 @@ def test_a_tenth_of_predicted_tokens_keep_their_own_token_and_a_tenth_get_a_rand
     assert torch.equal(batch["labels"][predicted], original[predicted])
     assert torch.equal(batch["input_ids"][~predicted], original[~predicted])
     got = batch["input_ids"][predicted]
-    shares = {"mask": (got == tokenizer.mask_token_id).float().mean(), "own": (got == original[predicted]).float().mean()}
+    shares = {
+        "mask": (got == tokenizer.mask_token_id).float().mean(), "own": (got == original[predicted]).float().mean()
+    }
     # ~1,300 predicted tokens: each share within 5 standard deviations; a random token is [MASK] or its own 1 in 11.
     assert predicted.sum() > 1000 and 0.74 < shares["mask"] < 0.86 and 0.06 < shares["own"] < 0.16, shares
 
