@@ -151,13 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Start each code's attention query and output weight from the encoder's embedding of its official "
         "description and ICD-10-CM inclusion terms (codes without one keep random queries). Default: on for an "
         "encoder trained from scratch, where random queries let it collapse; off from a checkpoint, where they "
-        "measured worse (README: What mattered).",
+        "measured worse (README: Does it learn?).",
     )
     coding.add_argument(
         "--mlm_loss_weight", type=float, default=0.0,
         help="Keep the masked-LM loss at this weight beside the coding loss: training notes get 15%% of their tokens "
         "masked, and the checkpoint's MLM head scores them (built-in BERT only). It keeps the encoder's token states "
-        "apart, but measured no better MAP (README: What mattered); 0, the default, is off.",
+        "apart, but measured no better MAP (README: Does it learn?); 0, the default, is off.",
     )
     coding.add_argument(
         "--no_length_grouping", action="store_true",

@@ -33,6 +33,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.label_init import code_descriptions, init_label_queries_from_descriptions
 from modeling_bertxml.metrics import compute_metrics
+from modeling_bertxml.notes import mask_for_mlm
 
 
 def model_config(args: argparse.Namespace, vocab_size: int, chunk: int, **values) -> BertXMLConfig:
@@ -222,8 +223,7 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
             rows = indices.tolist()
             inputs = batch(train_ids, rows)
             if args.mlm_loss_weight:  # the checkpoint's MLM head and loss kept (BertXMLConfig.mlm_loss_weight)
-                special = torch.isin(inputs["input_ids"], torch.tensor(tokenizer.all_special_ids))
-                inputs["input_ids"], inputs["mlm_labels"] = masking.torch_mask_tokens(inputs["input_ids"], special)
+                inputs["input_ids"], inputs["mlm_labels"] = mask_for_mlm(masking, inputs["input_ids"])
             model(**inputs, labels=train_targets[rows]).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step(), scheduler.step(), optimizer.zero_grad()

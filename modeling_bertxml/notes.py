@@ -420,9 +420,15 @@ class MultiLabelCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if self.mlm is not None:
             self.mlm.generator = torch.Generator().manual_seed(zlib.crc32(input_ids.numpy().tobytes()))
-            special = torch.isin(input_ids, torch.tensor(self.mlm.tokenizer.all_special_ids))
-            batch["input_ids"], batch["mlm_labels"] = self.mlm.torch_mask_tokens(input_ids, special)
+            batch["input_ids"], batch["mlm_labels"] = mask_for_mlm(self.mlm, input_ids)
         return batch
+
+
+def mask_for_mlm(mlm: DataCollatorForLanguageModeling, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`input_ids` masked as `mlm` masks (BERT's 80/10/10 by default) and their `mlm_labels` (-100 where unmasked):
+    any token but the special ones ([CLS], [SEP], padding), which a padded coding batch has no mask for."""
+    special = torch.isin(input_ids, torch.tensor(mlm.tokenizer.all_special_ids))
+    return mlm.torch_mask_tokens(input_ids, special)
 
 
 __all__ = [
@@ -436,6 +442,7 @@ __all__ = [
     "count_outside_label_space",
     "label_indices",
     "log_report",
+    "mask_for_mlm",
     "read_label_file",
     "read_notes",
     "multi_hot",
