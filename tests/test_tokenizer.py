@@ -1,4 +1,4 @@
-"""Tokenizer training: reload with AutoTokenizer, special-token ids, the identifier rule, [UNK] rate."""
+"""Tokenizer training: reload with AutoTokenizer, special-token ids, the identifier and name filters, [UNK] rate."""
 
 import json
 import math
@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, trainers
 from transformers import AutoTokenizer
 
 from modeling_bertxml import BertXMLConfig
-
+from tokenizer_training.names import find_names
 from tokenizer_training.train_tokenizer import (
     SPECIAL_TOKENS,
     _hold_out_tail,
@@ -27,6 +27,12 @@ FINDINGS = ["chest pain", "shortness of breath", "dyspnea on exertion", "bilater
             "community acquired pneumonia", "acute kidney injury", "congestive heart failure", "hyperlipidemia"]
 PLANS = ["start metformin 500 mg twice daily", "continue lisinopril 10 mg", "chest x-ray ordered",
          "follow up in 2 weeks", "echocardiogram shows ejection fraction of 35%", "hemoglobin a1c 8.2"]
+
+
+# Titles and labels without a name after them.
+NO_NAMES = ["Patient: Alert and oriented", "Pt: NPO after midnight", "Drug name: Lisinopril", "CC: Chest Pain",
+            "History of MS. Patient denies pain", "severe MR. Plan: diuresis", "HTN, DO NOT resuscitate",
+            "Contact: Daughter", "Dr. on call notified"]
 
 
 def synthetic_notes(num_notes: int, seed: int, num_patients: int = 30) -> list[str]:
@@ -138,6 +144,27 @@ def test_names_written_after_a_title_are_counted_and_removed_but_not_words(notes
     _, kept = train_tokenizer([corpus], str(tmp_path / "kept"), vocab_size=1000, min_frequency=2,
                               allow_name_tokens=True)
     assert (kept["name_like_tokens_removed"], kept["name_like_tokens_in_vocab"]) == (0, 4)
+
+
+@pytest.mark.parametrize("text, names", [
+    ("Patient: Mr. Quixwell Brandywine seen today. Dr. Zorbalina Fentwhistle", "quixwell brandywine zorbalina "
+                                                                              "fentwhistle"),
+    ("PATIENT: JOHN SMITH DOB: 01/02/1950", "john smith"),
+    ("Patient Name: SMITH, JOHN A", "smith john"),
+    ("Name: Smith-Jones, Mary", "smith jones mary"),
+    ("Attending: Dr. J. O'Brien", "brien"),
+    ("Mr. McDonald called", "mcdonald"),
+    ("-- Jane Doe, MD", "jane doe"),
+    ("Electronically signed by: Ana Núñez, MD on 2019-03-04", "ana núñez"),
+    ("Signed by Jane Doe", "jane doe"),
+    ("cc: Jane Roe; Dr. Ben Moe", "jane roe ben moe"),
+    ("Paciente: Sra. María José de la Cruz", "maría josé cruz"),
+    ("MR. PATEL", "patel"),
+    ("Patient: Will Smith", "will smith"),
+    *((text, "") for text in NO_NAMES),
+])
+def test_find_names(text, names):
+    assert find_names(text) == set(names.split())
 
 
 def test_drop_identifier_tokens_keeps_ids_contiguous_and_numbers_codable(notes_file):
