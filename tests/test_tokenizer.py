@@ -1,4 +1,4 @@
-"""Tokenizer training: reload with AutoTokenizer, special-token ids, the identifier rule, [UNK] rate."""
+"""Tokenizer training: reload with AutoTokenizer, special-token ids, the identifier and name filters, [UNK] rate."""
 
 import json
 import math
@@ -9,8 +9,9 @@ import pytest
 from tokenizers import Tokenizer, trainers
 from transformers import AutoTokenizer
 
+from benchmarks.name_filter_recall import EXACT, summarise, varied_notes
 from modeling_bertxml import BertXMLConfig
-
+from tokenizer_training.names import NameMask, collect_names, find_names
 from tokenizer_training.train_tokenizer import (
     SPECIAL_TOKENS,
     _hold_out_tail,
@@ -27,6 +28,12 @@ FINDINGS = ["chest pain", "shortness of breath", "dyspnea on exertion", "bilater
             "community acquired pneumonia", "acute kidney injury", "congestive heart failure", "hyperlipidemia"]
 PLANS = ["start metformin 500 mg twice daily", "continue lisinopril 10 mg", "chest x-ray ordered",
          "follow up in 2 weeks", "echocardiogram shows ejection fraction of 35%", "hemoglobin a1c 8.2"]
+
+
+# Titles and labels without a name after them.
+NO_NAMES = ["Patient: Alert and oriented", "Pt: NPO after midnight", "Drug name: Lisinopril", "CC: Chest Pain",
+            "History of MS. Patient denies pain", "severe MR. Plan: diuresis", "HTN, DO NOT resuscitate",
+            "Contact: Daughter", "Dr. on call notified"]
 
 
 def synthetic_notes(num_notes: int, seed: int, num_patients: int = 30) -> list[str]:
@@ -122,22 +129,98 @@ def test_no_identifier_like_entry_in_a_vocabulary_trained_on_mrns(trained, notes
     assert leaky_report["identifier_like_tokens_in_vocab"] > 0
 
 
-def test_names_written_after_a_title_are_counted_and_removed_but_not_words(notes_file, tmp_path, caplog):
-    rng = random.Random(1)
-    names = ["Mr. Zorblatt Quixley", "Mrs. Ondrava", "Patient: Will Brennick"]  # "will" is also a word below
-    notes = [f"{rng.choice(names)} seen today. {note} Patient will follow up." for note in synthetic_notes(300, seed=3)]
-    corpus = write_lines(tmp_path / "named.txt", notes)
+@pytest.mark.parametrize("text, names", [
+    ("Patient: Mr. Quixwell Brandywine seen today. Dr. Zorbalina Fentwhistle", "quixwell brandywine zorbalina "
+                                                                              "fentwhistle"),
+    ("PATIENT: JOHN SMITH DOB: 01/02/1950", "john smith"),
+    ("Patient Name: SMITH, JOHN A", "smith john"),
+    ("Name: Smith-Jones, Mary", "smith jones mary"),
+    ("Attending: Dr. J. O'Brien", "brien"),
+    ("Mr. McDonald called", "mcdonald"),
+    ("-- Jane Doe, MD", "jane doe"),
+    ("Electronically signed by: Ana Núñez, MD on 2019-03-04", "ana núñez"),
+    ("Signed by Jane Doe", "jane doe"),
+    ("cc: Jane Roe; Dr. Ben Moe", "jane roe ben moe"),
+    ("Paciente: Sra. María José de la Cruz", "maría josé cruz"),
+    ("MR. PATEL", "patel"),
+    ("Patient: Will Smith", "will smith"),
+    *((text, "") for text in NO_NAMES),
+])
+def test_find_names(text, names):
+    assert find_names(text) == set(names.split())
+
+
+def test_a_corpus_without_names_reaches_the_trainer_unchanged(trained):
+    notes = synthetic_notes(400, seed=0) + NO_NAMES
+    names = collect_names(notes)
+    mask = NameMask(names)
+    assert not names and [mask(note) for note in notes] == notes
+    _, report, _ = trained
+    assert (report["names_found"], report["name_occurrences_masked"], report["name_like_tokens_in_vocab"]) == (0, 0, 0)
+
+
+def is_piece_of(piece: str, words: set[str]) -> bool:
+    """Whether a WordPiece entry could be learned from `words`: "ab" starts one, "##ab" is inside one."""
+    if piece.startswith("##"):
+        return any(piece[2:] in word[1:] for word in words)
+    return any(word.startswith(piece) for word in words)
+
+
+@pytest.fixture(scope="module")
+def named_notes(tmp_path_factory) -> tuple[list, str]:
+    """24 invented people written in every pattern the name filter looks for, and bare; one sentence a line."""
+    notes = varied_notes(300, seed=0, patterns=(*EXACT, "bare"))
+    path = tmp_path_factory.mktemp("named") / "notes.jsonl"
+    path.write_text("".join(json.dumps({"text": note.text}) + "\n" for note in notes), encoding="utf-8")
+    return notes, str(path)
+
+
+def test_no_name_nor_piece_of_one_is_learned_and_the_report_counts_them(named_notes, tmp_path, caplog):
+    notes, corpus = named_notes
     caplog.set_level("INFO")
+    tokenizer, report = train_tokenizer([corpus], str(tmp_path / "out"), vocab_size=2000, min_frequency=2)
+    written = [word for note in notes for sentence in note.sentences for word in sentence.names]
+    names = {word.lower() for word in written}
+    normalise = tokenizer.backend_tokenizer.normalizer.normalize_str
+    spellings = {normalise(name) for name in names}
+    vocab = set(tokenizer.get_vocab())
+    assert not vocab & spellings
+    words = {word for note in notes for word, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(
+        normalise(note.name_free))}
+    assert [piece for piece in vocab - set(SPECIAL_TOKENS)
+            if len(piece.removeprefix("##")) > 1 and not is_piece_of(piece, words)] == []
+    assert summarise(notes, "test")["recall"] == summarise(notes, "test")["precision"] == 1.0
+    trained_on = notes[:report["train_notes"]]
+    assert report["names_found"] == len(names) and not report["allow_name_tokens"]
+    assert report["name_occurrences_masked"] == sum(len(sentence.names) for note in trained_on
+                                                    for sentence in note.sentences)
+    assert (report["name_like_tokens_removed"], report["name_like_tokens_in_vocab"]) == (0, 0)
+    assert f"{len(names)} distinct words are written as a person's name" in caplog.text
+    assert not any(name in caplog.text.lower() for name in names)
+
+    # Without the filter the names are learned whole, and the report says how many.
+    leaky, kept = train_tokenizer([corpus], str(tmp_path / "kept"), vocab_size=2000, min_frequency=2,
+                                  allow_name_tokens=True)
+    learned = set(leaky.get_vocab()) & spellings
+    assert learned and kept["allow_name_tokens"] and kept["names_found"] == len(names)
+    assert (kept["name_occurrences_masked"], kept["name_like_tokens_removed"]) == (0, 0)
+    assert kept["name_like_tokens_in_vocab"] == len(learned)
+
+
+def test_a_name_that_is_also_a_word_stays_learnable_from_its_lower_case_uses(tmp_path):
+    rng = random.Random(1)
+    names = {"Mr. Zorblatt Quixley": 2, "Mrs. Ondrava": 1, "Patient: Will Brennick": 2}  # name words in each
+    chosen = [rng.choice(list(names)) for _ in range(300)]
+    notes = [f"{name} seen today. {note} Patient will follow up." for name, note in
+             zip(chosen, synthetic_notes(300, seed=3))]
+    corpus = write_lines(tmp_path / "named.txt", notes)
     tokenizer, report = train_tokenizer([corpus], str(tmp_path / "out"), vocab_size=1000, min_frequency=2)
     vocab = tokenizer.get_vocab()
     assert not {"zorblatt", "quixley", "ondrava", "brennick"} & set(vocab) and "will" in vocab
-    assert (report["name_like_tokens_removed"], report["name_like_tokens_in_vocab"]) == (4, 0)
-    assert "de-identified" in caplog.text and "4 vocabulary entries are written as names" in caplog.text
-    assert not re.search("zorblatt|quixley|ondrava|brennick", caplog.text, re.IGNORECASE)
-
-    _, kept = train_tokenizer([corpus], str(tmp_path / "kept"), vocab_size=1000, min_frequency=2,
-                              allow_name_tokens=True)
-    assert (kept["name_like_tokens_removed"], kept["name_like_tokens_in_vocab"]) == (0, 4)
+    # "Will" is found and its capitalised uses masked, but "will" is written as a word: not name-like.
+    assert report["names_found"] == 5
+    assert report["name_occurrences_masked"] == sum(names[name] for name in chosen[:report["train_notes"]])
+    assert (report["name_like_tokens_removed"], report["name_like_tokens_in_vocab"]) == (0, 0)
 
 
 def test_drop_identifier_tokens_keeps_ids_contiguous_and_numbers_codable(notes_file):

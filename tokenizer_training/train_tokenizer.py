@@ -4,8 +4,10 @@ BERT-XML's gain over off-the-shelf BERT comes partly from a vocabulary learned o
 not five). Notes are full of identifiers, and a vocabulary is published with every model, so by default no entry
 may look like one (`looks_like_identifier`): digits are split one by one before training, which also keeps every
 number codable, and the trained vocabulary is checked against the rule. Names cannot be told apart from words in
-general, so notes must be de-identified before training; as a check, entries that the notes write as a person's name
-(`NAME_AFTER_TITLE`) and never in lower case are counted in the report and removed.
+general, so notes must be de-identified before training; as a check, the words the notes write as a person's name
+(`names.find_names`: after a title or a field label, before a credential) are found in a first pass and their
+capitalised occurrences masked out of the notes the trainer reads (`names.NameMask`), so no entry or piece of one exists
+because of a name; an entry that still spells one and that the notes never write in lower case is removed.
 
     python tokenizer_training/train_tokenizer.py --train_file notes/*.jsonl --output_dir my-tokenizer
 """
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from modeling_bertxml.readers import iter_texts
+from tokenizer_training.names import NameMask, collect_names
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +45,9 @@ IDENTIFIER_PATTERNS = {
     "date: day, month and year (2019-03-04, 03/04/2019, 3.4.19)": re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}"),
     "phone number (555-1234, (555) 123-4567)": re.compile(r"(?<!\d)\d{3}[-.\s]\d{4}(?!\d)"),
 }
-
-
-# A person's name as notes write it: a title, then one or two capitalised words ("Mr. John Smith", "Patient: Jane").
-NAME_AFTER_TITLE = re.compile(
-    r"(?:\b(?:Mr|Mrs|Ms|Miss|Dr)\.?|\bPatient:|\bPt:)[ \t]+([A-Z][a-z]+)(?:[ \t]+([A-Z][a-z]+))?"
-)
 DE_IDENTIFY = ("Notes must be de-identified before tokenizer training: the vocabulary ships with every model trained "
-               "on it, and only identifier-like strings and names written after a title are filtered.")
+               "on it, and only identifier-like strings and names written after a title or a field label or before "
+               "a credential are filtered.")
 
 
 def looks_like_identifier(token: str) -> bool:
@@ -88,28 +86,28 @@ def drop_identifier_tokens(tokenizer: Tokenizer) -> list[str]:
     return drop_tokens(tokenizer, looks_like_identifier)
 
 
-def _collect_names(texts: Iterable[str], names: set[str]) -> Iterator[str]:
-    """Pass `texts` through, adding to `names` every word written as a name after a title."""
-    for text in texts:
-        for match in NAME_AFTER_TITLE.finditer(text):
-            names.update(word for word in match.groups() if word)
-        yield text
+def name_like_tokens(tokenizer: Tokenizer, names: set[str]) -> set[str]:
+    """Vocabulary entries that spell one of `names`, in any case (the normaliser may strip accents: "núñez")."""
+    spellings = {tokenizer.normalizer.normalize_str(name).lower() for name in names}
+    return {entry for entry in tokenizer.get_vocab() if entry.lower() in spellings}
 
 
-def name_like_tokens(tokenizer: Tokenizer, names: set[str], texts: Iterable[str]) -> set[str]:
-    """Vocabulary entries that the notes write as a name after a title and never in lower case ("Will" is a name in
-    "Mr. Will Smith", but "will" is a word). `texts` are read again only when some entry is a suspect."""
-    spelling = {tokenizer.normalizer.normalize_str(name): name.lower() for name in names}
-    suspects = {entry: spelling[entry] for entry in tokenizer.get_vocab() if entry in spelling}
-    if not suspects:
-        return set()
-    lower_case = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(set(suspects.values())))) + r")\b")
-    words = set(suspects.values())
-    for text in texts:
-        words.difference_update(lower_case.findall(text))
-        if not words:
-            break
-    return {entry for entry, word in suspects.items() if word in words}
+def drop_name_tokens(tokenizer: Tokenizer, name_mask: NameMask, keep: bool = False) -> dict[str, int]:
+    """Remove (unless `keep`) the entries that spell a name the notes never write in lower case; masking leaves none
+    unless a name is also part of a longer word. Returns the report's counts and logs them, never a name."""
+    # "will" stays an entry when the notes also write it as a word, whoever "Patient: Will Smith" is.
+    name_like = name_like_tokens(tokenizer, name_mask.names - name_mask.lower_case)
+    removed = [] if keep else drop_tokens(tokenizer, name_like.__contains__)
+    if name_mask.names:
+        logger.warning(
+            "%d distinct words are written as a person's name in the notes (after a title or a field label, or "
+            "before a credential); %s. The notes are not de-identified: %s", len(name_mask.names),
+            f"kept (--allow_name_tokens): {len(name_like)} are vocabulary entries" if keep else
+            f"{name_mask.masked} capitalised occurrences masked out of training, {len(removed)} vocabulary "
+            "entries removed", DE_IDENTIFY,
+        )
+    return {"names_found": len(name_mask.names), "name_occurrences_masked": name_mask.masked,
+            "name_like_tokens_removed": len(removed), "name_like_tokens_in_vocab": len(name_like) - len(removed)}
 
 
 class _CountingIterator:
@@ -179,12 +177,18 @@ def train_tokenizer(
     logger.info(DE_IDENTIFY)
     os.makedirs(output_dir, exist_ok=True)  # a file in the way fails now, not after training
     start = time.perf_counter()
-    names: set[str] = set()
-    notes: Iterable[str] = _collect_names(itertools.islice(iter_texts(train_files, text_column), max_notes), names)
+
+    def read_notes() -> Iterator[str]:
+        return itertools.islice(iter_texts(train_files, text_column), max_notes)
+
+    # A first pass, since a name found in the last note may be written bare ("Smith called") in the first.
+    names = collect_names(tqdm(read_notes(), desc="Finding names", unit=" notes"))
+    name_mask = NameMask(names, mask=not allow_name_tokens)
+    notes: Iterable[str] = read_notes()
     held_out: list[str] = []
     if validation_files is None:
-        notes = _hold_out_tail(notes, held_out)
-    notes = _CountingIterator(notes)
+        notes = _hold_out_tail(notes, held_out)  # evaluated as written, names included
+    notes = _CountingIterator(map(name_mask, notes))
     tokenizer = build_tokenizer(lowercase, split_digits=not allow_identifier_tokens)
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=SPECIAL_TOKENS, initial_alphabet=ASCII_ALPHABET,
@@ -196,15 +200,7 @@ def train_tokenizer(
         raise ValueError(f"corpus too small: {len(held_out)} note(s) in {', '.join(train_files)}, all held out "
                          "for evaluation; add notes or pass --validation_file")
     removed = [] if allow_identifier_tokens else drop_identifier_tokens(tokenizer)
-    notes_again = itertools.islice(iter_texts(train_files, text_column), max_notes)
-    names = name_like_tokens(tokenizer, names, notes_again)
-    removed_names = [] if allow_name_tokens else drop_tokens(tokenizer, names.__contains__)
-    if names:  # the entries themselves are never logged: they are names of patients or staff
-        logger.warning(
-            "%d vocabulary entries are written as names after Mr./Mrs./Ms./Dr./Patient: in the notes and never in "
-            "lower case; %s. The notes are not de-identified: %s", len(names),
-            "kept (--allow_name_tokens)" if allow_name_tokens else "removed", DE_IDENTIFY,
-        )
+    name_report = drop_name_tokens(tokenizer, name_mask, keep=allow_name_tokens)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[(token, tokenizer.token_to_id(token)) for token in ("[CLS]", "[SEP]")],
@@ -229,9 +225,9 @@ def train_tokenizer(
         "training_time_s": round(training_time, 2),
         "identifier_like_tokens_removed": len(removed),
         "identifier_like_tokens_in_vocab": surviving,
-        "name_like_tokens_removed": len(removed_names),
-        "name_like_tokens_in_vocab": len(names) - len(removed_names),
-        "lowercase": lowercase, "min_frequency": min_frequency, "model_max_length": model_max_length,
+        **name_report,
+        "allow_name_tokens": allow_name_tokens, "lowercase": lowercase, "min_frequency": min_frequency,
+        "model_max_length": model_max_length,
     }
     with open(os.path.join(output_dir, "tokenizer_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -257,8 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not split digits nor filter the vocabulary: MRNs and dates may become entries "
                              "(never for a model you publish)")
     parser.add_argument("--allow_name_tokens", action="store_true",
-                        help="keep entries that the notes write as names after a title (never for a model you "
-                             "publish; de-identify the notes instead)")
+                        help="train on the names that the notes write after a title or a field label and keep them "
+                             "as entries (never for a model you publish; de-identify the notes instead)")
     return parser.parse_args(argv)
 
 
