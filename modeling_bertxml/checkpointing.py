@@ -8,9 +8,11 @@ resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save
 
 import fcntl
 import gc
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +31,25 @@ logger = logging.getLogger(__name__)
 
 RUN_ARGS_FILE = "run_args.json"
 LOCK_FILE = ".bertxml.lock"  # held (flock) by the run's main process for as long as it writes the dir
+MANIFEST_FILE = ".bertxml_manifest.json"  # what bert-xml wrote in the dir: the only names a run deletes (Manifest)
+CHECKPOINTS_DIR, LOGS_DIR = "checkpoints", "logs"
+CONFIG_FILE = "config.json"  # a model folder's file that transformers loads first: moved in last
+STAGING = ".model.tmp"  # the new model being written
+OWN_PATH_FLAGS = ("output_dir", "resume_from_checkpoint")  # may name the dir, or a checkpoint in it
+# What bert-xml writes at the top of an output dir, by name: how a folder written before the manifest existed is told
+# apart from its user's files, and names a run refuses to find there unrecorded (it would write over them). A run's
+# folders, with what they hold; then every file a model folder holds (transformers', peft's, card, figures, results,
+# remote code, Endpoint handler, Space app).
+RUN_FOLDERS = {
+    CHECKPOINTS_DIR: re.compile(r"\.?(step_\d+|best_model)(\.tmp|\.old)?"),
+    LOGS_DIR: re.compile(r"bert-xml-[\w-]+"),  # one TensorBoard folder per script (its tracker project name)
+}
+MODEL_FILE = re.compile(
+    r"(adapter_)?model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|vocab\.txt|"
+    r"(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|"
+    r"tokenizer_report|eval_results|test_results|train_results)\.json|(configuration|modeling|pipeline)_bertxml\.py|"
+    r"handler\.py|app\.py|README\.md|requirements\.txt|(precision_recall|f1_by_code_frequency|training_curves)\.png"
+)
 # Arguments that may change between a run and its resumption without making it a different run.
 RESUMABLE_ARG_CHANGES = frozenset(
     {
@@ -70,9 +91,10 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
 
     Enter it before the Accelerator is made (trackers write into the dir) and keep it for the run's life: the main
     process holds an exclusive lock, so a second run writing into the same dir is refused instead of interleaving
-    checkpoints. A dir that already holds files is accepted only to resume the run in its `run_args.json`, or with
-    `overwrite`, which removes the old run's files first: a crash of the new run must not leave the old run's model
-    beside the new run's arguments.
+    checkpoints. A dir that already holds a run is accepted only to resume the run in its `run_args.json`, or with
+    `overwrite`, which first removes what earlier runs wrote there (the `Manifest`'s names, nothing else): a crash of
+    the new run must not leave the old run's model beside the new run's arguments. An input inside the output dir is
+    refused before the dir is touched (`check_inputs_outside`).
 
     The process group this starts is destroyed on exit, once the run (and its DDP model) is gone. Not before: a DDP
     reducer freed after `destroy_process_group` holds the gloo group's last reference and destroys it holding the
@@ -83,6 +105,7 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     check_synchronised(state)
     output_dir = Path(output_dir)
+    check_inputs_outside(output_dir, run_args)
     _check_writable(output_dir)
     # Every rank's write probe is gone before the main process reads (or clears) the dir: a probe seen there would
     # be "files no bert-xml run wrote", and one cleared there would fail its rank's probe.
@@ -90,9 +113,13 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     lock = _lock(output_dir) if state.is_main_process else None
     try:
         if state.is_main_process:
-            _check_contents(output_dir, run_args, resume, overwrite)
+            manifest = Manifest.read(output_dir)
+            _check_contents(output_dir, manifest, run_args, resume, overwrite)
             if overwrite and not resume:
-                _clear(output_dir)
+                _clear(output_dir, manifest)
+            if RUN_ARGS_FILE not in manifest.run:
+                manifest.run.append(RUN_ARGS_FILE)
+            manifest.write(output_dir)  # before run_args.json exists; also records an older version's files
             write_json_atomic(output_dir / RUN_ARGS_FILE, run_args)
         state.wait_for_everyone()
         yield
@@ -101,6 +128,25 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
             lock.close()  # closing the descriptor releases the lock; the file stays (another run may hold it)
         gc.collect()  # a model in a reference cycle is freed now, while the group lives
         state.destroy_process_group()
+
+
+def check_inputs_outside(output_dir: str | os.PathLike, run_args: dict) -> None:
+    """Refuse any argument that names an existing file or folder (glob patterns expanded) inside the output dir:
+    notes, codes, a tokenizer. What a run replaces or deletes there must never be what it reads. Every argument is
+    looked at, not a list of data flags, so that a flag added later is covered too."""
+    output = Path(output_dir).resolve()
+    if not output.is_dir():
+        return  # nothing can be inside it yet
+    for flag, values in run_args.items():
+        for value in values if isinstance(values, list) else [values]:
+            if flag in OWN_PATH_FLAGS or not isinstance(value, str):
+                continue
+            paths = glob.glob(value) or ([value] if os.path.lexists(value) else [])  # a pattern, or a literal name
+            if any(Path(path).resolve().is_relative_to(output) for path in paths):
+                raise OutputDirError(
+                    f"--{flag} {value} is inside --output_dir {output_dir}, where a run replaces and deletes files: "
+                    "move it out, or choose another --output_dir"
+                )
 
 
 def check_synchronised(state: PartialState) -> None:
@@ -155,28 +201,104 @@ def _lock(output_dir: Path):
     return handle
 
 
-def _run_files(output_dir: Path) -> list[Path]:
-    return sorted(path for path in output_dir.iterdir() if path.name != LOCK_FILE)
+@dataclass
+class Manifest:
+    """The top-level names of an output dir that bert-xml runs wrote (`MANIFEST_FILE`): the only ones a run deletes.
+
+    A name is recorded before it is created (write-ahead), so a kill never leaves a file of ours unrecorded, and a name
+    found there unrecorded is someone else's (the user's notes, a folder of theirs) and is never deleted. `run`: a run's
+    own files (arguments, checkpoints, logs); `model`: the saved model folder's files.
+    """
+
+    run: list[str] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, output_dir: Path) -> "Manifest":
+        path = output_dir / MANIFEST_FILE
+        if path.is_file():
+            try:
+                return cls(**json.loads(path.read_text()))
+            except (ValueError, TypeError) as error:
+                raise OutputDirError(
+                    f"{path} cannot be read ({error}): without it bert-xml cannot tell its files from yours there; "
+                    "choose another --output_dir"
+                ) from None
+        return cls.of_older_version(output_dir) if (output_dir / RUN_ARGS_FILE).is_file() else cls()
+
+    @classmethod
+    def of_older_version(cls, output_dir: Path) -> "Manifest":
+        """A dir that bert-xml wrote before it kept a manifest (`run_args.json` but no `MANIFEST_FILE`): its files are
+        told from the user's by name, as that version wrote them (`RUN_FOLDERS`, `MODEL_FILE`), a folder only when all
+        it holds is bert-xml's too. Everything else is the user's and stays. Refusing such dirs instead would send
+        everyone who trained with that version to clean them by hand, which is how files get lost."""
+        manifest = cls()
+        for path in sorted(output_dir.iterdir()):
+            name = path.name
+            if name == RUN_ARGS_FILE or (name in RUN_FOLDERS and _only_holds(path, RUN_FOLDERS[name])):
+                manifest.run.append(name)
+            elif MODEL_FILE.fullmatch(name) and path.is_file() and not path.is_symlink():
+                manifest.model.append(name)
+        return manifest
+
+    def owned(self) -> set[str]:
+        return {*self.run, *self.model, STAGING}
+
+    def write(self, output_dir: Path) -> None:
+        write_json_atomic(output_dir / MANIFEST_FILE, asdict(self))
+        fsync_dir(output_dir)  # durable before the names it records are created
 
 
-def _check_contents(output_dir: Path, run_args: dict, resume: bool, overwrite: bool) -> None:
-    files, recorded = _run_files(output_dir), output_dir / RUN_ARGS_FILE
-    if not files or (files == [recorded] and not resume):
-        return  # empty, or a run that stopped before writing anything (bad notes, a typo): retrying needs no flag
-    if not resume and not recorded.is_file():  # not a bert-xml run: its files are someone else's, never ours to delete
+def _only_holds(folder: Path, names: re.Pattern) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and all(names.fullmatch(p.name) for p in folder.iterdir())
+
+
+def is_run_output(name: str) -> bool:
+    """Whether bert-xml writes a top-level file or folder of this name in an output dir."""
+    return name == RUN_ARGS_FILE or name in RUN_FOLDERS or MODEL_FILE.fullmatch(name) is not None
+
+
+def record_output(output_dir: str | os.PathLike, name: str) -> None:
+    """Record in the manifest that a run is about to create `output_dir/name`, so that `--overwrite_output_dir` may
+    delete it later. A name already there unrecorded is someone else's and stays unrecorded (never deleted)."""
+    output_dir = Path(output_dir)
+    manifest = Manifest.read(output_dir) if output_dir.is_dir() else Manifest()
+    if name in manifest.owned() or os.path.lexists(output_dir / name):
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest.run.append(name)
+    manifest.write(output_dir)
+
+
+def _names(output_dir: Path) -> list[str]:
+    return sorted(path.name for path in output_dir.iterdir() if path.name not in (LOCK_FILE, MANIFEST_FILE))
+
+
+def _check_contents(output_dir: Path, manifest: Manifest, run_args: dict, resume: bool, overwrite: bool) -> None:
+    owned = manifest.owned()
+    ours = [name for name in _names(output_dir) if name in owned]
+    theirs = [name for name in _names(output_dir) if name not in owned]
+    if not ours and theirs and not resume:  # not a bert-xml run: its files are someone else's, never ours to delete
         raise OutputDirError(
-            f"--output_dir {output_dir} holds files that no bert-xml run wrote (no {RUN_ARGS_FILE}; e.g. "
-            f"{files[0].name}): choose an empty or new --output_dir (--overwrite_output_dir only replaces a previous run)"
+            f"--output_dir {output_dir} holds files that no bert-xml run wrote (e.g. {theirs[0]}): choose an empty or "
+            "new --output_dir (--overwrite_output_dir only replaces a previous run)"
         )
+    if clashing := [name for name in theirs if is_run_output(name)]:  # a run would write over it, or into it
+        raise OutputDirError(
+            f"--output_dir {output_dir} holds {clashing[0]}, which no bert-xml run recorded writing but a run writes: "
+            "move it out, or choose another --output_dir"
+        )
+    if set(ours) <= {RUN_ARGS_FILE} and not resume:
+        return  # empty, or a run that stopped before writing anything (bad notes, a typo): retrying needs no flag
     if overwrite and not resume:
         return
     if not resume:
         raise OutputDirError(
-            f"--output_dir {output_dir} already holds a run ({', '.join(path.name for path in files)}); pass "
-            "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+            f"--output_dir {output_dir} already holds a run ({', '.join(ours)}); pass --resume_from_checkpoint latest "
+            "to continue it or --overwrite_output_dir to start over"
         )
-    if recorded.is_file():
-        _check_same_run(recorded, run_args)
+    if (output_dir / RUN_ARGS_FILE).is_file():
+        _check_same_run(output_dir / RUN_ARGS_FILE, run_args)
 
 
 def _check_same_run(recorded: Path, run_args: dict) -> None:
@@ -195,14 +317,25 @@ def _check_same_run(recorded: Path, run_args: dict) -> None:
         )
 
 
-def _clear(output_dir: Path) -> None:
-    """Remove a previous run's files: checkpoints (so "latest" never resumes it), model, card, results, logs."""
-    for path in _run_files(output_dir):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    logger.info(f"Removed the previous run's files from {output_dir} (--overwrite_output_dir)")
+def _clear(output_dir: Path, manifest: Manifest) -> None:
+    """Delete what earlier runs wrote (checkpoints, so "latest" never resumes them; logs; model, card, results) and
+    nothing else."""
+    removed = [name for name in manifest.run + manifest.model if os.path.lexists(output_dir / name)]
+    for name in removed:
+        _remove(output_dir / name)
+    manifest.run, manifest.model = [], []
+    kept = [name for name in _names(output_dir) if name not in manifest.owned()]
+    logger.info(
+        f"Removed the previous run's files from {output_dir} (--overwrite_output_dir): {', '.join(removed)}"
+        + (f"; kept what no run wrote: {', '.join(kept)}" if kept else "")
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------- atomic writes
@@ -304,7 +437,7 @@ class CheckpointManager:
     holds the optimizer state, about three times the weights); `best_model` is not a step folder and always stays.
     """
 
-    subdir = "checkpoints"
+    subdir = CHECKPOINTS_DIR
     state_file = "training_state.json"
     best_name = "best_model"
 
@@ -366,6 +499,7 @@ class CheckpointManager:
         """All ranks `write` into a temporary folder; the main process adds `state` as the marker and swaps it in."""
         temporary = final.with_name(f".{final.name}.tmp")
         if accelerator.is_main_process:
+            record_output(self.root.parent, self.root.name)
             shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
@@ -447,11 +581,12 @@ def save_model_folder(
     none, as a PEFT adapter's does not) and whatever `add_files(folder)` adds (card, results, code).
 
     All ranks gather the state dict (FSDP/DeepSpeed shard it); the main process writes everything into a temporary
-    folder and then moves each file into place, `config.json` last, so a loadable config implies a complete folder.
+    folder, records its files in the manifest and then moves each into place, `config.json` last, so a loadable config
+    implies a complete folder.
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        output, temporary = Path(output_dir), Path(output_dir) / ".model.tmp"
+        output, temporary = Path(output_dir), Path(output_dir) / STAGING
         shutil.rmtree(temporary, ignore_errors=True)
         with writing(output, temporary):
             unwrapped = accelerator.unwrap_model(model)
@@ -462,11 +597,14 @@ def save_model_folder(
             tokenizer.save_pretrained(temporary)
             requirements = REMOTE_CODE_REQUIREMENTS + (ADAPTER_REQUIREMENTS if adapter else ())
             (temporary / REQUIREMENTS_FILE).write_text("".join(f"{line}\n" for line in requirements))
-            if config is not None and not (temporary / "config.json").exists():
+            if config is not None and not (temporary / CONFIG_FILE).exists():
                 config.save_pretrained(temporary)
             if add_files is not None:
                 add_files(temporary)
-        for file in sorted(temporary.iterdir(), key=lambda p: p.name == "config.json"):
+        manifest = Manifest.read(output)
+        manifest.model = sorted({*manifest.model, *(path.name for path in temporary.iterdir())})
+        manifest.write(output)
+        for file in sorted(temporary.iterdir(), key=lambda path: path.name == CONFIG_FILE):
             os.replace(file, output / file.name)
         temporary.rmdir()
         fsync_dir(output)
@@ -481,6 +619,7 @@ __all__ = [
     "Progress",
     "check_synchronised",
     "claim_output_dir",
+    "record_output",
     "save_model_folder",
     "write_json_atomic",
 ]
