@@ -597,6 +597,24 @@ def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Pat
         main(train_args(data, tmp_path / "out", "--train_file", str(bad)))
 
 
+def test_training_a_coder_further_in_place_replaces_it_and_keeps_the_users_files(data: Path, trained, tmp_path):
+    coder = tmp_path / "coder"
+    shutil.copytree(trained[0], coder)
+    (coder / "my_notes.jsonl").write_text((data / "train.jsonl").read_text())
+    (coder / "mydata").mkdir()
+    (coder / "mydata" / "codes.txt").write_text("E11.9\n")
+    before = load_file(coder / "model.safetensors")
+    args = train_args(data, coder, "--num_train_epochs", "1", "--overwrite_output_dir")  # no --test_file this time
+    args[args.index("--model_name_or_path") + 1] = str(coder)
+    run_train(args)
+    after = load_file(coder / "model.safetensors")
+    assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in before)
+    assert isinstance(AutoModel.from_pretrained(coder), BertXMLForMultiLabelCoding)
+    assert not (coder / "test_results.json").exists()  # the old model's, not the new one's
+    assert (coder / "my_notes.jsonl").read_text() == (data / "train.jsonl").read_text()
+    assert (coder / "mydata" / "codes.txt").read_text() == "E11.9\n"
+
+
 def test_an_input_inside_the_output_dir_is_refused_in_one_line_and_nothing_is_written(data: Path, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -274,8 +274,10 @@ def test_an_input_inside_the_output_dir_is_refused_before_anything_is_touched(tm
         with pytest.raises(OutputDirError, match=message):
             prepare_output_dir(parse("--output_dir", str(out), flag, str(value), "--overwrite_output_dir"))
         assert folder_state(out) == before, flag
-    # A run's own checkpoint is resumed from it.
-    prepare_output_dir(parse("--output_dir", str(out), "--resume_from_checkpoint", str(out / "checkpoints" / "step_1")))
+    # The model continued in place is read from the dir itself; a run's own checkpoint is resumed from it.
+    in_place = ["--output_dir", str(out), "--model_name_or_path", str(out)]
+    prepare_output_dir(parse(*in_place, "--overwrite_output_dir"))
+    prepare_output_dir(parse(*in_place, "--resume_from_checkpoint", str(out / "checkpoints" / "step_1")))
 
 
 def test_a_dir_written_before_the_manifest_loses_only_the_files_bert_xml_wrote(tmp_path):
@@ -297,6 +299,34 @@ def test_a_dir_written_before_the_manifest_loses_only_the_files_bert_xml_wrote(t
     with pytest.raises(OutputDirError, match=r"holds logs, which no bert-xml run recorded writing but a run writes"):
         prepare_output_dir(parse("--output_dir", str(out), "--overwrite_output_dir"))
     assert (out / "logs" / "slurm-1.out").read_text() == "mine"
+
+
+def test_a_new_model_replaces_the_old_one_whole_and_a_kill_midway_puts_the_old_one_back(trained, monkeypatch):
+    accelerator, model, optimizer, checkpoints = trained
+    out, tokenizer = checkpoints.root.parent, tiny_tokenizer()
+    results = lambda folder: (folder / "eval_results.json").write_text("{}")  # noqa: E731
+    save_model_folder(accelerator, model, tokenizer, out, add_files=results)
+    first = load_file(out / "model.safetensors")
+    train_step(model, optimizer)
+    replace = os.replace
+
+    def killed_before_config_is_in(source, target):
+        if str(source).endswith(".model.tmp/config.json"):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_before_config_is_in)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(accelerator, model, tokenizer, out)
+    monkeypatch.undo()
+    prepare_output_dir(parse("--output_dir", str(out), "--resume_from_checkpoint", "latest"))  # the next run's claim
+    assert all(torch.equal(first[k], v) for k, v in load_file(out / "model.safetensors").items())
+    assert (out / "eval_results.json").is_file()  # the old model's, whole
+    save_model(accelerator, model, tokenizer, out)
+    assert not all(torch.equal(first[k], v) for k, v in load_file(out / "model.safetensors").items())
+    assert not (out / "eval_results.json").exists()  # the old model's result does not stay beside the new model
+    assert not list(out.glob(".model.*"))
+    BertXMLForMaskedLM.from_pretrained(out)
 
 
 def test_a_second_live_run_in_the_same_output_dir_is_refused(tmp_path):
