@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,6 +67,18 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
 
 def save_model(accelerator, model, tokenizer, output_dir) -> None:
     save_model_folder(accelerator, model, tokenizer, output_dir)
+
+
+def kill_when_moving(monkeypatch, source_suffix: str) -> None:
+    """A kill (KeyboardInterrupt) at the moment `os.replace` moves a path ending with `source_suffix`."""
+    replace = os.replace
+
+    def killed(source, target):
+        if str(source).endswith(source_suffix):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed)
 
 
 @pytest.fixture
@@ -149,14 +162,7 @@ def test_a_best_model_swap_killed_midway_keeps_a_complete_best_model(trained, mo
     checkpoints.save_best(accelerator, model)
     first = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
     train_step(model, optimizer)
-    replace = os.replace
-
-    def killed_before_the_new_one_is_in(source, target):
-        if str(source).endswith(".best_model.tmp"):
-            raise KeyboardInterrupt
-        replace(source, target)
-
-    monkeypatch.setattr(os, "replace", killed_before_the_new_one_is_in)
+    kill_when_moving(monkeypatch, ".best_model.tmp")  # before the new one is in
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save_best(accelerator, model)
     monkeypatch.undo()
@@ -304,18 +310,14 @@ def test_a_dir_written_before_the_manifest_loses_only_the_files_bert_xml_wrote(t
 def test_a_new_model_replaces_the_old_one_whole_and_a_kill_midway_puts_the_old_one_back(trained, monkeypatch):
     accelerator, model, optimizer, checkpoints = trained
     out, tokenizer = checkpoints.root.parent, tiny_tokenizer()
-    results = lambda folder: (folder / "eval_results.json").write_text("{}")  # noqa: E731
-    save_model_folder(accelerator, model, tokenizer, out, add_files=results)
+
+    def add_results(folder: Path) -> None:
+        (folder / "eval_results.json").write_text("{}")
+
+    save_model_folder(accelerator, model, tokenizer, out, add_files=add_results)
     first = load_file(out / "model.safetensors")
     train_step(model, optimizer)
-    replace = os.replace
-
-    def killed_before_config_is_in(source, target):
-        if str(source).endswith(".model.tmp/config.json"):
-            raise KeyboardInterrupt
-        replace(source, target)
-
-    monkeypatch.setattr(os, "replace", killed_before_config_is_in)
+    kill_when_moving(monkeypatch, ".model.tmp/config.json")  # every other new file is in, the old ones aside
     with pytest.raises(KeyboardInterrupt):
         save_model(accelerator, model, tokenizer, out)
     monkeypatch.undo()
