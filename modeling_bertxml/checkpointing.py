@@ -230,6 +230,7 @@ class Manifest:
 
     @classmethod
     def read(cls, output_dir: Path) -> "Manifest":
+        """The dir's manifest; for a dir of an older version's run, the names it wrote; else an empty one."""
         path = output_dir / MANIFEST_FILE
         if path.is_file():
             try:
