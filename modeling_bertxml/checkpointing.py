@@ -8,9 +8,11 @@ resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save
 
 import fcntl
 import gc
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +31,27 @@ logger = logging.getLogger(__name__)
 
 RUN_ARGS_FILE = "run_args.json"
 LOCK_FILE = ".bertxml.lock"  # held (flock) by the run's main process for as long as it writes the dir
+MANIFEST_FILE = ".bertxml_manifest.json"  # what bert-xml wrote in the dir: the only names a run deletes (Manifest)
+CHECKPOINTS_DIR, LOGS_DIR = "checkpoints", "logs"
+CONFIG_FILE = "config.json"  # a model folder's file that transformers loads first: moved in last, out first
+STAGING, ASIDE = ".model.tmp", ".model.old"  # the new model being written; the old one while the new replaces it
+# Flags that may name the output dir itself: a model continued in place, read before anything there is replaced.
+IN_PLACE_FLAGS = ("model_name_or_path", "tokenizer_name", "config_name")
+OWN_PATH_FLAGS = ("output_dir", "resume_from_checkpoint")  # may name the dir, or a checkpoint in it
+# What bert-xml writes at the top of an output dir, by name: how a folder written before the manifest existed is told
+# apart from its user's files, and names a run refuses to find there unrecorded (it would write over them). A run's
+# folders, with what they hold; then every file a model folder holds (transformers', peft's, card, figures, results,
+# remote code, Endpoint handler, Space app).
+RUN_FOLDERS = {
+    CHECKPOINTS_DIR: re.compile(r"\.?(step_\d+|best_model)(\.tmp|\.old)?"),
+    LOGS_DIR: re.compile(r"bert-xml-[\w-]+"),  # one TensorBoard folder per script (its tracker project name)
+}
+MODEL_FILE = re.compile(
+    r"(adapter_)?model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|vocab\.txt|"
+    r"(config|generation_config|adapter_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|"
+    r"tokenizer_report|eval_results|test_results|train_results)\.json|(configuration|modeling|pipeline)_bertxml\.py|"
+    r"handler\.py|app\.py|README\.md|requirements\.txt|(precision_recall|f1_by_code_frequency|training_curves)\.png"
+)
 # Arguments that may change between a run and its resumption without making it a different run.
 RESUMABLE_ARG_CHANGES = frozenset(
     {
@@ -70,9 +93,11 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
 
     Enter it before the Accelerator is made (trackers write into the dir) and keep it for the run's life: the main
     process holds an exclusive lock, so a second run writing into the same dir is refused instead of interleaving
-    checkpoints. A dir that already holds files is accepted only to resume the run in its `run_args.json`, or with
-    `overwrite`, which removes the old run's files first: a crash of the new run must not leave the old run's model
-    beside the new run's arguments.
+    checkpoints. A dir that already holds a run is accepted only to resume the run in its `run_args.json`, or with
+    `overwrite`, which first removes what earlier runs wrote there (the `Manifest`'s names, nothing else): a crash of
+    the new run must not leave the old run's model beside the new run's arguments. Continuing a model in place (an
+    `IN_PLACE_FLAGS` argument names the output dir) keeps that model until the new one replaces it. An input inside
+    the output dir is refused before the dir is touched (`check_inputs_outside`).
 
     The process group this starts is destroyed on exit, once the run (and its DDP model) is gone. Not before: a DDP
     reducer freed after `destroy_process_group` holds the gloo group's last reference and destroys it holding the
@@ -83,6 +108,7 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     check_synchronised(state)
     output_dir = Path(output_dir)
+    check_inputs_outside(output_dir, run_args)
     _check_writable(output_dir)
     # Every rank's write probe is gone before the main process reads (or clears) the dir: a probe seen there would
     # be "files no bert-xml run wrote", and one cleared there would fail its rank's probe.
@@ -90,9 +116,14 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     lock = _lock(output_dir) if state.is_main_process else None
     try:
         if state.is_main_process:
-            _check_contents(output_dir, run_args, resume, overwrite)
+            recover_model_files(output_dir)
+            manifest, in_place = Manifest.read(output_dir), is_in_place(output_dir, run_args)
+            _check_contents(output_dir, manifest, run_args, resume, overwrite, in_place)
             if overwrite and not resume:
-                _clear(output_dir)
+                _clear(output_dir, manifest, keep_model=in_place)
+            if RUN_ARGS_FILE not in manifest.run:
+                manifest.run.append(RUN_ARGS_FILE)
+            manifest.write(output_dir)  # before run_args.json exists; also records an older version's files
             write_json_atomic(output_dir / RUN_ARGS_FILE, run_args)
         state.wait_for_everyone()
         yield
@@ -101,6 +132,34 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
             lock.close()  # closing the descriptor releases the lock; the file stays (another run may hold it)
         gc.collect()  # a model in a reference cycle is freed now, while the group lives
         state.destroy_process_group()
+
+
+def is_in_place(output_dir: str | os.PathLike, run_args: dict) -> bool:
+    """Whether the run continues the model (or tokenizer, config) that is in its own output dir."""
+    output = Path(output_dir).resolve()
+    return any(run_args.get(flag) and Path(run_args[flag]).resolve() == output for flag in IN_PLACE_FLAGS)
+
+
+def check_inputs_outside(output_dir: str | os.PathLike, run_args: dict) -> None:
+    """Refuse any argument that names an existing file or folder (glob patterns expanded) inside the output dir:
+    notes, codes, a tokenizer. What a run replaces or deletes there must never be what it reads; the model continued
+    in place (`IN_PLACE_FLAGS` naming the dir itself) is the exception, read whole before anything is replaced.
+    Every argument is looked at, not a list of data flags, so that a flag added later is covered too."""
+    output = Path(output_dir).resolve()
+    if not output.is_dir():
+        return  # nothing can be inside it yet
+    for flag, values in run_args.items():
+        for value in values if isinstance(values, list) else [values]:
+            if flag in OWN_PATH_FLAGS or not isinstance(value, str):
+                continue
+            if flag in IN_PLACE_FLAGS and Path(value).resolve() == output:
+                continue
+            paths = glob.glob(value) or ([value] if os.path.lexists(value) else [])  # a pattern, or a literal name
+            if any(Path(path).resolve().is_relative_to(output) for path in paths):
+                raise OutputDirError(
+                    f"--{flag} {value} is inside --output_dir {output_dir}, where a run replaces and deletes files: "
+                    "move it out, or choose another --output_dir"
+                )
 
 
 def check_synchronised(state: PartialState) -> None:
@@ -155,28 +214,112 @@ def _lock(output_dir: Path):
     return handle
 
 
-def _run_files(output_dir: Path) -> list[Path]:
-    return sorted(path for path in output_dir.iterdir() if path.name != LOCK_FILE)
+@dataclass
+class Manifest:
+    """The top-level names of an output dir that bert-xml runs wrote (`MANIFEST_FILE`): the only ones a run deletes.
+
+    A name is recorded before it is created (write-ahead), so a kill never leaves a file of ours unrecorded, and a name
+    found there unrecorded is someone else's (the user's notes, a folder of theirs) and is never deleted. `run`: a run's
+    own files (arguments, checkpoints, logs); `model`: the saved model folder's files, kept when a run continues that
+    model in place; `swap`: the old and new model files while `replace_model_files` swaps them.
+    """
+
+    run: list[str] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+    swap: dict[str, list[str]] | None = None
+
+    @classmethod
+    def read(cls, output_dir: Path) -> "Manifest":
+        """The dir's manifest; for a dir of an older version's run, the names it wrote; else an empty one."""
+        path = output_dir / MANIFEST_FILE
+        if path.is_file():
+            try:
+                return cls(**json.loads(path.read_text()))
+            except (ValueError, TypeError) as error:
+                raise OutputDirError(
+                    f"{path} cannot be read ({error}): without it bert-xml cannot tell its files from yours there; "
+                    "choose another --output_dir"
+                ) from None
+        return cls.of_older_version(output_dir) if (output_dir / RUN_ARGS_FILE).is_file() else cls()
+
+    @classmethod
+    def of_older_version(cls, output_dir: Path) -> "Manifest":
+        """A dir that bert-xml wrote before it kept a manifest (`run_args.json` but no `MANIFEST_FILE`): its files are
+        told from the user's by name, as that version wrote them (`RUN_FOLDERS`, `MODEL_FILE`), a folder only when all
+        it holds is bert-xml's too. Everything else is the user's and stays. Refusing such dirs instead would send
+        everyone who trained with that version to clean them by hand, which is how files get lost."""
+        manifest = cls()
+        for path in sorted(output_dir.iterdir()):
+            name = path.name
+            if name == RUN_ARGS_FILE or (name in RUN_FOLDERS and _only_holds(path, RUN_FOLDERS[name])):
+                manifest.run.append(name)
+            elif MODEL_FILE.fullmatch(name) and path.is_file() and not path.is_symlink():
+                manifest.model.append(name)
+        return manifest
+
+    def owned(self) -> set[str]:
+        swap = self.swap or {}
+        return {*self.run, *self.model, *swap.get("old", ()), *swap.get("new", ()), STAGING, ASIDE}
+
+    def write(self, output_dir: Path) -> None:
+        write_json_atomic(output_dir / MANIFEST_FILE, asdict(self))
+        fsync_dir(output_dir)  # durable before the names it records are created
 
 
-def _check_contents(output_dir: Path, run_args: dict, resume: bool, overwrite: bool) -> None:
-    files, recorded = _run_files(output_dir), output_dir / RUN_ARGS_FILE
-    if not files or (files == [recorded] and not resume):
-        return  # empty, or a run that stopped before writing anything (bad notes, a typo): retrying needs no flag
-    if not resume and not recorded.is_file():  # not a bert-xml run: its files are someone else's, never ours to delete
+def _only_holds(folder: Path, names: re.Pattern) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and all(names.fullmatch(p.name) for p in folder.iterdir())
+
+
+def is_run_output(name: str) -> bool:
+    """Whether bert-xml writes a top-level file or folder of this name in an output dir."""
+    return name == RUN_ARGS_FILE or name in RUN_FOLDERS or MODEL_FILE.fullmatch(name) is not None
+
+
+def record_output(output_dir: str | os.PathLike, name: str) -> None:
+    """Record in the manifest that a run is about to create `output_dir/name`, so that `--overwrite_output_dir` may
+    delete it later. A name already there unrecorded is someone else's and stays unrecorded (never deleted)."""
+    output_dir = Path(output_dir)
+    manifest = Manifest.read(output_dir) if output_dir.is_dir() else Manifest()
+    if name in manifest.owned() or os.path.lexists(output_dir / name):
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest.run.append(name)
+    manifest.write(output_dir)
+
+
+def _names(output_dir: Path) -> list[str]:
+    return sorted(path.name for path in output_dir.iterdir() if path.name not in (LOCK_FILE, MANIFEST_FILE))
+
+
+def _check_contents(
+    output_dir: Path, manifest: Manifest, run_args: dict, resume: bool, overwrite: bool, in_place: bool
+) -> None:
+    owned = manifest.owned()
+    ours = [name for name in _names(output_dir) if name in owned]
+    theirs = [name for name in _names(output_dir) if name not in owned]
+    if not ours and theirs and not resume:  # not a bert-xml run: its files are someone else's, never ours to delete
         raise OutputDirError(
-            f"--output_dir {output_dir} holds files that no bert-xml run wrote (no {RUN_ARGS_FILE}; e.g. "
-            f"{files[0].name}): choose an empty or new --output_dir (--overwrite_output_dir only replaces a previous run)"
+            f"--output_dir {output_dir} holds files that no bert-xml run wrote (e.g. {theirs[0]}): choose an empty or "
+            "new --output_dir (--overwrite_output_dir only replaces a previous run"
+            + (", and a model continued in place must be one a run wrote there)" if in_place else ")")
         )
+    if clashing := [name for name in theirs if is_run_output(name)]:  # a run would write over it, or into it
+        raise OutputDirError(
+            f"--output_dir {output_dir} holds {clashing[0]}, which no bert-xml run recorded writing but a run writes: "
+            "move it out, or choose another --output_dir"
+        )
+    if set(ours) <= {RUN_ARGS_FILE} and not resume:
+        return  # empty, or a run that stopped before writing anything (bad notes, a typo): retrying needs no flag
     if overwrite and not resume:
         return
     if not resume:
         raise OutputDirError(
-            f"--output_dir {output_dir} already holds a run ({', '.join(path.name for path in files)}); pass "
-            "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+            f"--output_dir {output_dir} already holds a run ({', '.join(ours)}); pass --resume_from_checkpoint latest "
+            "to continue it or --overwrite_output_dir to start over"
+            + (" (its model, continued in place, stays until the new one replaces it)" if in_place else "")
         )
-    if recorded.is_file():
-        _check_same_run(recorded, run_args)
+    if (output_dir / RUN_ARGS_FILE).is_file():
+        _check_same_run(output_dir / RUN_ARGS_FILE, run_args)
 
 
 def _check_same_run(recorded: Path, run_args: dict) -> None:
@@ -195,14 +338,30 @@ def _check_same_run(recorded: Path, run_args: dict) -> None:
         )
 
 
-def _clear(output_dir: Path) -> None:
-    """Remove a previous run's files: checkpoints (so "latest" never resumes it), model, card, results, logs."""
-    for path in _run_files(output_dir):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    logger.info(f"Removed the previous run's files from {output_dir} (--overwrite_output_dir)")
+def _clear(output_dir: Path, manifest: Manifest, keep_model: bool) -> None:
+    """Delete what earlier runs wrote (checkpoints, so "latest" never resumes them; logs; model, card, results) and
+    nothing else. `keep_model`: the model is continued in place, so it stays until `replace_model_files` swaps the
+    new one in; the folder is the old model, whole, until then."""
+    names = manifest.run + ([] if keep_model else manifest.model)
+    removed = [name for name in names if os.path.lexists(output_dir / name)]
+    for name in removed:
+        _remove(output_dir / name)
+    manifest.run = []
+    if not keep_model:
+        manifest.model = []
+    kept = [name for name in _names(output_dir) if name not in manifest.owned()]
+    logger.info(
+        f"Removed the previous run's files from {output_dir} (--overwrite_output_dir): {', '.join(removed)}"
+        + (f"; kept the model continued in place ({len(manifest.model)} files)" if keep_model else "")
+        + (f"; kept what no run wrote: {', '.join(kept)}" if kept else "")
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------- atomic writes
@@ -304,7 +463,7 @@ class CheckpointManager:
     holds the optimizer state, about three times the weights); `best_model` is not a step folder and always stays.
     """
 
-    subdir = "checkpoints"
+    subdir = CHECKPOINTS_DIR
     state_file = "training_state.json"
     best_name = "best_model"
 
@@ -366,6 +525,7 @@ class CheckpointManager:
         """All ranks `write` into a temporary folder; the main process adds `state` as the marker and swaps it in."""
         temporary = final.with_name(f".{final.name}.tmp")
         if accelerator.is_main_process:
+            record_output(self.root.parent, self.root.name)
             shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
@@ -447,12 +607,12 @@ def save_model_folder(
     none, as a PEFT adapter's does not) and whatever `add_files(folder)` adds (card, results, code).
 
     All ranks gather the state dict (FSDP/DeepSpeed shard it); the main process writes everything into a temporary
-    folder and then moves each file into place, `config.json` last, so a loadable config implies a complete folder.
+    folder, then swaps it for the model already there (`replace_model_files`).
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        output, temporary = Path(output_dir), Path(output_dir) / ".model.tmp"
-        shutil.rmtree(temporary, ignore_errors=True)
+        output, temporary = Path(output_dir), Path(output_dir) / STAGING
+        recover_model_files(output)
         with writing(output, temporary):
             unwrapped = accelerator.unwrap_model(model)
             adapter = hasattr(unwrapped, "peft_config")
@@ -462,16 +622,63 @@ def save_model_folder(
             tokenizer.save_pretrained(temporary)
             requirements = REMOTE_CODE_REQUIREMENTS + (ADAPTER_REQUIREMENTS if adapter else ())
             (temporary / REQUIREMENTS_FILE).write_text("".join(f"{line}\n" for line in requirements))
-            if config is not None and not (temporary / "config.json").exists():
+            if config is not None and not (temporary / CONFIG_FILE).exists():
                 config.save_pretrained(temporary)
             if add_files is not None:
                 add_files(temporary)
-        for file in sorted(temporary.iterdir(), key=lambda p: p.name == "config.json"):
-            os.replace(file, output / file.name)
-        temporary.rmdir()
-        fsync_dir(output)
+        replace_model_files(output, temporary)
         logger.info(f"Saved model and tokenizer to {output}")
     accelerator.wait_for_everyone()
+
+
+def replace_model_files(output_dir: Path, new: Path) -> None:
+    """Swap the model files in `output_dir` (the manifest's) for those of the complete folder `new`, never leaving a
+    mix: the old ones go aside into `ASIDE`, `config.json` first; the new ones come in, `config.json` last; then the
+    old ones are deleted, including those the new model lacks (an adapter beside a new full model). So a loadable
+    `config.json` always sits beside one whole model, and a kill in between is undone (or finished) by
+    `recover_model_files`, which the next run into the dir calls first. The user's files there are never touched.
+    """
+    manifest = Manifest.read(output_dir)
+    old = [name for name in manifest.model if os.path.lexists(output_dir / name)]
+    manifest.swap = {"old": old, "new": sorted(path.name for path in new.iterdir())}
+    manifest.write(output_dir)
+    aside = output_dir / ASIDE
+    aside.mkdir()
+    for name in sorted(old, key=lambda name: name != CONFIG_FILE):
+        os.replace(output_dir / name, aside / name)
+    for name in sorted(manifest.swap["new"], key=lambda name: name == CONFIG_FILE):
+        os.replace(new / name, output_dir / name)
+    new.rmdir()  # every new file is in place: the swap is done
+    _finish_swap(output_dir, manifest)
+
+
+def _finish_swap(output_dir: Path, manifest: Manifest) -> None:
+    manifest.model, manifest.swap = manifest.swap["new"], None
+    manifest.write(output_dir)
+    shutil.rmtree(output_dir / ASIDE, ignore_errors=True)
+    fsync_dir(output_dir)
+
+
+def recover_model_files(output_dir: str | os.PathLike) -> None:
+    """Put the old model back whole when a kill interrupted `replace_model_files` before every new file was in place,
+    finish the swap when it interrupted it after, and drop a new model that was still being written."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return
+    manifest, staging, aside = Manifest.read(output_dir), output_dir / STAGING, output_dir / ASIDE
+    if manifest.swap is not None and not staging.exists():
+        _finish_swap(output_dir, manifest)
+    elif manifest.swap is not None:
+        for name in manifest.swap["new"]:
+            if not os.path.lexists(staging / name):  # already moved in; the old file of that name is aside
+                _remove(output_dir / name)
+        for path in sorted(aside.iterdir() if aside.is_dir() else (), key=lambda path: path.name == CONFIG_FILE):
+            os.replace(path, output_dir / path.name)
+        manifest.swap = None
+        manifest.write(output_dir)
+        logger.warning(f"{output_dir}: a model save was interrupted; the previous model was put back")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 __all__ = [
@@ -481,6 +688,8 @@ __all__ = [
     "Progress",
     "check_synchronised",
     "claim_output_dir",
+    "record_output",
+    "recover_model_files",
     "save_model_folder",
     "write_json_atomic",
 ]

@@ -28,7 +28,7 @@ from transformers import (
     get_scheduler,
 )
 
-from .checkpointing import CheckpointManager, Progress, check_synchronised
+from .checkpointing import LOGS_DIR, CheckpointManager, Progress, check_synchronised, record_output
 from .configuration_bertxml import BertXMLConfig
 from .readers import DatasetSource
 
@@ -239,7 +239,9 @@ def setup_accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         mixed_precision=mixed_precision,
         log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=os.path.join(output_dir, "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=os.path.join(output_dir, LOGS_DIR)
+        ),
         # A seeded sampler makes each epoch's order a function of (seed, epoch), so a resumed run sees the same data.
         # Non-blocking copies of (pinned) batches on CUDA: a blocking copy waits for every step queued before it.
         dataloader_config=dataloader_config
@@ -258,6 +260,8 @@ def setup_accelerator(
         transformers.utils.logging.set_verbosity_error()
     set_seed(seed, deterministic=deterministic)
     if report_to:
+        if accelerator.is_main_process:  # recorded before the trackers create it, so a later overwrite deletes it
+            record_output(output_dir, LOGS_DIR)
         # Trackers (TensorBoard) take scalars only.
         scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (hparams or {}).items()}
         accelerator.init_trackers(project_name, config=scalars)

@@ -48,6 +48,16 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: floa
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.detach().abs().max().item())
 
 
+def folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder` (hidden ones too) with its bytes and modification time: equal states mean that nothing
+    was written there."""
+    return {
+        str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 def tiny_config(**overrides) -> BertXMLConfig:
     """A 2-layer, 32-wide BERT-XML with 16-token chunks: fast enough for every test, small enough to chunk often."""
     values = dict(

@@ -21,8 +21,17 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrai
 
 import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.checkpointing import is_run_output
 
-from conftest import TRAIN_TAGS, assert_close_scaled, assert_valid_model_card, free_port, tiny_tokenizer, tracked_scalars
+from conftest import (
+    TRAIN_TAGS,
+    assert_close_scaled,
+    assert_valid_model_card,
+    folder_state,
+    free_port,
+    tiny_tokenizer,
+    tracked_scalars,
+)
 from tests.hub_server import loopback_hub  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,6 +227,60 @@ def test_kill_9_mid_epoch_then_resume_latest_ends_with_the_uninterrupted_weights
     assert expected.keys() == got.keys()
     for name in expected:
         assert_close_scaled(got[name], expected[name], rtol=1e-6)
+
+
+def test_overwrite_keeps_the_users_files_and_refuses_an_input_inside_the_output_dir(corpus, tmp_path, run_main):
+    out = tmp_path / "mlm"
+    run_main(base_args(corpus, out, "--max_train_steps", "2", "--checkpointing_steps", "1", "--with_tracking"))
+    (out / "my_notes.txt").write_text(Path(corpus["train.txt"]).read_text())
+    (out / "mydata").mkdir()
+    (out / "mydata" / "codes.txt").write_text("E11.9\n")
+    before = folder_state(out)
+    notes_inside = ["--train_file", str(out / "my_notes.txt"), "--overwrite_output_dir"]
+    with pytest.raises(SystemExit, match=rf"^error: --train_file {out}/my_notes.txt is inside --output_dir [^\n]+$"):
+        run_main(base_args(corpus, out, "--max_train_steps", "2", *notes_inside))
+    assert folder_state(out) == before
+    run_main(base_args(corpus, out, "--max_train_steps", "3", "--overwrite_output_dir"))
+    assert (out / "my_notes.txt").read_text() == Path(corpus["train.txt"]).read_text()
+    assert (out / "mydata" / "codes.txt").read_text() == "E11.9\n"
+    assert not (out / "checkpoints").exists() and not (out / "logs").exists()  # the first run's
+    assert json.loads((out / "train_results.json").read_text())["train_steps"] == 3
+    assert all(is_run_output(path.name) for path in out.iterdir() if path.name not in ("my_notes.txt", "mydata")
+               and not path.name.startswith("."))  # fmt: skip
+
+
+def test_continuing_pretraining_in_place_and_resuming_it_after_a_crash(corpus, tmp_path, run_main, monkeypatch,
+                                                                         caplog):
+    """New notes for a hospital's encoder, written over it: a crash mid-run leaves the old model whole and loadable,
+    and the run resumed from its checkpoint replaces it at the end, with no file of the old one left over."""
+    model = tmp_path / "mlm"
+    run_main(base_args(corpus, model, "--max_train_steps", "2"))
+    first, names = load_file(model / "model.safetensors"), {path.name for path in model.iterdir()}
+    in_place = ["--model_name_or_path", str(model), "--output_dir", str(model), "--overwrite_output_dir",
+                "--train_file", corpus["validation.txt"], "--max_seq_length", "32", "--per_device_train_batch_size",
+                "2", "--max_train_steps", "4", "--checkpointing_steps", "2"]  # fmt: skip
+    training_step = pretrain.training_step
+
+    def crashing_after_step_2(*args, **kwargs):
+        if args[5].step == 2:  # progress
+            raise KeyboardInterrupt
+        return training_step(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "training_step", crashing_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(in_place)
+    for name, weight in load_file(model / "model.safetensors").items():
+        assert torch.equal(weight, first[name]), name
+    assert isinstance(AutoModelForMaskedLM.from_pretrained(model), BertXMLForMaskedLM)
+    monkeypatch.setattr(pretrain, "training_step", training_step)
+    caplog.set_level("INFO")
+    run_main([*in_place, "--resume_from_checkpoint", "latest"])
+    assert "Resumed from" in caplog.text and "step_2 at step 2" in caplog.text
+    second = load_file(model / "model.safetensors")
+    assert second.keys() == first.keys() and any(not torch.equal(second[k], first[k]) for k in first)
+    assert isinstance(AutoModelForMaskedLM.from_pretrained(model), BertXMLForMaskedLM)
+    assert {path.name for path in model.iterdir()} == names | {"checkpoints"}  # no file of the old model left over
+    assert json.loads((model / "train_results.json").read_text())["train_steps"] == 4
 
 
 STREAMING = ["--streaming", "--max_train_steps", "2"]

@@ -28,6 +28,7 @@ from tests.conftest import (
     TRAIN_TAGS,
     assert_close_scaled,
     assert_valid_model_card,
+    folder_state,
     free_port,
     run_in_fresh_interpreter,
     save_backbone_checkpoint,
@@ -594,6 +595,34 @@ def test_bad_notes_file_stops_with_file_line_and_field(data: Path, tmp_path: Pat
     bad.write_text((data / "train.jsonl").read_text() + '{"text": "chest pain", "labels": "I10"}\n')
     with pytest.raises(SystemExit, match=rf"error: {bad}:49: field 'labels': a string"):
         main(train_args(data, tmp_path / "out", "--train_file", str(bad)))
+
+
+def test_training_a_coder_further_in_place_replaces_it_and_keeps_the_users_files(data: Path, trained, tmp_path):
+    coder = tmp_path / "coder"
+    shutil.copytree(trained[0], coder)
+    (coder / "my_notes.jsonl").write_text((data / "train.jsonl").read_text())
+    (coder / "mydata").mkdir()
+    (coder / "mydata" / "codes.txt").write_text("E11.9\n")
+    before = load_file(coder / "model.safetensors")
+    args = train_args(data, coder, "--num_train_epochs", "1", "--overwrite_output_dir")  # no --test_file this time
+    args[args.index("--model_name_or_path") + 1] = str(coder)
+    run_train(args)
+    after = load_file(coder / "model.safetensors")
+    assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in before)
+    assert isinstance(AutoModel.from_pretrained(coder), BertXMLForMultiLabelCoding)
+    assert not (coder / "test_results.json").exists()  # the old model's, not the new one's
+    assert (coder / "my_notes.jsonl").read_text() == (data / "train.jsonl").read_text()
+    assert (coder / "mydata" / "codes.txt").read_text() == "E11.9\n"
+
+
+def test_an_input_inside_the_output_dir_is_refused_in_one_line_and_nothing_is_written(data: Path, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(data / "validation.jsonl", out / "validation.jsonl")
+    before = folder_state(out)
+    with pytest.raises(SystemExit, match=rf"^error: --validation_file {out}/validation.jsonl is inside [^\n]+$"):
+        main(train_args(data, out, "--validation_file", str(out / "validation.jsonl")))
+    assert folder_state(out) == before
 
 
 def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ import argparse
 import errno
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from modeling_bertxml.checkpointing import (
     OutputWriteError,
     Progress,
     claim_output_dir,
+    record_output,
     save_model_folder,
 )
 from modeling_bertxml.training import (
@@ -38,7 +41,7 @@ from modeling_bertxml.training import (
     training_step,
 )
 
-from conftest import tiny_config, tiny_tokenizer
+from conftest import folder_state, tiny_config, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +67,18 @@ def prepare_output_dir(args: argparse.Namespace) -> None:
 
 def save_model(accelerator, model, tokenizer, output_dir) -> None:
     save_model_folder(accelerator, model, tokenizer, output_dir)
+
+
+def kill_when_moving(monkeypatch, source_suffix: str) -> None:
+    """A kill (KeyboardInterrupt) at the moment `os.replace` moves a path ending with `source_suffix`."""
+    replace = os.replace
+
+    def killed(source, target):
+        if str(source).endswith(source_suffix):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed)
 
 
 @pytest.fixture
@@ -147,14 +162,7 @@ def test_a_best_model_swap_killed_midway_keeps_a_complete_best_model(trained, mo
     checkpoints.save_best(accelerator, model)
     first = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
     train_step(model, optimizer)
-    replace = os.replace
-
-    def killed_before_the_new_one_is_in(source, target):
-        if str(source).endswith(".best_model.tmp"):
-            raise KeyboardInterrupt
-        replace(source, target)
-
-    monkeypatch.setattr(os, "replace", killed_before_the_new_one_is_in)
+    kill_when_moving(monkeypatch, ".best_model.tmp")  # before the new one is in
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save_best(accelerator, model)
     monkeypatch.undo()
@@ -204,6 +212,7 @@ def test_save_model_interrupted_keeps_the_previous_model(trained, tmp_path, monk
 def test_output_dir_holding_another_run_is_refused_unless_overwritten(tmp_path):
     out = str(tmp_path / "run")
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3"))
+    record_output(out, "checkpoints")  # as CheckpointManager does before its first save
     (tmp_path / "run" / "checkpoints" / "step_5").mkdir(parents=True)
     with pytest.raises(OutputDirError, match=r"already holds a run .*--resume_from_checkpoint latest.*--overwrite"):
         prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3"))
@@ -213,12 +222,12 @@ def test_output_dir_holding_another_run_is_refused_unless_overwritten(tmp_path):
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest",
                              "--checkpointing_steps", "7"))
     assert (tmp_path / "run" / "checkpoints" / "step_5").is_dir()
-    # Overwrite: the old run's files go (checkpoints, model, card, results), so that neither "latest" nor a crash of
-    # the new run can leave the old run's model beside the new run's arguments.
-    for name in ("model.safetensors", "config.json", "README.md", "eval_results.json"):
-        (tmp_path / "run" / name).write_text("old run")
+    # Overwrite: the old run's files go (checkpoints; model, card and results: test_overwrite_deletes_what_...), so
+    # that neither "latest" nor a crash of the new run can leave the old run's model beside the new run's arguments.
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "2e-3", "--overwrite_output_dir"))
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".bertxml.lock", "run_args.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".bertxml.lock", ".bertxml_manifest.json", "run_args.json"
+    ]  # fmt: skip
     assert json.loads((tmp_path / "run" / "run_args.json").read_text())["learning_rate"] == 2e-3
 
 
@@ -228,7 +237,8 @@ def test_a_run_that_stopped_before_writing_anything_can_be_retried_without_flags
     prepare_output_dir(parse("--output_dir", out, "--train_file", "typo.jsonl"))
     prepare_output_dir(parse("--output_dir", out, "--train_file", "notes.jsonl"))
     assert json.loads((tmp_path / "run" / "run_args.json").read_text())["train_file"] == ["notes.jsonl"]
-    (tmp_path / "run" / "logs").mkdir()  # once it has written anything else, it is a run to resume or overwrite
+    record_output(out, "logs")  # once it has written anything else, it is a run to resume or overwrite
+    (tmp_path / "run" / "logs").mkdir()
     with pytest.raises(OutputDirError, match="already holds a run"):
         prepare_output_dir(parse("--output_dir", out, "--train_file", "other.jsonl"))
 
@@ -238,6 +248,87 @@ def test_overwrite_never_deletes_files_that_no_run_wrote(tmp_path):
     with pytest.raises(OutputDirError, match=r"holds files that no bert-xml run wrote .*empty or new --output_dir"):
         prepare_output_dir(parse("--output_dir", str(tmp_path), "--overwrite_output_dir"))
     assert (tmp_path / "notes.jsonl").read_text() == "{}"
+
+
+def test_overwrite_deletes_what_the_run_wrote_and_keeps_the_users_files(trained, tmp_path):
+    """A run's checkpoints, best model and model folder go; the user's notes and folder beside them stay."""
+    accelerator, model, optimizer, checkpoints = trained
+    out = tmp_path / "run"
+    prepare_output_dir(parse("--output_dir", str(out)))
+    checkpoints.save(accelerator, Progress(step=1))
+    checkpoints.save_best(accelerator, model)
+    save_model(accelerator, model, tiny_tokenizer(), out)
+    (out / "my_notes.jsonl").write_text("{}")
+    (out / "mydata").mkdir()
+    (out / "mydata" / "codes.txt").write_text("E11.9")
+    prepare_output_dir(parse("--output_dir", str(out), "--overwrite_output_dir"))
+    assert (out / "my_notes.jsonl").read_text() == "{}" and (out / "mydata" / "codes.txt").read_text() == "E11.9"
+    left = {path.name for path in out.iterdir()} - {".bertxml.lock", ".bertxml_manifest.json"}
+    assert left == {"my_notes.jsonl", "mydata", "run_args.json"}
+
+
+def test_an_input_inside_the_output_dir_is_refused_before_anything_is_touched(tmp_path):
+    out = tmp_path / "run"
+    prepare_output_dir(parse("--output_dir", str(out)))
+    (out / "notes").mkdir()
+    (out / "notes" / "a.jsonl").write_text("{}")
+    before = folder_state(out)
+    inputs = [("--train_file", out / "notes" / "a.jsonl"), ("--train_file", out / "notes" / "*.jsonl"),
+              ("--validation_file", out / "notes"), ("--dataset_name", out), ("--tokenizer_name", out / "notes")]
+    for flag, value in inputs:
+        message = rf"^{flag} {re.escape(str(value))} is inside --output_dir {out}, where a run"
+        with pytest.raises(OutputDirError, match=message):
+            prepare_output_dir(parse("--output_dir", str(out), flag, str(value), "--overwrite_output_dir"))
+        assert folder_state(out) == before, flag
+    # The model continued in place is read from the dir itself; a run's own checkpoint is resumed from it.
+    in_place = ["--output_dir", str(out), "--model_name_or_path", str(out)]
+    prepare_output_dir(parse(*in_place, "--overwrite_output_dir"))
+    prepare_output_dir(parse(*in_place, "--resume_from_checkpoint", str(out / "checkpoints" / "step_1")))
+
+
+def test_a_dir_written_before_the_manifest_loses_only_the_files_bert_xml_wrote(tmp_path):
+    """The previous version kept no manifest: its files are known by name (a folder only when all it holds is
+    bert-xml's); the rest is the user's."""
+    out = tmp_path / "run"
+    for name in ("run_args.json", "model.safetensors", "config.json", "README.md", "eval_results.json",
+                 "checkpoints/step_5/model.safetensors", "checkpoints/best_model/model.safetensors",
+                 "logs/bert-xml-train/events.out.tfevents.1", "notes.jsonl", "mydata/codes.txt", "analysis.py"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}")
+    prepare_output_dir(parse("--output_dir", str(out), "--overwrite_output_dir"))
+    left = {path.name for path in out.iterdir()} - {".bertxml.lock", ".bertxml_manifest.json"}
+    assert left == {"notes.jsonl", "mydata", "analysis.py", "run_args.json"}
+    assert (out / "mydata" / "codes.txt").read_text() == "{}"
+    # A folder of a run's name that holds something else is the user's: refused, not deleted nor written into.
+    (out / "logs").mkdir()
+    (out / "logs" / "slurm-1.out").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"holds logs, which no bert-xml run recorded writing but a run writes"):
+        prepare_output_dir(parse("--output_dir", str(out), "--overwrite_output_dir"))
+    assert (out / "logs" / "slurm-1.out").read_text() == "mine"
+
+
+def test_a_new_model_replaces_the_old_one_whole_and_a_kill_midway_puts_the_old_one_back(trained, monkeypatch):
+    accelerator, model, optimizer, checkpoints = trained
+    out, tokenizer = checkpoints.root.parent, tiny_tokenizer()
+
+    def add_results(folder: Path) -> None:
+        (folder / "eval_results.json").write_text("{}")
+
+    save_model_folder(accelerator, model, tokenizer, out, add_files=add_results)
+    first = load_file(out / "model.safetensors")
+    train_step(model, optimizer)
+    kill_when_moving(monkeypatch, ".model.tmp/config.json")  # every other new file is in, the old ones aside
+    with pytest.raises(KeyboardInterrupt):
+        save_model(accelerator, model, tokenizer, out)
+    monkeypatch.undo()
+    prepare_output_dir(parse("--output_dir", str(out), "--resume_from_checkpoint", "latest"))  # the next run's claim
+    assert all(torch.equal(first[k], v) for k, v in load_file(out / "model.safetensors").items())
+    assert (out / "eval_results.json").is_file()  # the old model's, whole
+    save_model(accelerator, model, tokenizer, out)
+    assert not all(torch.equal(first[k], v) for k, v in load_file(out / "model.safetensors").items())
+    assert not (out / "eval_results.json").exists()  # the old model's result does not stay beside the new model
+    assert not list(out.glob(".model.*"))
+    BertXMLForMaskedLM.from_pretrained(out)
 
 
 def test_a_second_live_run_in_the_same_output_dir_is_refused(tmp_path):
