@@ -109,9 +109,9 @@ def _proc_status(field: str) -> int:
 
 
 def has_matmul_kernels(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether `device` multiplies `dtype` at hardware speed. A CPU without oneDNN's bf16 (or fp16) kernels (AVX2 only:
-    no AVX-512, no AVX2-VNNI-2) falls back to a scalar loop about 100x slower than float32, so one 4096² product
-    takes minutes and its "peak" is no reference for anything."""
+    """Whether `device` multiplies `dtype` at hardware speed. Without oneDNN's bf16 (or fp16) kernels (a CPU with AVX2
+    only: no AVX-512, no AVX2-VNNI-2) torch falls back to a generic loop 100x slower than float32, so one 4096²
+    product takes minutes and its "peak" is no reference for anything."""
     if device.type != "cpu" or dtype == torch.float32:
         return True
     if dtype == torch.bfloat16:
