@@ -61,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--autocast", choices=list(DTYPES), default="none", help="mixed precision for every case")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of repetitions per case (see measure.py)")
+    parser.add_argument("--peak_size", type=int, help="side of the peak's square matmul (default 8192 CUDA, 4096 CPU)")
     parser.add_argument(
         "--naive_training_max_scores",
         type=float,
@@ -95,9 +96,10 @@ class Bench:
         self.args, self.device = args, torch.device(args.device)
         self.dtype = DTYPES[args.autocast]
         self.meter = Meter(self.device, args.budget)
-        self.peak = {"fp32": matmul_peak(self.meter, torch.float32), "bf16": matmul_peak(self.meter, torch.bfloat16)}
+        precisions = {"fp32": torch.float32, "bf16": torch.bfloat16}
         if self.dtype is not None:
-            self.peak[args.autocast] = matmul_peak(self.meter, self.dtype)
+            precisions[args.autocast] = self.dtype
+        self.peak = {name: matmul_peak(self.meter, dtype, args.peak_size) for name, dtype in precisions.items()}
 
     def autocast(self, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
         """Autocast to `dtype` (default: the run's); float32 or no dtype: none."""
@@ -323,6 +325,12 @@ def _cell(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _peak_text(name: str, flops: float | None) -> str:
+    if flops is None:
+        return f"{name} none (no {name} matmul kernels on this device: no {name} MFU)"
+    return f"{name} {flops / 1e9:,.0f} GFLOP/s"
+
+
 def percent(part: float | None, whole: float | None) -> str | None:
     return None if part is None or whole is None else f"{100 * part / whole:.1f} %"
 
@@ -394,7 +402,7 @@ def tables(results: dict) -> str:
         f"{settings['batch_size']} note(s) per batch; steady-state times ({results['warmup_runs']} warm-up runs "
         f"untimed{', CUDA events' if results['machine_is_cuda'] else ', CPU time'}); MFU against the matmul peak "
         f"measured in this run ({results['precision']} rows against the {results['precision']} peak): "
-        + ", ".join(f"{name} {flops / 1e9:,.0f} GFLOP/s" for name, flops in results["peak_flops"].items())
+        + ", ".join(_peak_text(name, flops) for name, flops in results["peak_flops"].items())
         + f"; SDPA kernels that take the head: {', '.join(results['sdpa_backends'])}.",
         "\n**Encoder alone** (`BertXMLModel`)\n",
         encoder_table(results, peak),

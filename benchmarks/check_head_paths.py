@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=256, help="tokens of the (one) note")
     parser.add_argument("--block_size", type=int, nargs="+", default=[1024], help="label_block_size values to try")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed runs per case")
+    parser.add_argument("--peak_size", type=int, help="side of the peak's square matmul (default 8192 CUDA, 4096 CPU)")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/head_paths_<device>.json)")
     return parser.parse_args()
 
@@ -109,14 +110,14 @@ def check(args: argparse.Namespace, meter: Meter, peaks: dict, codes: int, block
 def main() -> None:
     args = parse_args()
     meter = Meter(torch.device(args.device), args.budget)
-    peaks = {name: matmul_peak(meter, dtype or torch.float32) for name, dtype in PRECISIONS.items()}
+    peaks = {name: matmul_peak(meter, dtype or torch.float32, args.peak_size) for name, dtype in PRECISIONS.items()}
     rows = [row for codes in args.codes for block in args.block_size for row in check(args, meter, peaks, codes, block)]
     device = torch.cuda.get_device_name() if meter.device.type == "cuda" else "CPU"
     print(
         f"Label-attention head paths vs the naive head in fp32 ({device}, torch {torch.__version__}, "
         f"{args.config} config, one note of {args.tokens:,} tokens, 1/8 padding); errors relative to the largest "
         f"reference value; MFU against the matmul peak of this run: "
-        + ", ".join(f"{name} {flops / 1e12:.3g} TFLOP/s" for name, flops in peaks.items())
+        + ", ".join(f"{name} {flops / 1e12:.3g} TFLOP/s" for name, flops in peaks.items() if flops is not None)
         + "\n"
     )
     printable = [{k: f"{v:.1e}" if "error" in k else v for k, v in row.items()} for row in rows]

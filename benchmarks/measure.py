@@ -108,8 +108,22 @@ def _proc_status(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def matmul_peak(meter: Meter, dtype: torch.dtype, size: int | None = None) -> float:
-    """FLOP/s of one large square matmul: the practical peak every other figure (MFU) is a fraction of."""
+def has_matmul_kernels(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `device` multiplies `dtype` at hardware speed. Without oneDNN's bf16 (or fp16) kernels (a CPU with AVX2
+    only: no AVX-512, no AVX2-VNNI-2) torch falls back to a generic loop 100x slower than float32, so one 4096²
+    product takes minutes and its "peak" is no reference for anything."""
+    if device.type != "cpu" or dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported()
+
+
+def matmul_peak(meter: Meter, dtype: torch.dtype, size: int | None = None) -> float | None:
+    """FLOP/s of one large square matmul (default 8192² on CUDA, 4096² on CPU): the practical peak every other figure
+    (MFU) is a fraction of. None where the device has no kernels for `dtype` (`has_matmul_kernels`)."""
+    if not has_matmul_kernels(meter.device, dtype):
+        return None
     size = size or (8192 if meter.device.type == "cuda" else 4096)
     a = torch.randn(size, size, device=meter.device).to(dtype)
     b = torch.randn(size, size, device=meter.device).to(dtype)

@@ -240,7 +240,8 @@ class BertXMLPreTrainedModel(BertPreTrainedModel):
         # Set by the Auto classes when they found an adapter (and then point us at the base already).
         adapter, revision = adapter_kwargs.get("_adapter_model_path"), adapter_kwargs.get("revision")
         download = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
-        if adapter is None:
+        # None: weights from `state_dict`, no folder (as transformers, ask nothing: offline, the Hub retries 31 s).
+        if adapter is None and pretrained_model_name_or_path is not None:
             revision = kwargs.get("revision")
             if find_adapter_config_file(str(pretrained_model_name_or_path), revision=revision, **download):
                 adapter = pretrained_model_name_or_path

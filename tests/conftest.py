@@ -24,6 +24,11 @@ from transformers import (
 
 from modeling_bertxml import BertXMLConfig
 
+# What any subprocess of a test may take: a guard against hangs, not a speed limit. The longest one takes about a
+# minute on 2 cores beside two busy loops; a CPU 3-4x slower beside another job (CI) needs several. pytest.ini's
+# --timeout bounds a whole test.
+SUBPROCESS_TIMEOUT_S = 600
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = (
     "patient denies chest pain history of type 2 diabetes mellitus without complications hypertension essential "
@@ -155,8 +160,9 @@ def run_in_fresh_interpreter(script: str, *args: str, cwd: Path) -> Any:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     out = subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
-    )
+        [sys.executable, "-c", script, *args],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=SUBPROCESS_TIMEOUT_S,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

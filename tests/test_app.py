@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modeling_bertxml.pipeline_folder import make_pipeline_ready
-from tests.conftest import free_port
+from tests.conftest import SUBPROCESS_TIMEOUT_S, free_port
 from tests.synthetic_coding import DESCRIPTIONS, TRIGGERS, trained_coder
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -89,7 +89,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory):
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while True:
             try:
                 urllib.request.urlopen(url, timeout=5)

@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from modeling_bertxml import metrics
 from modeling_bertxml.metrics import METRIC_KEYS, binary_cross_entropy, compute_metrics, format_table, tune_threshold
+from tests.conftest import SUBPROCESS_TIMEOUT_S
 
 
 # Codes A, B, C, D. D has no positive in this split; note 2 has no gold code.
@@ -224,7 +225,7 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", script],
         input=f"{json.dumps(PROBS.tolist())}\n{json.dumps(TARGETS.tolist())}\n",
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=True,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SUBPROCESS_TIMEOUT_S, check=True,
     )
     whole, batched = json.loads(out.stdout.splitlines()[-1])
     expected = compute_metrics(PROBS, TARGETS, threshold=0.5, num_unseen_positives=2)
@@ -280,7 +281,7 @@ def test_evaluate_module_names_the_pip_package_when_bert_xml_is_missing(tmp_path
     env.pop("PYTHONPATH", None)
     out = subprocess.run(
         [sys.executable, "-c", script, MULTILABEL_ICD_SCRIPT],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=True,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SUBPROCESS_TIMEOUT_S, check=True,
     )  # fmt: skip
     assert "pip install bert-xml" in out.stdout, out.stdout + out.stderr
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SUBPROCESS_TIMEOUT_S
 from tests.test_train import data, train_args  # noqa: F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,9 @@ def test_wheel_trains_through_its_console_script_outside_the_repository(data: Pa
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
 
     def run(*command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S
+        )
 
     where = run(str(bin_dir / "python"), "-c", "import modeling_bertxml, train; print(modeling_bertxml.__file__)")
     assert where.stdout.startswith(str(tmp_path / "venv")), where.stdout + where.stderr  # the wheel's, not the repo's

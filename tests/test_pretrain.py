@@ -24,6 +24,7 @@ from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.checkpointing import is_run_output
 
 from conftest import (
+    SUBPROCESS_TIMEOUT_S,
     TRAIN_TAGS,
     assert_close_scaled,
     assert_valid_model_card,
@@ -75,9 +76,8 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_cli(command: list[str], tmp_path: Path, **env: str) -> str:
-    result = subprocess.run(
-        command, cwd=REPO, env={**cli_env(tmp_path), **env}, capture_output=True, text=True, timeout=300
-    )
+    env = {**cli_env(tmp_path), **env}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     # A failed rank's own error comes first: the launcher's tail is the other ranks' "connection closed".
     errors = [line for line in result.stderr.splitlines() if re.match(r"(\[rank\d+\]: )?(error:|\w+Error\b)", line)]
     assert result.returncode == 0, "\n".join(errors[:10]) + "\n...\n" + result.stdout[-3000:] + result.stderr[-3000:]
@@ -215,14 +215,14 @@ def test_kill_9_mid_epoch_then_resume_latest_ends_with_the_uninterrupted_weights
         if "Saved checkpoint" in line and "step_10" in line:
             victim.send_signal(signal.SIGKILL)
             break
-    assert victim.wait(timeout=300) == -signal.SIGKILL
+    assert victim.wait(timeout=SUBPROCESS_TIMEOUT_S) == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists()
 
     log = run_cli([sys.executable, "pretrain.py", *base_args(corpus, killed, *args, "--resume_from_checkpoint",
                                                              "latest")], tmp_path)
     resumed_step = int(re.search(r"Resumed from \S+step_(\d+) at step", log).group(1))
     assert 10 <= resumed_step < 40 and resumed_step % 5 == 0
-    assert uninterrupted.wait(timeout=300) == 0
+    assert uninterrupted.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0
     expected, got = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:

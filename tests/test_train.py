@@ -25,6 +25,7 @@ from modeling_bertxml.finetuning import build_coding_model, load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
+    SUBPROCESS_TIMEOUT_S,
     TRAIN_TAGS,
     assert_close_scaled,
     assert_valid_model_card,
@@ -460,7 +461,7 @@ def test_lora_adapter_loads_the_standard_ways_without_the_package(data: Path, tm
     out = subprocess.run(
         [sys.executable, "-c", ADAPTER_SCRIPT, adapter.name, base_id, note, json.dumps(encoded.input_ids.tolist()),
          "hospital/coder-lora"],
-        capture_output=True, text=True, cwd=alone, env={**env, "PYTHONNOUSERSITE": "1"}, timeout=300,
+        capture_output=True, text=True, cwd=alone, env={**env, "PYTHONNOUSERSITE": "1"}, timeout=SUBPROCESS_TIMEOUT_S,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -632,7 +633,7 @@ def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
                str(REPO_ROOT / "train.py"), *train_args(data, output_dir, "--num_train_epochs", "1")]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SUBPROCESS_TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "Num processes: 2" in out.stdout + out.stderr
     results = json.loads((output_dir / "eval_results.json").read_text())
