@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
-from modeling_bertxml import endpoint_handler
+from modeling_bertxml.model import source_file
 from modeling_bertxml.checkpointing import (
     CheckpointManager,
     OutputDirError,
@@ -110,7 +110,6 @@ from modeling_bertxml.training import (
 
 logger = get_logger(__name__)
 
-HANDLER_SOURCE = Path(endpoint_handler.__file__)  # shipped as the model folder's handler.py
 THRESHOLD_GRID = 100  # Edin et al.
 # Default encoder rate for a 256-wide model (scaled by width: training.default_learning_rate). From scratch or after
 # a short pretraining, the encoder has to learn to single out the few tokens that name a code: at 5e-4 on a 128-wide
@@ -460,7 +459,7 @@ def write_outputs(
         train_results = {"train_steps": progress.step, "num_processes": accelerator.num_processes, **speed}
         (folder / "train_results.json").write_text(json.dumps(train_results, indent=2) + "\n")
         save_pipeline_code(folder)
-        shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
+        shutil.copyfile(source_file("handler.py"), folder / "handler.py")
         save_space_app(folder)
         figures = card_figures(folder, splits, results, predictions, progress.history)
         model_card(args, accelerator, config, splits, results, progress, figures).save(folder / "README.md")

@@ -19,9 +19,9 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import custom_object_save
 
-from .configuration_bertxml import BertXMLConfig
+from .model.configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions, init_label_queries_from_descriptions
-from .modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
+from .model.modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
 from .checkpointing import save_model_folder
 from .training import ConfigError, is_backbone_checkpoint, load_config
 

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .code_systems import CodeSystem, get_code_system
-from .modeling_bertxml import BertXMLForMultiLabelCoding
+from .model.modeling_bertxml import BertXMLForMultiLabelCoding
 
 logger = logging.get_logger(__name__)
 

@@ -1,14 +1,15 @@
 """Make a saved coding model answer `pipeline("icd-coding", model=folder, trust_remote_code=True)` on its own."""
 
 import os
+import shutil
+from pathlib import Path
 
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
-from .configuration_bertxml import BertXMLConfig
 from .label_init import code_descriptions
-from .pipeline_bertxml import ICDCodingPipeline
+from .model import source_file
+from .model.configuration_bertxml import BertXMLConfig
 
 logger = logging.get_logger(__name__)
 
@@ -46,7 +47,7 @@ def add_pipeline_to_config(config: BertXMLConfig, descriptions: dict[str, str] |
 
 def save_pipeline_code(folder: str | os.PathLike) -> None:
     """Copy `pipeline_bertxml.py` next to the weights: the code that `custom_pipelines` names."""
-    custom_object_save(ICDCodingPipeline, folder)
+    shutil.copyfile(source_file("pipeline_bertxml.py"), Path(folder) / "pipeline_bertxml.py")
 
 
 def make_pipeline_ready(folder: str | os.PathLike, descriptions: dict[str, str] | None = None) -> None:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import pipeline
 
-from .pipeline_bertxml import ICDCodingPipeline
+from .model.pipeline_bertxml import ICDCodingPipeline
 from .readers import NotesError, iter_notes
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter

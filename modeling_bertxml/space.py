@@ -1,6 +1,6 @@
 """The coder's web app (`app.py`) as a Hugging Face Space inside every model folder that `train.py` writes.
 
-The model repo then holds a Space's two files: `app.py` (a copy of `modeling_bertxml/app.py`, which imports only
+The model repo then holds a Space's two files: `app.py` (a copy of `modeling_bertxml/model/app.py`, which imports only
 gradio and transformers) and `requirements.txt` (the remote code's requirements and gradio). Uploaded to a Space with the variable `MODEL_ID` and, for a private
 model, the secret `HF_TOKEN`, they serve the model; "Duplicate this Space" asks the next user for their own token.
 """
@@ -8,7 +8,8 @@ model, the secret `HF_TOKEN`, they serve the model; "Duplicate this Space" asks 
 import shutil
 from pathlib import Path
 
-APP_SOURCE = Path(__file__).with_name("app.py")  # not imported here: writing a model folder must not need gradio
+from .model import source_file
+
 SPACE_FILES = ("app.py", "requirements.txt")
 
 
@@ -22,10 +23,10 @@ def save_space_app(folder: str | Path) -> None:
     """Write `app.py` into a model folder and add gradio to its `requirements.txt` (one file serves both the remote
     code and the Space; run there, `python app.py` serves that folder)."""
     folder = Path(folder)
-    shutil.copyfile(APP_SOURCE, folder / "app.py")
+    shutil.copyfile(source_file("app.py"), folder / "app.py")  # copied, not imported: no gradio needed
     requirements = folder / "requirements.txt"
     lines = requirements.read_text().split() if requirements.exists() else []
     requirements.write_text(space_requirements([line for line in lines if not line.startswith("gradio")]))
 
 
-__all__ = ["APP_SOURCE", "SPACE_FILES", "save_space_app", "space_requirements"]
+__all__ = ["SPACE_FILES", "save_space_app", "space_requirements"]

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from .checkpointing import LOGS_DIR, CheckpointManager, Progress, check_synchronised, record_output
-from .configuration_bertxml import BertXMLConfig
+from .model.configuration_bertxml import BertXMLConfig
 from .readers import DatasetSource
 
 # A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).

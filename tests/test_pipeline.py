@@ -14,8 +14,8 @@ from transformers import pipeline
 from transformers.testing_utils import CaptureLogger
 
 from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
-from modeling_bertxml import pipeline_bertxml
-from modeling_bertxml.pipeline_bertxml import evidence_spans, select_codes
+from modeling_bertxml.model import pipeline_bertxml
+from modeling_bertxml.model.pipeline_bertxml import evidence_spans, select_codes
 from modeling_bertxml.pipeline_folder import make_pipeline_ready
 from modeling_bertxml import predict
 from modeling_bertxml.predict import main as predict_main

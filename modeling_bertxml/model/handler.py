@@ -1,6 +1,7 @@
 """Remote code: travels with every saved model; imports only torch, transformers and its siblings.
 
-Hugging Face Inference Endpoints handler for a BERT-XML ICD-10 coding model; `train.py` ships it as `handler.py`.
+Hugging Face Inference Endpoints handler for a BERT-XML ICD-10 coding model; `train.py` copies it into every coding
+folder.
 
 The Hub's hosted widget does not run custom-code models; an Inference Endpoint with this file does. It needs only
 torch and transformers: the model folder carries its own code, including the `icd-coding` pipeline

@@ -1,7 +1,7 @@
 """A coder's view of a BERT-XML ICD-10 coding model: a local web page that codes a note and highlights the evidence.
 
     bert-xml-app --model runs/demo/model          # or a Hub id; a private one reads HF_TOKEN
-    python -m modeling_bertxml.app --model org/bert-xml-icd10 --port 7860
+    python -m modeling_bertxml.model.app --model org/bert-xml-icd10 --port 7860
 
 Paste a note (or load a .txt file, or pick an invented example) and press "Code": the codes scored above the threshold
 are listed best first with description and score; selecting one highlights the words its label attention rests on.
