@@ -23,7 +23,7 @@ def stage_commands(out: Path) -> dict[str, tuple[list[str], Path]]:
     python = [sys.executable]
     return {
         "corpus": (
-            python + ["-m", "modeling_bertxml.synthetic", "--output_dir", str(data)],
+            python + ["-m", "modeling_bertxml.data.synthetic", "--output_dir", str(data)],
             data / "test.jsonl",
         ),
         "tokenizer": (
@@ -84,7 +84,7 @@ def code_examples(model_dir: Path, test_file: Path, count: int = 2) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer, pipeline
 
-    from modeling_bertxml.icd10 import description
+    from modeling_bertxml.data.icd10 import description
 
     notes = [json.loads(line) for line in test_file.read_text().splitlines()[:count]]
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)

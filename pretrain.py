@@ -44,7 +44,7 @@ from modeling_bertxml.checkpointing import (
 )
 from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.model_card import add_card_args, hub_id, render_encoder_card
-from modeling_bertxml.readers import DatasetSource, NotesError, describe, load_text_dataset
+from modeling_bertxml.data.readers import DatasetSource, NotesError, describe, load_text_dataset
 from modeling_bertxml.training import (
     STREAMING_SHUFFLE_BUFFER,
     ConfigError,

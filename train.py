@@ -38,7 +38,7 @@ from modeling_bertxml.checkpointing import (
     Progress,
     claim_output_dir,
 )
-from modeling_bertxml.code_systems import CODE_SYSTEMS, code_groups, get_code_system, warn_local_codes
+from modeling_bertxml.data.code_systems import CODE_SYSTEMS, code_groups, get_code_system, warn_local_codes
 from modeling_bertxml.finetuning import (
     adapter_base_id,
     add_lora,
@@ -60,7 +60,7 @@ from modeling_bertxml.model_card import add_card_args, hub_id, render_model_card
 from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.plots import write_figures
 from modeling_bertxml.space import save_space_app
-from modeling_bertxml.notes import (
+from modeling_bertxml.data.notes import (
     MultiLabelCollator,
     NoteColumns,
     Notes,
@@ -71,7 +71,7 @@ from modeling_bertxml.notes import (
     read_notes,
     tokenize_notes,
 )
-from modeling_bertxml.sampling import LengthGroupedSampler, padding_share
+from modeling_bertxml.data.sampling import LengthGroupedSampler, padding_share
 from modeling_bertxml.throughput import (
     TRAINING_FLOPS_FACTOR,
     Throughput,

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
-from modeling_bertxml.notes import NoteColumns, Notes, label_indices, multi_hot, read_notes
+from modeling_bertxml.data.notes import NoteColumns, Notes, label_indices, multi_hot, read_notes
 
 
 def score_splits(

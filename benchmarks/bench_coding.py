@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_model import CONFIGS  # noqa: E402
 from benchmarks.bench_pretrain import WORDS  # noqa: E402
-from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, icd10  # noqa: E402
+from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM  # noqa: E402
+from modeling_bertxml.data import icd10  # noqa: E402
 from tokenizer_training.train_tokenizer import train_tokenizer  # noqa: E402
 
 

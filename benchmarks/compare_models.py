@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from modeling_bertxml.finetuning import load_coding_model
 from modeling_bertxml.metrics import compute_metrics, format_table
-from modeling_bertxml.notes import MultiLabelCollator, multi_hot, read_notes, tokenize_notes
+from modeling_bertxml.data.notes import MultiLabelCollator, multi_hot, read_notes, tokenize_notes
 
 
 @torch.no_grad()

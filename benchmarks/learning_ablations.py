@@ -11,7 +11,7 @@
     python benchmarks/learning_ablations.py ... coding --model_name_or_path runs/quality-cpu/pretrained \
         --learning_rate 2e-4 --init_from_descriptions [--mlm_loss_weight 1]  # from the MLM encoder
 
-Both run small models on the demo corpus (`python -m modeling_bertxml.synthetic --output_dir data/synthetic` and
+Both run small models on the demo corpus (`python -m modeling_bertxml.data.synthetic --output_dir data/synthetic` and
 `python tokenizer_training/train_tokenizer.py --train_file data/synthetic/train.jsonl --output_dir
 data/synthetic-tokenizer --vocab_size 4000 --min_frequency 2`) with a plain loop, one thread, so that one setting
 changes at a time. `mlm` prints the validation perplexity every 50 steps beside the unigram perplexity of the same
@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.label_init import code_descriptions, init_label_queries_from_descriptions
 from modeling_bertxml.metrics import compute_metrics
-from modeling_bertxml.notes import mask_for_mlm
+from modeling_bertxml.data.notes import mask_for_mlm
 
 
 def model_config(args: argparse.Namespace, vocab_size: int, chunk: int, **values) -> BertXMLConfig:

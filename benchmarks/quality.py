@@ -4,7 +4,7 @@
     python benchmarks/quality.py --budget gpu    # BERT-base sizes, one GPU (configs/quality/gpu.yaml)
 
 Stages, each the CLI a user runs (`demo.py`'s runner; a finished stage is reused, `--fresh` starts over): corpus
-(`python -m modeling_bertxml.synthetic --preset hard`) -> tokenizer -> pretrain.py -> train.py (the scripts' default
+(`python -m modeling_bertxml.data.synthetic --preset hard`) -> tokenizer -> pretrain.py -> train.py (the scripts' default
 recipe: the YAML gives only files, sizes and budgets) -> TF-IDF + logistic regression. Prints one markdown table:
 MLM perplexity beside the unigram perplexity of the same masked tokens, BERT-XML beside code priors and TF-IDF on the
 test split, and each stage's wall time; writes it, with every number, to `<output_dir>/quality.json`, and as a figure
@@ -27,7 +27,7 @@ from demo import as_flags, run_stage, stage_commands  # noqa: E402
 
 from benchmarks.baseline_tfidf import score_splits  # noqa: E402
 from modeling_bertxml.metrics import format_table  # noqa: E402
-from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
+from modeling_bertxml.data.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
 from modeling_bertxml.plots import comparison_figure, save_figure  # noqa: E402
 
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .code_systems import CodeSystem, get_code_system
+from .data.code_systems import CodeSystem, get_code_system
 from .model.modeling_bertxml import BertXMLForMultiLabelCoding
 
 logger = logging.get_logger(__name__)

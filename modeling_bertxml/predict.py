@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import pipeline
 
 from .model.pipeline_bertxml import ICDCodingPipeline
-from .readers import NotesError, iter_notes
+from .data.readers import NotesError, iter_notes
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
 

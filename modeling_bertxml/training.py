@@ -30,7 +30,7 @@ from transformers import (
 
 from .checkpointing import LOGS_DIR, CheckpointManager, Progress, check_synchronised, record_output
 from .model.configuration_bertxml import BertXMLConfig
-from .readers import DatasetSource
+from .data.readers import DatasetSource
 
 # A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.finetuning import build_coding_model, load_coding_model
 from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
-from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
+from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     SUBPROCESS_TIMEOUT_S,
     TRAIN_TAGS,

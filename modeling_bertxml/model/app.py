@@ -37,8 +37,8 @@ from transformers import pipeline  # noqa: E402
 
 NUM_CANDIDATES = 30  # codes scored once per note; the slider then only filters them, without re-running the model
 NUM_EVIDENCE_SPANS = 3
-# Invented notes and one note of the synthetic demo corpus (`python -m modeling_bertxml.synthetic`, test split, first
-# note): no patient behind any of them. The Hub push scans this file like every other.
+# Invented notes and one note of the synthetic demo corpus (`python -m modeling_bertxml.data.synthetic`, test split,
+# first note): no patient behind any of them. The Hub push scans this file like every other.
 EXAMPLES = {
     "Follow-up visit": (
         "Follow-up visit. Type 2 diabetes mellitus without complications, well controlled on metformin. "

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from . import icd10
-from .model.configuration_bertxml import CODE_SYSTEMS
+from ..model.configuration_bertxml import CODE_SYSTEMS
 
 logger = logging.getLogger(__name__)
 
