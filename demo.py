@@ -106,7 +106,7 @@ def code_examples(model_dir: Path, test_file: Path, count: int = 2) -> None:
 
 def compare(out: Path) -> None:
     """The final table: the fine-tuned BERT-XML against TF-IDF + logistic regression on the same test split."""
-    from modeling_bertxml.metrics import format_table
+    from modeling_bertxml.evaluation.metrics import format_table
 
     model = json.loads((out / "model" / "test_results.json").read_text())
     baseline = json.loads((out / "baseline_results.json").read_text())["test"]

@@ -19,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from modeling_bertxml.metrics import compute_metrics, format_table, tune_threshold
+from modeling_bertxml.evaluation.metrics import compute_metrics, format_table, tune_threshold
 from modeling_bertxml.data.notes import NoteColumns, Notes, label_indices, multi_hot, read_notes
 
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))  # demo.py's stage runner and the shared baseline 
 from demo import as_flags, run_stage, stage_commands  # noqa: E402
 
 from benchmarks.baseline_tfidf import score_splits  # noqa: E402
-from modeling_bertxml.metrics import format_table  # noqa: E402
+from modeling_bertxml.evaluation.metrics import format_table  # noqa: E402
 from modeling_bertxml.data.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
-from modeling_bertxml.plots import comparison_figure, save_figure  # noqa: E402
+from modeling_bertxml.evaluation.plots import comparison_figure, save_figure  # noqa: E402
 
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
 

@@ -5,7 +5,8 @@ This module is the only place that registers: with the package imported, `AutoCo
 `trust_remote_code`, `save_pretrained` copies the remote-code files next to the weights, and
 `pipeline("icd-coding", model=...)` builds an `ICDCodingPipeline`.
 
-Importing the package is cheap: `modeling_bertxml.metrics` and the tokenizer trainer load neither torch nor the model.
+Importing the package is cheap: `modeling_bertxml.evaluation.metrics` and the tokenizer trainer load neither torch nor
+the model.
 The classes below load on first access, and registration happens as soon as transformers' Auto classes are loaded,
 whichever is imported first: `import modeling_bertxml` then `AutoModel.from_pretrained(folder)` works.
 """

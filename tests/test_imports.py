@@ -19,7 +19,8 @@ print(json.dumps([[model.__name__ for model in models], "icd-coding" in PIPELINE
 
 
 @pytest.mark.parametrize(
-    "imports", ["import modeling_bertxml.metrics", "import modeling_bertxml, tokenizer_training.train_tokenizer"]
+    "imports",
+    ["import modeling_bertxml.evaluation.metrics", "import modeling_bertxml, tokenizer_training.train_tokenizer"],
 )
 def test_modules_without_the_model_do_not_import_torch(imports: str) -> None:
     assert run_in_fresh_interpreter(NO_TORCH.format(imports=imports), cwd=ROOT) is True

@@ -22,7 +22,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.finetuning import build_coding_model, load_coding_model
-from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
+from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     SUBPROCESS_TIMEOUT_S,
@@ -254,7 +254,7 @@ def test_card_figures_are_pngs_in_the_card_drawn_from_numbers_only(data: Path, t
     import train
     from matplotlib.text import Text
 
-    from modeling_bertxml import plots
+    from modeling_bertxml.evaluation import plots
 
     arguments, drawn = [], []
     write_figures, save_figure = train.write_figures, plots.save_figure

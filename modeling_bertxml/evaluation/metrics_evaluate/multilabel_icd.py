@@ -1,7 +1,7 @@
-"""Multi-label ICD coding metrics as an `evaluate` module, a thin wrapper around `modeling_bertxml.metrics`.
+"""Multi-label ICD coding metrics as an `evaluate` module, a thin wrapper around `modeling_bertxml.evaluation.metrics`.
 
 Load it by path (no Hub access):
-    metric = evaluate.load(modeling_bertxml.metrics_evaluate.MULTILABEL_ICD_SCRIPT)
+    metric = evaluate.load(modeling_bertxml.evaluation.metrics_evaluate.MULTILABEL_ICD_SCRIPT)
     metric.compute(predictions=probs, references=multi_hot, threshold=0.42)
 """
 
@@ -10,12 +10,13 @@ import evaluate
 import numpy as np
 
 # "From:" names the pip package for evaluate's missing-dependency error (the import name differs from it).
-from modeling_bertxml.metrics import compute_metrics  # From: bert-xml
+from modeling_bertxml.evaluation.metrics import compute_metrics  # From: bert-xml
 
 
 _DESCRIPTION = (
     "Micro/macro precision, recall and F1, micro/macro ROC AUC, precision@5/8/15, recall@8, R-precision and mean "
-    "average precision for multi-label ICD coding, as defined in Edin et al. 2023 (see modeling_bertxml/metrics.py)."
+    "average precision for multi-label ICD coding, as defined in Edin et al. 2023 (see "
+    "modeling_bertxml/evaluation/metrics.py)."
 )
 _KWARGS_DESCRIPTION = """
 Args:
@@ -24,7 +25,7 @@ Args:
     threshold: a code is predicted when its probability is strictly above it (default 0.5).
     num_unseen_positives: gold codes outside the label space, counted as false negatives (default 0).
 Returns:
-    dict with the keys of modeling_bertxml.metrics.METRIC_KEYS.
+    dict with the keys of modeling_bertxml.evaluation.metrics.METRIC_KEYS.
 """
 _CITATION = """\
 @inproceedings{edin2023automated,
