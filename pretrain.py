@@ -42,8 +42,8 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
     save_model_folder,
 )
-from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
-from modeling_bertxml.model_card import add_card_args, hub_id, render_encoder_card
+from modeling_bertxml.release.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
+from modeling_bertxml.release.model_card import add_card_args, hub_id, render_encoder_card
 from modeling_bertxml.data.readers import DatasetSource, NotesError, describe, load_text_dataset
 from modeling_bertxml.training import (
     STREAMING_SHUFFLE_BUFFER,

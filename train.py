@@ -47,7 +47,7 @@ from modeling_bertxml.finetuning import (
     head_prefix,
     save_coding_model,
 )
-from modeling_bertxml.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
+from modeling_bertxml.release.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.evaluation.metrics import (
     GROUPS_KEY,
     binary_cross_entropy,
@@ -56,10 +56,10 @@ from modeling_bertxml.evaluation.metrics import (
     format_table,
     tune_threshold,
 )
-from modeling_bertxml.model_card import add_card_args, hub_id, render_model_card
-from modeling_bertxml.pipeline_folder import add_pipeline_to_config, save_pipeline_code
+from modeling_bertxml.release.model_card import add_card_args, hub_id, render_model_card
+from modeling_bertxml.release.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from modeling_bertxml.evaluation.plots import write_figures
-from modeling_bertxml.space import save_space_app
+from modeling_bertxml.release.space import save_space_app
 from modeling_bertxml.data.notes import (
     MultiLabelCollator,
     NoteColumns,

@@ -20,7 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import custom_object_save
 
 from .model.configuration_bertxml import BertXMLConfig
-from .label_init import code_descriptions, init_label_queries_from_descriptions
+from .data.code_systems import code_descriptions
+from .label_init import init_label_queries_from_descriptions
 from .model.modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
 from .checkpointing import save_model_folder
 from .training import ConfigError, is_backbone_checkpoint, load_config

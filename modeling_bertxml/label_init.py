@@ -6,7 +6,7 @@ the right words before training. Used by `train.py --init_label_queries_from_des
 """
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,25 +14,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .data.code_systems import CodeSystem, get_code_system
 from .model.modeling_bertxml import BertXMLForMultiLabelCoding
 
 logger = logging.get_logger(__name__)
-
-
-def code_descriptions(
-    codes: Iterable[str], inclusion_terms: bool = True, code_system: str | CodeSystem = "icd10"
-) -> dict[str, list[str]]:
-    """The official texts of each code: `[description, *inclusion terms]` (inclusion terms: ICD-10-CM only).
-
-    Codes that the code system's list lacks (a hospital's local codes) are left out, so their queries stay random.
-    """
-    system = get_code_system(code_system)
-    texts = {}
-    for code in codes:
-        if code_texts := system.texts(code):
-            texts[code] = code_texts if inclusion_terms else code_texts[:1]
-    return texts
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_bertxml.pipeline_folder import make_pipeline_ready
+from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 from tests.conftest import SUBPROCESS_TIMEOUT_S, free_port
 from tests.synthetic_coding import DESCRIPTIONS, TRIGGERS, trained_coder
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_bertxml.hub import scan_for_identifiers
+from modeling_bertxml.release.hub import scan_for_identifiers
 from modeling_bertxml.evaluation.metrics import compute_metrics
 from modeling_bertxml.evaluation.plots import FIGURE_FILES, f1_by_frequency, precision_recall_curve, write_figures
 

@@ -283,6 +283,22 @@ def code_groups(system: "str | CodeSystem", labels: Sequence[str]) -> dict[str, 
     return {kind: indices for kind, indices in groups.items() if indices}
 
 
+def code_descriptions(
+    codes: Iterable[str], inclusion_terms: bool = True, code_system: "str | CodeSystem" = "icd10"
+) -> dict[str, list[str]]:
+    """The official texts of each code: `[description, *inclusion terms]` (inclusion terms: ICD-10-CM only), what
+    the pipeline shows and description-initialised label queries start from.
+
+    Codes that the code system's list lacks (a hospital's local codes) are left out: they have no official text.
+    """
+    system = get_code_system(code_system)
+    texts = {}
+    for code in codes:
+        if code_texts := system.texts(code):
+            texts[code] = code_texts if inclusion_terms else code_texts[:1]
+    return texts
+
+
 @dataclass
 class CodeProblem:
     """One distinct bad code: why it is bad, how often it occurs and where it first occurs."""
@@ -376,6 +392,7 @@ __all__ = [
     "CodeReport",
     "CodeSystem",
     "check_codes",
+    "code_descriptions",
     "code_groups",
     "get_code_system",
     "warn_local_codes",

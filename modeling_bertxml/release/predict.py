@@ -1,6 +1,6 @@
 """Code a file of notes in batch.
 
-    python -m modeling_bertxml.predict --model DIR --input notes.jsonl --output codes.jsonl
+    python -m modeling_bertxml.release.predict --model DIR --input notes.jsonl --output codes.jsonl
 
 The input is any notes file the training scripts read (JSON Lines, CSV, Parquet, `.txt`, a saved dataset), the note
 in `text` (`--text_column`). Each output line (JSON Lines) keeps the input's other fields (an `id`, gold `labels`, ...)
@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import pipeline
 
-from .model.pipeline_bertxml import ICDCodingPipeline
-from .data.readers import NotesError, iter_notes
+from ..model.pipeline_bertxml import ICDCodingPipeline
+from ..data.readers import NotesError, iter_notes
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
 

@@ -8,8 +8,8 @@ UTF-8, UTF-16 or UTF-32; a safetensors file's header) for strings that look like
 token, and a file that cannot be read as text, never pass), creates or re-privatises the repo, then uploads. A network
 failure becomes one `HubPushError` saying the local folder is intact.
 
-`train.py` calls `add_hub_args(parser)` and `push_from_args(args, folder)`; `python -m modeling_bertxml.hub FOLDER
---hub_model_id org/name` pushes (or re-pushes) an existing folder the same way.
+`train.py` calls `add_hub_args(parser)` and `push_from_args(args, folder)`; `bert-xml-push FOLDER --hub_model_id
+org/name` (`python -m modeling_bertxml.release.hub`) pushes (or re-pushes) an existing folder the same way.
 """
 
 import argparse
@@ -313,7 +313,8 @@ def push_folder(
         raise HubPushError(
             f"Could not push to {api.endpoint}/{repo_id} ({reason}).\n"
             f"Nothing local was changed: the model folder is intact at {folder.resolve()}.\n"
-            f"Fix the cause, then push it with: python -m modeling_bertxml.hub {folder} --hub_model_id {repo_id}"
+            "Fix the cause, then push it with: "
+            f"python -m modeling_bertxml.release.hub {folder} --hub_model_id {repo_id}"
             + ("" if private else " --hub_public")
             + (" --hub_allow_phi" if allow_phi else "")
             + (f" --hub_revision {revision}" if revision else "")

@@ -1,14 +1,15 @@
 """The coder's web app (`app.py`) as a Hugging Face Space inside every model folder that `train.py` writes.
 
 The model repo then holds a Space's two files: `app.py` (a copy of `modeling_bertxml/model/app.py`, which imports only
-gradio and transformers) and `requirements.txt` (the remote code's requirements and gradio). Uploaded to a Space with the variable `MODEL_ID` and, for a private
-model, the secret `HF_TOKEN`, they serve the model; "Duplicate this Space" asks the next user for their own token.
+gradio and transformers) and `requirements.txt` (the remote code's requirements and gradio). Uploaded to a Space with
+the variable `MODEL_ID` and, for a private model, the secret `HF_TOKEN`, they serve the model; "Duplicate this Space"
+asks the next user for their own token.
 """
 
 import shutil
 from pathlib import Path
 
-from .model import source_file
+from ..model import source_file
 
 SPACE_FILES = ("app.py", "requirements.txt")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
-from .label_init import code_descriptions
-from .model import source_file
-from .model.configuration_bertxml import BertXMLConfig
+from ..data.code_systems import code_descriptions
+from ..model import source_file
+from ..model.configuration_bertxml import BertXMLConfig
 
 logger = logging.get_logger(__name__)
 

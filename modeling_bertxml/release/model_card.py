@@ -14,7 +14,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .evaluation.metrics import METRIC_KEYS, format_table
+from ..evaluation.metrics import METRIC_KEYS, format_table
 
 # Package data (pyproject.toml), so that an installed bert-xml finds them without the repository.
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
