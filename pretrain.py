@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM
-from modeling_bertxml.checkpointing import (
+from modeling_bertxml.training.checkpointing import (
     CheckpointManager,
     OutputDirError,
     OutputWriteError,
@@ -45,7 +45,7 @@ from modeling_bertxml.checkpointing import (
 from modeling_bertxml.release.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
 from modeling_bertxml.release.model_card import add_card_args, hub_id, render_encoder_card
 from modeling_bertxml.data.readers import DatasetSource, NotesError, describe, load_text_dataset
-from modeling_bertxml.training import (
+from modeling_bertxml.training.loop import (
     STREAMING_SHUFFLE_BUFFER,
     ConfigError,
     TrainingDivergedError,
@@ -73,7 +73,7 @@ from modeling_bertxml.training import (
     setup_accelerator,
     training_step,
 )
-from modeling_bertxml.throughput import (
+from modeling_bertxml.training.throughput import (
     TRAINING_FLOPS_FACTOR,
     Throughput,
     logged_rates,

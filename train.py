@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
 from modeling_bertxml.model import source_file
-from modeling_bertxml.checkpointing import (
+from modeling_bertxml.training.checkpointing import (
     CheckpointManager,
     OutputDirError,
     OutputWriteError,
@@ -39,7 +39,7 @@ from modeling_bertxml.checkpointing import (
     claim_output_dir,
 )
 from modeling_bertxml.data.code_systems import CODE_SYSTEMS, code_groups, get_code_system, warn_local_codes
-from modeling_bertxml.finetuning import (
+from modeling_bertxml.training.models import (
     adapter_base_id,
     add_lora,
     build_coding_model,
@@ -72,7 +72,7 @@ from modeling_bertxml.data.notes import (
     tokenize_notes,
 )
 from modeling_bertxml.data.sampling import LengthGroupedSampler, padding_share
-from modeling_bertxml.throughput import (
+from modeling_bertxml.training.throughput import (
     TRAINING_FLOPS_FACTOR,
     Throughput,
     encoder_flops,
@@ -81,7 +81,7 @@ from modeling_bertxml.throughput import (
     matmul_peak_flops,
     warmup_steps_for,
 )
-from modeling_bertxml.training import (
+from modeling_bertxml.training.loop import (
     STREAMING_SHUFFLE_BUFFER,
     ConfigError,
     TrainingDivergedError,

@@ -8,7 +8,7 @@ The encoder's cost does not depend on the number of codes and the head's does no
 each is timed alone: the encoder on token ids, the head on encoder-shaped states. "Model" figures add the two; the
 end-to-end table times `BertXMLForMultiLabelCoding` itself to check that sum. Every case is timed in its steady
 state (warm-up runs untimed, CUDA events on a GPU: measure.py). FLOPs are counted analytically
-(modeling_bertxml.throughput) and every row carries its MFU: a fraction of this machine's matmul peak, measured in
+(modeling_bertxml.training.throughput) and every row carries its MFU: a fraction of this machine's matmul peak, measured in
 the same run. Prints markdown tables and writes every number (wall times too) to a JSON file.
 """
 
@@ -41,7 +41,7 @@ from modeling_bertxml import (  # noqa: E402
     BertXMLLabelWiseHead,
     BertXMLModel,
 )
-from modeling_bertxml.throughput import TRAINING_FLOPS_FACTOR, encoder_flops, head_flops  # noqa: E402
+from modeling_bertxml.training.throughput import TRAINING_FLOPS_FACTOR, encoder_flops, head_flops  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),

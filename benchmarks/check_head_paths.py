@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from benchmarks.bench_model import make_config, make_head, markdown, percent  # noqa: E402
 from benchmarks.measure import Meter, matmul_peak  # noqa: E402
 from benchmarks.naive_head import naive_label_attention  # noqa: E402
-from modeling_bertxml.throughput import TRAINING_FLOPS_FACTOR, head_flops  # noqa: E402
+from modeling_bertxml.training.throughput import TRAINING_FLOPS_FACTOR, head_flops  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 MB = 2**20

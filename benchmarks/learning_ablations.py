@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.data.code_systems import code_descriptions
-from modeling_bertxml.label_init import init_label_queries_from_descriptions
+from modeling_bertxml.training.label_init import init_label_queries_from_descriptions
 from modeling_bertxml.evaluation.metrics import compute_metrics
 from modeling_bertxml.data.notes import mask_for_mlm
 

@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrai
 
 import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
-from modeling_bertxml.checkpointing import is_run_output
+from modeling_bertxml.training.checkpointing import is_run_output
 
 from conftest import (
     SUBPROCESS_TIMEOUT_S,

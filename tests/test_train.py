@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
-from modeling_bertxml.finetuning import build_coding_model, load_coding_model
+from modeling_bertxml.training.models import build_coding_model, load_coding_model
 from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
@@ -711,9 +711,9 @@ def test_label_queries_start_from_descriptions_by_default_only_for_an_encoder_tr
 def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(data: Path, tmp_path: Path) -> None:
     from accelerate.state import AcceleratorState
 
-    from modeling_bertxml.checkpointing import Progress
-    from modeling_bertxml.finetuning import head_prefix, save_coding_model
-    from modeling_bertxml.training import create_optimizer, create_scheduler, setup_accelerator, training_step
+    from modeling_bertxml.training.checkpointing import Progress
+    from modeling_bertxml.training.models import head_prefix, save_coding_model
+    from modeling_bertxml.training.loop import create_optimizer, create_scheduler, setup_accelerator, training_step
 
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = setup_accelerator(tmp_path / "notebook", seed=0)

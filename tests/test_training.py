@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from modeling_bertxml import BertXMLForMaskedLM
-from modeling_bertxml.checkpointing import (
+from modeling_bertxml.training.checkpointing import (
     CheckpointManager,
     OutputDirError,
     OutputWriteError,
@@ -24,7 +24,7 @@ from modeling_bertxml.checkpointing import (
     record_output,
     save_model_folder,
 )
-from modeling_bertxml.training import (
+from modeling_bertxml.training.loop import (
     ConfigError,
     TrainingDivergedError,
     add_checkpoint_args,
@@ -114,7 +114,7 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkey
     if crash_in == "save_state":
         monkeypatch.setattr(accelerator, "save_state", die)
     else:
-        monkeypatch.setattr("modeling_bertxml.checkpointing.write_json_atomic", die)
+        monkeypatch.setattr("modeling_bertxml.training.checkpointing.write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save(accelerator, Progress(step=2, batches_in_epoch=2))
 

@@ -19,12 +19,12 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import custom_object_save
 
-from .model.configuration_bertxml import BertXMLConfig
-from .data.code_systems import code_descriptions
+from ..model.configuration_bertxml import BertXMLConfig
+from ..data.code_systems import code_descriptions
 from .label_init import init_label_queries_from_descriptions
-from .model.modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
+from ..model.modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
 from .checkpointing import save_model_folder
-from .training import ConfigError, is_backbone_checkpoint, load_config
+from .loop import ConfigError, is_backbone_checkpoint, load_config
 
 logger = logging.getLogger(__name__)
 

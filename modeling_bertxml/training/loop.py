@@ -29,8 +29,8 @@ from transformers import (
 )
 
 from .checkpointing import LOGS_DIR, CheckpointManager, Progress, check_synchronised, record_output
-from .model.configuration_bertxml import BertXMLConfig
-from .data.readers import DatasetSource
+from ..model.configuration_bertxml import BertXMLConfig
+from ..data.readers import DatasetSource
 
 # A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .model.configuration_bertxml import BertXMLConfig
+from ..model.configuration_bertxml import BertXMLConfig
 
 TRAINING_FLOPS_FACTOR = 3  # backward costs about twice the forward
 PEAK_PROBE = {"cuda": (8192, torch.bfloat16, 10), "cpu": (1024, torch.float32, 3)}  # size, dtype, timed runs
