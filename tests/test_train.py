@@ -38,7 +38,7 @@ from tests.conftest import (
     tracked_scalars,
 )
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
-from train import main, parse_args
+from modeling_bertxml.training.train import main, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOPICS = {
@@ -251,7 +251,7 @@ def strings_in(value) -> list[str]:
 
 
 def test_card_figures_are_pngs_in_the_card_drawn_from_numbers_only(data: Path, tmp_path: Path, monkeypatch) -> None:
-    import train
+    from modeling_bertxml.training import train
     from matplotlib.text import Text
 
     from modeling_bertxml.evaluation import plots
