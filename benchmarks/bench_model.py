@@ -41,7 +41,7 @@ from modeling_bertxml import (  # noqa: E402
     BertXMLLabelWiseHead,
     BertXMLModel,
 )
-from modeling_bertxml.training.throughput import TRAINING_FLOPS_FACTOR, encoder_flops, head_flops  # noqa: E402
+from modeling_bertxml.training.throughput import TRAINING_FLOPS_FACTOR, encoder_flops  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -171,7 +171,7 @@ def bench_heads(bench: Bench, cases: list[tuple[str, int, int, str]]) -> list[di
         head = make_head(config, bench.device)
         states, mask = bench.states(config, tokens, mode == "training"), bench.mask(tokens)
         fast = bench.measure(lambda: head(states, mask)[0], head, mode)
-        result = row(bench, fast, tokens, head_flops(config, tokens), mode, config=name, codes=codes)
+        result = row(bench, fast, tokens, head.flops_per_token * tokens, mode, config=name, codes=codes)
         scores = bench.args.batch_size * codes * tokens
         if mode == "training" and scores > bench.args.naive_training_max_scores:
             result.update(naive_seconds=None, naive_peak_mb=None)
@@ -190,7 +190,7 @@ def bench_whole(bench: Bench, name: str, tokens: int) -> list[dict]:
         model = BertXMLForMultiLabelCoding(make_config(name, codes)).to(bench.device)
         ids, mask = bench.ids(tokens), bench.mask(tokens)
         measurement = bench.measure(lambda: model(ids, attention_mask=mask).logits, model, "inference")
-        flops = encoder_flops(model.config, tokens) + head_flops(model.config, tokens)
+        flops = encoder_flops(model.config, tokens) + model.label_head.flops_per_token * tokens
         rows.append(row(bench, measurement, tokens, flops, "inference", config=name, codes=codes))
         del model
     return rows
@@ -262,7 +262,7 @@ def bench_variants(bench: Bench, name: str, tokens: int, encoder_seconds: dict[s
         precision = _precision_name(variant.dtype or bench.dtype)
         if precision not in encoder_seconds:
             encoder_seconds[precision] = _encoder_seconds(bench, name, tokens, variant.dtype)
-        result = row(bench, measurement, tokens, head_flops(config, tokens), "inference", config=name)
+        result = row(bench, measurement, tokens, head.flops_per_token * tokens, "inference", config=name)
         result.update(
             variant=variant.label,
             path="naive" if variant.forward is naive_label_attention else path,

@@ -330,7 +330,7 @@ SPACE_APP = textwrap.dedent(
 def test_folder_is_a_space_app_that_serves_the_model_without_the_package(data: Path, trained) -> None:
     pytest.importorskip("gradio", reason="the app extra: pip install -e '.[app]'")
     output_dir, _ = trained
-    assert (output_dir / "app.py").read_text() == (REPO_ROOT / "modeling_bertxml" / "app.py").read_text()
+    assert (output_dir / "app.py").read_text() == (REPO_ROOT / "modeling_bertxml" / "model" / "app.py").read_text()
     requirements = (output_dir / "requirements.txt").read_text().split()
     assert "gradio>=6" in requirements and any(line.startswith("transformers>=") for line in requirements)
     note = json.loads((data / "test.jsonl").read_text().splitlines()[1])["text"]
@@ -712,7 +712,7 @@ def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(da
     from accelerate.state import AcceleratorState
 
     from modeling_bertxml.training.checkpointing import Progress
-    from modeling_bertxml.training.models import head_prefix, save_coding_model
+    from modeling_bertxml.training.models import save_coding_model
     from modeling_bertxml.training.loop import create_optimizer, create_scheduler, setup_accelerator, training_step
 
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -720,7 +720,7 @@ def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(da
     tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
     labels = ["E11.9", "I10"]
     model = build_coding_model(labels, tokenizer, data / "pretrained")
-    optimizer = create_optimizer(model, learning_rate=1e-3, param_groups={head_prefix(model): 1e-2})
+    optimizer = create_optimizer(model, learning_rate=1e-3, param_groups={model.label_head: 1e-2})
     scheduler = create_scheduler(optimizer, num_training_steps=1)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     batch = dict(tokenizer(["metformin glucose", "lisinopril blood pressure"], padding=True, return_tensors="pt"))

@@ -24,8 +24,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from . import icd10
 from ..model.configuration_bertxml import CODE_SYSTEMS
+from . import icd10
 
 logger = logging.getLogger(__name__)
 

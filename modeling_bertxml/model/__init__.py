@@ -12,7 +12,8 @@ itself does not travel: it is how the rest of the package finds them (`source_fi
 
 from pathlib import Path
 
-TRAVELLING_FILES = ("configuration_bertxml.py", "modeling_bertxml.py", "pipeline_bertxml.py", "handler.py", "app.py")
+MODEL_FILES = ("configuration_bertxml.py", "modeling_bertxml.py")  # what `trust_remote_code` loads a model from
+TRAVELLING_FILES = (*MODEL_FILES, "pipeline_bertxml.py", "handler.py", "app.py")
 
 
 def source_file(name: str) -> Path:
@@ -22,4 +23,4 @@ def source_file(name: str) -> Path:
     return Path(__file__).with_name(name)
 
 
-__all__ = ["TRAVELLING_FILES", "source_file"]
+__all__ = ["MODEL_FILES", "TRAVELLING_FILES", "source_file"]

@@ -135,6 +135,10 @@ class BertXMLLabelWiseHead(nn.Module):
       memory-efficient one (4x faster at 8,000 codes on an H200, benchmarks/README.md). A float16 matmul would
       overflow past 65,504 (bf16 cannot), so float16 keeps SDPA.
     `attention` gives the explicit path's weights for chosen codes only (the pipeline's evidence).
+
+    Every code owns one row of `queries`, `output_weight` and `output_bias`. The head starts, moves and counts those
+    rows itself (`init_code_rows`, `set_prior_bias`, `set_rows_from_vectors`, `reindex_codes`, `flops_per_token`), so
+    that training code never names its parameters.
     """
 
     def __init__(self, config: BertXMLConfig):
@@ -170,6 +174,62 @@ class BertXMLLabelWiseHead(nn.Module):
         `forward(..., output_attentions=True)` returns for those codes, without a (batch, all codes, tokens) tensor."""
         hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
         return self._weights(self.queries[codes], self._keys(hidden_states), keep)
+
+    def init_code_rows(self, queries: torch.Tensor, output_weight: torch.Tensor, output_bias: torch.Tensor) -> None:
+        """Start per-code rows (this head's parameters, or new rows of the same widths) where the head can leave the
+        code-prior plateau by itself. With BERT's std 0.02, every query gives near-uniform attention over a
+        ~1,000-token note, whose mean carries almost nothing of the few tokens that name a code, and output weights
+        that small cannot use it. Queries of std 1/sqrt(size) give unit-scale scores on LayerNorm'd states, and each
+        output weight starts as its query (same width), so the tokens a code attends to are the ones that raise its
+        score (docs/learning.md, "What mattered"). Biases start at 0; `set_prior_bias` starts them at each code's
+        prior. Weights loaded from a checkpoint are left as they are (transformers' `initialization` helpers)."""
+        init.normal_(queries, mean=0.0, std=queries.shape[1] ** -0.5)
+        if self.projection is None:
+            init.copy_(output_weight, queries)
+        else:
+            init.normal_(output_weight, mean=0.0, std=output_weight.shape[1] ** -0.5)
+        init.zeros_(output_bias)
+
+    @torch.no_grad()
+    def set_prior_bias(self, rows: torch.Tensor, priors: torch.Tensor) -> None:
+        """Start the codes of `rows` at their prior: output bias = log odds of `priors` (the share of notes carrying
+        each code), so that the first steps are not spent learning that a code is rare (a zero bias starts every
+        code at probability 0.5; RetinaNet's prior initialisation)."""
+        self.output_bias[rows] = torch.logit(priors.float().clamp(1e-6, 1 - 1e-6)).to(self.output_bias.dtype)
+
+    @torch.no_grad()
+    def set_rows_from_vectors(self, rows: torch.Tensor, vectors: torch.Tensor, output_norm: float | None) -> None:
+        """Start the codes of `rows` attending to text like `vectors` (one hidden-size vector per row, e.g. the
+        encoder's embedding of the code's description). The query is the vector (through the LAAT projection
+        `tanh(W v)` when there is one, so that it lives where the keys live) at unit norm: scores are then |key| x
+        cosine, the temperature of scaled dot-product attention. With `output_norm`, the output weight takes the
+        vector's direction at that norm, so a note that reads like the text starts with a higher score."""
+        queries = vectors if self.projection is None else torch.tanh(self.projection(vectors.to(self.queries.dtype)))
+        self.queries[rows] = nn.functional.normalize(queries.float(), dim=-1).to(self.queries.dtype)
+        if output_norm is not None:
+            weights = nn.functional.normalize(vectors.float(), dim=-1) * output_norm
+            self.output_weight[rows] = weights.to(self.output_weight.dtype)
+
+    @torch.no_grad()
+    def reindex_codes(self, rows: list[int | None]) -> None:
+        """Answer for another list of codes: code i keeps this head's row `rows[i]` (query, output weight and bias),
+        or starts a fresh row (`init_code_rows`) where `rows[i]` is None. Not-per-code weights (the LAAT projection)
+        stay."""
+        parameters = (self.queries, self.output_weight, self.output_bias)
+        fresh = [parameter.new_empty(len(rows), *parameter.shape[1:]) for parameter in parameters]
+        self.init_code_rows(*fresh)
+        kept = [i for i, row in enumerate(rows) if row is not None]
+        for new, old in zip(fresh, parameters):
+            new[kept] = old[[rows[i] for i in kept]]
+        self.queries, self.output_weight, self.output_bias = (nn.Parameter(values) for values in fresh)
+
+    @property
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per note token: each code's score (query . key) and weighted state (codes x hidden), plus the
+        LAAT projection. The work is fixed by the math, whichever path runs it."""
+        codes, query_size = self.queries.shape
+        projection = 2 * self.projection.weight.numel() if self.projection is not None else 0
+        return 2 * codes * (query_size + self.output_weight.shape[1]) + projection
 
     @staticmethod
     def _zero_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,17 +329,7 @@ class BertXMLPreTrainedModel(BertPreTrainedModel):
         if isinstance(module, BertEmbeddings) and self.config.position_embedding_type == "rotary":
             init.zeros_(module.position_embeddings.weight)  # rotary attention has the positions; this learns extras
         if isinstance(module, BertXMLLabelWiseHead):
-            # Label attention must leave the code-prior plateau by itself: with BERT's std 0.02, every query gives
-            # near-uniform attention over a ~1,000-token note, whose mean carries almost nothing of the few tokens
-            # that name a code, and output weights that small cannot use it. Queries of std 1/sqrt(size) give
-            # unit-scale scores on LayerNorm'd states, and each output weight starts as its query (same width), so
-            # the tokens a code attends to are the ones that raise its score. (README: "What mattered".)
-            init.normal_(module.queries, mean=0.0, std=module.queries.shape[1] ** -0.5)
-            if module.projection is None:
-                init.copy_(module.output_weight, module.queries)
-            else:
-                init.normal_(module.output_weight, mean=0.0, std=module.output_weight.shape[1] ** -0.5)
-            init.zeros_(module.output_bias)  # train.py starts it at each code's log prior odds
+            module.init_code_rows(module.queries, module.output_weight, module.output_bias)
 
 
 class BertXMLModel(BertXMLPreTrainedModel):
@@ -469,6 +519,8 @@ class BertXMLForMaskedLM(BertXMLPreTrainedModel):
 class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
     """BERT-XML: the chunked encoder with a label-wise attention head that assigns codes to whole notes."""
 
+    head_name = "label_head"  # the head's attribute: its weights are saved under it (label_head.queries, ...)
+
     def __init__(self, config: BertXMLConfig):
         # Checked here, not in the config, which the encoder and the MLM model share (and peer tools build freely).
         if config.problem_type != "multi_label_classification":
@@ -542,6 +594,20 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
             attentions=outputs.attentions,
             label_attentions=label_attentions,
         )
+
+    def set_codes(self, codes: list[str]) -> list[str]:
+        """Make the model code `codes` (its `id2label` in that order): each code it already knows keeps its learnt head
+        row, matched by code rather than by position; every other code starts a fresh row. Returns the codes that
+        kept a row. `from_pretrained` with other `id2label` matches rows by position, which is wrong as soon as the
+        codes are another set or order: load a coder with its own codes, then set the new ones."""
+        row = {code: i for i, code in self.config.id2label.items()}
+        if list(codes) == [self.config.id2label[i] for i in range(self.num_labels)]:
+            return list(codes)  # every row is where it belongs
+        self.label_head.reindex_codes([row.get(code) for code in codes])
+        self.config.id2label = dict(enumerate(codes))
+        self.config.label2id = {code: i for i, code in enumerate(codes)}
+        self.num_labels = len(codes)
+        return [code for code in codes if code in row]
 
 
 __all__ = [

@@ -7,7 +7,6 @@ Hub metadata (`library_name`, `pipeline_tag`, `license`, `base_model` so the Hub
 are written here, by hand: a card must never quote a training note.
 """
 
-import argparse
 import os
 from pathlib import Path
 
@@ -56,30 +55,6 @@ def eval_results(results: dict[str, dict], dataset_name: str, codes: str = "ICD-
                 )
             )
     return entries
-
-
-def add_card_args(parser: argparse.ArgumentParser) -> None:
-    """The card's metadata flags, shared by train.py and pretrain.py."""
-    group = parser.add_argument_group("Model card")
-    group.add_argument(
-        "--license", default=DEFAULT_LICENSE,
-        help=f"License of the model, a Hub license id (apache-2.0, cc-by-nc-4.0, ...; default {DEFAULT_LICENSE}: "
-        "none granted).",
-    )  # fmt: skip
-    group.add_argument(
-        "--base_model_id", type=repo_id_argument,
-        help="Hub id of --model_name_or_path when that is a local folder: the card's base_model (the Hub's model "
-        "tree) and the base a LoRA adapter folder names.",
-    )
-
-
-def repo_id_argument(value: str) -> str:
-    """argparse type of a Hub repo id ("org/name"): a path or a typo would otherwise end up in the card."""
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id (org/name, not a local path)") from None
-    return value
 
 
 def hub_id(name: str | os.PathLike | None) -> str | None:
@@ -182,7 +157,6 @@ __all__ = [
     "TAGS",
     "TEMPLATE",
     "WIDGET_EXAMPLES",
-    "add_card_args",
     "card_data",
     "eval_results",
     "hub_id",

@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import pipeline
 
-from ..model.pipeline_bertxml import ICDCodingPipeline
 from ..data.readers import NotesError, iter_notes
+from ..model.pipeline_bertxml import ICDCodingPipeline
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
 

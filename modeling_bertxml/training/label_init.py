@@ -9,7 +9,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
@@ -52,15 +51,12 @@ def init_label_queries_from_descriptions(
 ) -> list[str]:
     """Set each code's attention query (and output weight) from the model's own embedding of its description(s).
 
-    A code's vector is the mean over its texts of `embed_texts`. Its query is that vector (through the LAAT projection
-    `tanh(W v)` when `label_attention_dim` is set, so it lives where the keys live) scaled to unit norm: scores are then
-    |key| x cosine, the temperature of scaled dot-product attention. With `init_output_weights`, the output weight
-    takes the vector's direction at the norm of the random initialisation, so a note that reads like the description
-    starts with a higher score. Codes without a description keep their random query (a warning counts them).
+    A code's vector is the mean over its texts of `embed_texts`; the head starts the code's row from it
+    (`BertXMLLabelWiseHead.set_rows_from_vectors`), with `init_output_weights` the output weight too, at the norm of
+    BERT's random initialisation. Codes without a description keep their random query (a warning counts them).
 
     Returns the codes that were initialised.
     """
-    head = model.label_head
     codes = [model.config.id2label[i] for i in range(model.config.num_labels)]
     known = [i for i, code in enumerate(codes) if descriptions.get(code)]
     if len(known) < len(codes):
@@ -83,10 +79,6 @@ def init_label_queries_from_descriptions(
     vectors = torch.zeros(len(known), embeddings.shape[1], device=embeddings.device).index_add_(0, owners, embeddings)
     vectors /= torch.bincount(owners, minlength=len(known)).unsqueeze(-1)
 
-    index = torch.tensor(known, device=head.queries.device)
-    queries = torch.tanh(head.projection(vectors.to(head.queries.dtype))) if head.projection is not None else vectors
-    head.queries[index] = F.normalize(queries.float(), dim=-1).to(head.queries.dtype)
-    if init_output_weights:
-        norm = model.config.initializer_range * math.sqrt(model.config.hidden_size)
-        head.output_weight[index] = (F.normalize(vectors, dim=-1) * norm).to(head.output_weight.dtype)
+    norm = model.config.initializer_range * math.sqrt(model.config.hidden_size) if init_output_weights else None
+    model.label_head.set_rows_from_vectors(torch.tensor(known, device=embeddings.device), vectors, output_norm=norm)
     return [codes[i] for i in known]

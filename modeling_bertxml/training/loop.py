@@ -1,106 +1,33 @@
-"""Training machinery shared by `pretrain.py` and `train.py` (not remote code).
+"""The parts of the Accelerate loop that `pretrain.py` and `train.py` share, written (and tested) once.
 
-Both scripts are flat Accelerate loops in the style of transformers' `examples/pytorch/*_no_trainer.py`; what they
-share lives here so that it is written (and tested) once: argument groups, accelerator setup, the tokenizer/config
-checks that catch a wrong command before hours of compute, the optimizer and schedule, and one optimizer step with
-its epoch iterator and divergence guards. Every function takes plain values (argparse stays in the scripts), so a
-notebook can call them; what is written to disk lives in `checkpointing`.
+Both scripts are flat loops in the style of transformers' `examples/pytorch/*_no_trainer.py`: accelerator setup, the
+optimizer and schedule, one optimizer step with its epoch iterator and divergence guards, the training log every
+--logging_steps, and checkpoints of sound weights only. Every function takes plain values (the flags are read in
+`arguments`), so a notebook can call them; what is written to disk lives in `checkpointing`.
 """
 
-import argparse
-import json
 import logging
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
-from transformers import (
-    AutoConfig,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-    SchedulerType,
-    get_scheduler,
-)
+from tqdm.auto import tqdm
+from transformers import SchedulerType, get_scheduler
 
 from .checkpointing import LOGS_DIR, CheckpointManager, Progress, check_synchronised, record_output
-from ..model.configuration_bertxml import BertXMLConfig
-from ..data.readers import DatasetSource
+from .throughput import Throughput, logged_rates
 
-# A plain logger: these helpers also run before any accelerate state exists (e.g. load_config in a notebook).
+# A plain logger: these helpers also run before any accelerate state exists (e.g. in a notebook).
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------- argument groups
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model_name_or_path", help="Continue from this checkpoint (a folder or Hub id).")
-    group.add_argument(
-        "--config_name", help="Config (folder, config.json or Hub id) for a model trained from scratch."
-    )
-    group.add_argument(
-        "--config_overrides",
-        help='Override config values for a model trained from scratch, e.g. "hidden_size=128,num_hidden_layers=2".',
-    )
-    group.add_argument("--tokenizer_name", help="Tokenizer folder (from tokenizer_training) or Hub id.")
-    group.add_argument(
-        "--trust_remote_code", action="store_true",
-        help="Run code from the tokenizer's Hub repo (only for a repo you trust). Datasets cannot run code (datasets "
-        "4+ dropped loading scripts): --dataset_name names data files, a saved dataset or a Hub dataset without one.",
-    )  # fmt: skip
-
-
-def non_negative_int(value: str) -> int:
-    """argparse type: a count that may be 0."""
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {value!r}")
-    return int(value)
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--train_file", nargs="+", help="Training files: .txt, .jsonl, .csv, .parquet, folders, globs.")
-    group.add_argument("--validation_file", nargs="+", help="Validation files, same formats as --train_file.")
-    group.add_argument(
-        "--dataset_name",
-        help="Instead of files: a Hub dataset id, a local folder of data files named by split (train.jsonl, "
-        "validation.jsonl, ...) or a DatasetDict saved with save_to_disk; its train/validation(/test) splits are used "
-        "(a --*_file flag replaces its split).",
-    )  # fmt: skip
-    group.add_argument("--dataset_config_name", help="The configuration (subset) of --dataset_name.")
-    group.add_argument("--streaming", action="store_true", help="Read the training notes lazily (larger than memory).")
-    group.add_argument("--text_column", default="text", help="Column holding the note in JSONL/CSV/Parquet files.")
-    group.add_argument("--max_seq_length", type=int, help="Tokens per example (default: the tokenizer's limit).")
-    group.add_argument("--preprocessing_num_workers", type=int, help="Processes for tokenisation (datasets.map).")
-    group.add_argument(
-        "--dataloader_num_workers", type=non_negative_int, default=0,
-        help="Processes that collate (and mask) batches while the device trains (0: in the training process).",
-    )  # fmt: skip
-    group.add_argument("--output_dir", required=True, help="Where checkpoints, logs and the final model go.")
-    group.add_argument(
-        "--overwrite_output_dir", action="store_true", help="Start a new run in an output dir that holds another one."
-    )
-
 
 STREAMING_SHUFFLE_BUFFER = 10_000  # notes (pretrain.py) or tokenised notes (train.py) held to shuffle a stream
 WARMUP_RATIO = 0.06  # BERT's and RoBERTa's: the high default rates below need it, a post-LayerNorm BERT most
-
-
-def data_source(args: argparse.Namespace, split: str) -> "list[str] | DatasetSource | None":
-    """What to read the `split` ("train", "validation", "test") from: its --*_file flag, else --dataset_name's split of
-    that name (None when neither has it)."""
-    files = getattr(args, f"{split}_file", None)
-    if files:
-        return files
-    if args.dataset_name is None:
-        return None
-    source = DatasetSource(args.dataset_name, args.dataset_config_name)
-    return source if split in source.split_names() else None
 
 
 def default_learning_rate(hidden_size: int, rate_at_256: float) -> float:
@@ -113,98 +40,12 @@ def default_learning_rate(hidden_size: int, rate_at_256: float) -> float:
     return rate_at_256 * 256 / hidden_size
 
 
-def add_optimization_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("optimization")
-    group.add_argument("--per_device_train_batch_size", type=int, default=8)
-    group.add_argument("--per_device_eval_batch_size", type=int, default=8)
-    group.add_argument(
-        "--learning_rate", type=float,
-        help="Peak learning rate of AdamW (default: the script's rate for the model's width, default_learning_rate).",
-    )  # fmt: skip
-    group.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (not on biases/LayerNorm).")
-    group.add_argument("--num_train_epochs", type=int, default=3)
-    group.add_argument("--max_train_steps", type=int, help="Optimizer steps in total; overrides --num_train_epochs.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    # Plain names: choices=list(SchedulerType) would print and accept "SchedulerType.LINEAR" in --help and errors.
-    group.add_argument(
-        "--lr_scheduler_type", default="linear", choices=[kind.value for kind in SchedulerType],
-        help="Learning-rate schedule after warmup.",
-    )  # fmt: skip
-    warmup = group.add_mutually_exclusive_group()
-    warmup.add_argument("--num_warmup_steps", type=int, help="Linear warmup steps.")
-    warmup.add_argument(
-        "--warmup_ratio", type=float, help=f"Linear warmup, a fraction of all optimizer steps (default {WARMUP_RATIO})."
-    )
-    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; 0 turns it off.")
-    group.add_argument(
-        "--mixed_precision", choices=["no", "fp16", "bf16"], help="Overrides the accelerate config's setting."
-    )
-    group.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
-    group.add_argument("--seed", type=int, default=42)
-    group.add_argument(
-        "--deterministic", action="store_true", help="Deterministic torch kernels (slower; exact reruns on GPU)."
-    )
-
-
-def checkpointing_steps(value: str) -> int | str:
-    """argparse type for --checkpointing_steps: a positive step count or "epoch"."""
-    if value == "epoch":
-        return value
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive number of steps or "epoch", got {value!r}')
-    return int(value)
-
-
-def positive_int(value: str) -> int:
-    """argparse type for a count that must be at least 1."""
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
-    return int(value)
-
-
 def checkpoint_due(checkpointing_steps: int | str | None, step: int, last: bool) -> bool:
     """Whether to save after optimizer step `step` inside an epoch: every N steps, or at the `last` step of training
     with "epoch" (training that ends inside an epoch, or before the epoch-end save, still leaves its last epoch)."""
     if isinstance(checkpointing_steps, int):
         return step % checkpointing_steps == 0
     return checkpointing_steps == "epoch" and last
-
-
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("checkpoints and tracking")
-    group.add_argument(
-        "--checkpointing_steps", type=checkpointing_steps,
-        help='Save the training state every N steps, or "epoch": after every epoch and at the end of training.',
-    )  # fmt: skip
-    group.add_argument(
-        "--checkpoints_total_limit", type=positive_int,
-        help="Keep only the newest N checkpoints (each holds the optimizer state); default: keep all.",
-    )  # fmt: skip
-    group.add_argument(
-        "--resume_from_checkpoint", help='Continue from a checkpoint folder, or "latest" in --output_dir/checkpoints.'
-    )
-    group.add_argument("--with_tracking", action="store_true", help="Log metrics to --report_to.")
-    group.add_argument("--report_to", default="tensorboard", help='Accelerate tracker(s): "tensorboard", "all", ...')
-    group.add_argument("--eval_steps", type=int, help="Evaluate every N optimizer steps (default: every epoch).")
-
-
-def accelerator_settings(args: argparse.Namespace, project_name: str) -> dict:
-    """The keyword arguments of `setup_accelerator` from the flags of the groups above (for the scripts)."""
-    return dict(
-        seed=args.seed,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        report_to=args.report_to if args.with_tracking else None,
-        project_name=project_name,
-        hparams=vars(args),
-        deterministic=args.deterministic,
-        # A stream is read by every rank (dispatching batches from rank 0 would need the whole corpus there). Batches
-        # come from pinned memory on CUDA and are copied without blocking: a blocking copy waits for the queued steps.
-        dataloader_config=DataLoaderConfiguration(
-            use_seedable_sampler=True, dispatch_batches=False if args.streaming else None,
-            non_blocking=torch.cuda.is_available(),
-        ),  # fmt: skip
-    )
 
 
 def steps_per_epoch(loader, num_examples: int, accelerator: Accelerator) -> int:
@@ -274,143 +115,26 @@ def finish_trackers(accelerator: Accelerator) -> None:
         tracker.finish()
 
 
-def log_training(
-    accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler,
-    **rates: float,
-) -> None:
-    """Log a training step under the tags both scripts share: `train/loss`, `train/learning_rate` (the first
-    parameter group's: the encoder's), `train/epoch` and `train/tokens`, so their runs compare in one TensorBoard;
-    `rates` (tokens_per_second, mfu) under `train/` too."""
-    values = {"loss": loss, "learning_rate": scheduler.get_last_lr()[0], "epoch": progress.epoch, **rates}
-    accelerator.log({f"train/{key}": value for key, value in {**values, "tokens": progress.tokens}.items()},
-                    step=progress.step)  # fmt: skip
-
-
-def log_validation(accelerator: Accelerator, metrics: dict[str, float], step: int) -> None:
-    """Log an evaluation as `validation/<metric>` (the key of the script's results file)."""
-    accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=step)
-
-
-def run_args(args: argparse.Namespace) -> dict:
-    """A script's arguments as JSON values: what `claim_output_dir` records and compares on resume."""
-    return json.loads(json.dumps(vars(args), default=str))
-
-
-# -------------------------------------------------------------------------------------------- config and tokenizer
-def load_tokenizer(
-    name: str | os.PathLike, config: BertXMLConfig | None = None, trust_remote_code: bool = False
-) -> PreTrainedTokenizerBase:
-    """The tokenizer of `name` (a folder from tokenizer_training, a model folder or a Hub id), checked against
-    `config` when given."""
-    # Our own model dirs carry an auto_map; the tokenizer itself is a plain tokenizers backend, no remote code.
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    if config is not None:
-        check_tokenizer_matches_config(tokenizer, config, str(name))
-    return tokenizer
-
-
-class ConfigError(ValueError):
-    """A config value (from --config_overrides or a config file) that BERT-XML cannot run."""
-
-
-# Checkpoints whose weights load into the built-in BERT encoder; any other model type is used as a backbone.
-BUILT_IN_MODEL_TYPES = ("bertxml", "bert")
-
-
-def is_backbone_checkpoint(name: str | os.PathLike | None) -> bool:
-    """Whether `name` is a checkpoint of another encoder (RoBERTa, ModernBERT, ...): its config.json names a
-    `model_type` that is neither BERT-XML's nor BERT's. Its encoder becomes the coding model's backbone."""
-    if name is None:
-        return False
-    model_type = PretrainedConfig.get_config_dict(name)[0].get("model_type")
-    return model_type is not None and model_type not in BUILT_IN_MODEL_TYPES
-
-
-def load_config(
-    name: str | os.PathLike | None = None,
-    config_overrides: str | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    **values,
-) -> BertXMLConfig:
-    """The config of `name` (else BERT-base sizes), then `config_overrides` ("hidden_size=128,..."), then `values`.
-
-    A config made from scratch (no `name`) has rotary positions (learned absolute ones keep MLM at the unigram
-    plateau, see `BertXMLRotarySelfAttention`) and takes its vocabulary size and padding id from `tokenizer`; any
-    other config must already agree with it (checked, with a clear error). The config of another encoder
-    (`is_backbone_checkpoint`) becomes the `backbone_config` of a BERT-XML config.
-    """
-    if is_backbone_checkpoint(name):
-        try:
-            config = BertXMLConfig(backbone_config=AutoConfig.from_pretrained(name))
-        except ValueError as error:
-            raise ConfigError(f"{name}: {error}") from error
-        logger.info(f"{name} is a {config.backbone_config.model_type} checkpoint: its encoder is the backbone")
-    elif name is not None:
-        config = BertXMLConfig.from_pretrained(name)
-    else:
-        config = BertXMLConfig(position_embedding_type="rotary")
-        if tokenizer is not None:
-            config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
-    if config_overrides:
-        logger.info(f"Overriding config: {config_overrides}")
-        try:
-            config.update_from_string(config_overrides)
-        except ValueError as error:
-            raise ConfigError(f"--config_overrides {config_overrides!r}: {error}") from error
-    for key, value in values.items():
-        setattr(config, key, value)
-    try:
-        config.check_values()
-    except ValueError as error:
-        where = f"--config_overrides {config_overrides!r}: " if config_overrides else ""
-        raise ConfigError(f"{where}{error}") from error
-    if tokenizer is not None:
-        check_tokenizer_matches_config(tokenizer, config, tokenizer.name_or_path)
-    return config
-
-
-def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: BertXMLConfig, name: str) -> None:
-    """Refuse a tokenizer whose vocabulary or padding id is not the model's, before hours of compute.
-
-    More tokens than embeddings fail later and opaquely (an index error on some batch); fewer mean another tokenizer
-    whose ids name other words than the ones the model learnt (silently wrong), except in a backbone, whose table
-    may be padded for speed (ModernBERT: 50,368 rows for 50,280 tokens); another padding id is not masked.
-    """
-    padded_table = config.backbone_config is not None and len(tokenizer) < config.vocab_size
-    if len(tokenizer) != config.vocab_size and not padded_table:
-        raise ConfigError(
-            f"tokenizer {name} has {len(tokenizer)} tokens but the config's vocab_size is {config.vocab_size}: "
-            "use the tokenizer the model was trained with (a new model from scratch takes its vocab_size from the "
-            "tokenizer)"
-        )
-    if tokenizer.pad_token_id is not None and config.pad_token_id is not None:
-        if tokenizer.pad_token_id != config.pad_token_id:
-            raise ConfigError(
-                f"tokenizer {name} pads with id {tokenizer.pad_token_id} ({tokenizer.pad_token}) but the config's "
-                f"pad_token_id is {config.pad_token_id}: the tokenizer and the model do not belong together"
-            )
-
-
 # ---------------------------------------------------------------------------------------- optimizer and schedule
 def create_optimizer(
     model: torch.nn.Module,
     learning_rate: float,
     weight_decay: float = 0.0,
-    param_groups: dict[str, float] | None = None,
+    param_groups: dict[torch.nn.Module, float] | None = None,
     fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and LayerNorm weights (every parameter of fewer than 2 dimensions).
 
-    `param_groups` maps a parameter-name prefix to its own learning rate (e.g. `{"label_head.": 1e-3}` for a new
+    `param_groups` maps a submodule of `model` to its own learning rate (e.g. `{model.label_head: 1e-3}` for a new
     head on a pretrained encoder); the other parameters use `learning_rate`. `fused`: one kernel updates every
     parameter (for CUDA, see `fused_optimizer`), instead of a dozen launches per parameter group.
     """
-    prefixes = param_groups or {}
+    rates = {id(parameter): rate for module, rate in (param_groups or {}).items() for parameter in module.parameters()}
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         if not parameter.requires_grad:
             continue
-        lr = next((rate for prefix, rate in prefixes.items() if name.startswith(prefix)), learning_rate)
+        lr = rates.get(id(parameter), learning_rate)
         decay = weight_decay if parameter.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(parameter)
     return torch.optim.AdamW(
@@ -448,6 +172,84 @@ def create_scheduler(
         num_warmup_steps=num_warmup_steps * processes,
         num_training_steps=num_training_steps * processes,
     )
+
+
+# ------------------------------------------------------------------------------------------------ the training log
+def log_training(
+    accelerator: Accelerator, progress: Progress, loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler,
+    **rates: float,
+) -> None:
+    """Log a training step under the tags both scripts share: `train/loss`, `train/learning_rate` (the first
+    parameter group's: the encoder's), `train/epoch` and `train/tokens`, so their runs compare in one TensorBoard;
+    `rates` (tokens_per_second, mfu) under `train/` too."""
+    values = {"loss": loss, "learning_rate": scheduler.get_last_lr()[0], "epoch": progress.epoch, **rates}
+    accelerator.log({f"train/{key}": value for key, value in {**values, "tokens": progress.tokens}.items()},
+                    step=progress.step)  # fmt: skip
+
+
+def log_validation(accelerator: Accelerator, metrics: dict[str, float], step: int) -> None:
+    """Log an evaluation as `validation/<metric>` (the key of the script's results file)."""
+    accelerator.log({f"validation/{key}": value for key, value in metrics.items()}, step=step)
+
+
+@dataclass
+class LossWindow:
+    """The mean training loss since it was last taken, summed on the device so that the host waits for it only when
+    it is read."""
+
+    total: float | torch.Tensor = 0.0
+    count: int = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total, self.count = self.total + loss, self.count + 1
+
+    def take_mean(self) -> torch.Tensor:
+        mean = self.total / max(self.count, 1)
+        self.total, self.count = 0.0, 0
+        return torch.as_tensor(mean)
+
+
+class TrainingLog:
+    """What both loops report every `logging_steps` optimizer steps: the mean loss of the micro-batches since the last
+    report and the steady-state tokens/s on the progress bar, and with `with_tracking` the `train/*` scalars
+    (`log_training`). Reading the loss makes the host wait for the device, so it happens only then.
+
+    `uniform_loss`: a loop whose steps skip the divergence guard (`training_step(check_divergence=False)`) has each
+    reported loss checked here instead (`check_loss`).
+    """
+
+    def __init__(
+        self, accelerator: Accelerator, progress: Progress, total_steps: int, throughput: Throughput,
+        logging_steps: int = 1, with_tracking: bool = False, uniform_loss: float | None = None,
+    ):  # fmt: skip
+        self.accelerator, self.throughput, self.losses = accelerator, throughput, LossWindow()
+        self.logging_steps, self.with_tracking, self.uniform_loss = logging_steps, with_tracking, uniform_loss
+        self.bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
+
+    def micro_batch(self, loss: torch.Tensor, tokens: int | torch.Tensor) -> None:
+        """Count a trained micro-batch: its loss (a device tensor) and its tokens (see `Throughput.add_tokens`)."""
+        self.losses.add(loss)
+        self.throughput.add_tokens(tokens)
+
+    def optimizer_step(self, progress: Progress, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """After each optimizer step (`progress.step` counted): the bar moves, and every `logging_steps` the report."""
+        self.throughput.optimizer_step()
+        self.bar.update(1)
+        if progress.step % self.logging_steps:
+            return
+        loss = self.losses.take_mean()
+        if self.uniform_loss is not None:
+            check_loss(loss, progress.step, self.uniform_loss, self.accelerator)
+        rates = logged_rates(self.throughput.results())
+        self.bar.set_postfix(loss=f"{loss.item():.4f}", tokens_per_s=f"{rates['tokens_per_second']:,.0f}")
+        if self.with_tracking:
+            log_training(self.accelerator, progress, loss.item(), scheduler, **rates)
+
+    def __enter__(self) -> "TrainingLog":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------- one optimizer step
@@ -577,36 +379,24 @@ def save_checkpoint(
 
 
 __all__ = [
-    "BUILT_IN_MODEL_TYPES",
-    "ConfigError",
     "DIVERGENCE_FACTOR",
     "STREAMING_SHUFFLE_BUFFER",
     "WARMUP_RATIO",
+    "LossWindow",
     "TrainingDivergedError",
-    "accelerator_settings",
-    "add_checkpoint_args",
-    "add_data_args",
-    "add_model_args",
-    "add_optimization_args",
+    "TrainingLog",
     "check_loss",
-    "checkpoint_due",
     "check_parameters",
-    "check_tokenizer_matches_config",
     "check_weights",
+    "checkpoint_due",
     "create_optimizer",
     "create_scheduler",
-    "data_source",
     "default_learning_rate",
     "epoch_batches",
     "finish_trackers",
     "fused_optimizer",
-    "is_backbone_checkpoint",
-    "load_config",
-    "load_tokenizer",
     "log_training",
     "log_validation",
-    "positive_int",
-    "run_args",
     "save_checkpoint",
     "setup_accelerator",
     "steps_per_epoch",

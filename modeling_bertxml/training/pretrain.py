@@ -30,14 +30,15 @@ import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from ..data.readers import DatasetSource, NotesError, describe, load_text_dataset
 from ..model.configuration_bertxml import BertXMLConfig
 from ..model.modeling_bertxml import BertXMLForMaskedLM
-from ..release.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
-from ..release.model_card import add_card_args, hub_id, render_encoder_card
+from ..release.hub import HubPushError, IdentifiersFoundError, push_from_args
+from ..release.model_card import hub_id, render_encoder_card
+from .arguments import accelerator_settings, data_source, run_args
+from .arguments import parse_pretrain_args as parse_args
 from .checkpointing import (
     CheckpointManager,
     OutputDirError,
@@ -48,78 +49,30 @@ from .checkpointing import (
 )
 from .loop import (
     STREAMING_SHUFFLE_BUFFER,
-    ConfigError,
     TrainingDivergedError,
-    accelerator_settings,
-    add_checkpoint_args,
-    add_data_args,
-    add_model_args,
-    add_optimization_args,
-    check_loss,
+    TrainingLog,
     check_parameters,
     checkpoint_due,
     create_optimizer,
     create_scheduler,
-    data_source,
     default_learning_rate,
     epoch_batches,
     finish_trackers,
     fused_optimizer,
-    load_config,
-    load_tokenizer,
-    log_training,
     log_validation,
-    run_args,
     save_checkpoint,
     setup_accelerator,
     training_step,
 )
-from .throughput import (
-    TRAINING_FLOPS_FACTOR,
-    Throughput,
-    logged_rates,
-    matmul_peak_flops,
-    mlm_flops,
-    warmup_steps_for,
-)
+from .models import ConfigError, load_config, load_tokenizer
+from .throughput import TRAINING_FLOPS_FACTOR, Throughput, matmul_peak_flops, mlm_flops, warmup_steps_for
 
 logger = get_logger(__name__)
 
-# Default peak rate for a 256-wide model, scaled by width (training.default_learning_rate).
+# Default peak rate for a 256-wide model, scaled by width (loop.default_learning_rate).
 LEARNING_RATE_AT_256 = 1e-3
 UNIGRAM_BLOCKS = 20_000  # training blocks counted for the unigram baseline (plenty for token frequencies)
 RESULTS_FILE = "train_results.json"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_args(parser)
-    add_data_args(parser)
-    add_optimization_args(parser)
-    add_checkpoint_args(parser)
-    add_hub_args(parser)
-    add_card_args(parser)
-    group = parser.add_argument_group("pretraining")
-    group.add_argument("--mlm_probability", type=float, default=0.15, help="Share of words masked (whole words).")
-    group.add_argument(
-        "--logging_steps", type=int, default=10,
-        help="Log the training loss and throughput every N steps (reading the loss waits for the device: not every "
-        "step).",
-    )  # fmt: skip
-    group.add_argument(
-        "--torch_compile", nargs="?", const="inductor", metavar="BACKEND",
-        help="Compile the model's forward with torch.compile (default backend inductor; the first steps compile).",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.train_file is None and args.dataset_name is None:
-        parser.error("--train_file or --dataset_name is required")
-    if args.torch_compile and args.torch_compile not in torch.compiler.list_backends(exclude_tags=()):
-        parser.error(f"--torch_compile {args.torch_compile}: not a torch.compile backend; e.g. inductor, eager")
-    if args.streaming and args.max_train_steps is None:
-        parser.error("--streaming needs --max_train_steps (a streamed corpus has no known length)")
-    if args.model_name_or_path is None and args.tokenizer_name is None:
-        parser.error("--tokenizer_name is required when training from scratch")
-    return args
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -300,23 +253,6 @@ def evaluate(accelerator: Accelerator, model, eval_loader: DataLoader, unigram: 
 
 
 # -------------------------------------------------------------------------------------------------------- training
-@dataclass
-class LossWindow:
-    """The mean training loss since it was last taken (for the log every --logging_steps), summed on the device so
-    that the host waits for it only when it is read."""
-
-    total: float | torch.Tensor = 0.0
-    count: int = 0
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.total, self.count = self.total + loss, self.count + 1
-
-    def take_mean(self) -> torch.Tensor:
-        mean = self.total / max(self.count, 1)
-        self.total, self.count = 0.0, 0
-        return torch.as_tensor(mean)
-
-
 def log_eval(
     args, accelerator: Accelerator, model, eval_loader: DataLoader, unigram: torch.Tensor, progress: Progress
 ) -> dict[str, float]:
@@ -337,50 +273,42 @@ def train(
     divergence guard looks at it), so it can queue the next steps while the device runs; evaluations and
     checkpoints are left out of `throughput`."""
     checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
-    bar = tqdm(total=args.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process)
     uniform_loss = math.log(accelerator.unwrap_model(model).config.vocab_size)  # the divergence guard's yardstick
-    losses, metrics, batch = LossWindow(), {}, None  # batch: the last one trained (see save_checkpoint)
+    metrics, batch = {}, None  # batch: the last one trained (see save_checkpoint)
     model.train()
-    while progress.step < args.max_train_steps and progress.epoch < args.num_train_epochs:
-        train_loader.collate_fn.epoch = progress.epoch  # new masks every epoch
-        for batch in epoch_batches(accelerator, train_loader, progress):
-            throughput.add_tokens(batch["input_ids"].numel())
-            loss = training_step(
-                accelerator, model, optimizer, scheduler, batch, progress, uniform_loss, args.max_grad_norm,
-                check_divergence=False,
-            )  # fmt: skip
-            losses.add(loss)
-            if not accelerator.sync_gradients:
-                continue
-            throughput.optimizer_step()
-            bar.update(1)
-            if progress.step % args.logging_steps == 0:
-                loss = losses.take_mean()
-                check_loss(loss, progress.step, uniform_loss, accelerator)
-                rate = throughput.results()
-                bar.set_postfix(loss=f"{loss.item():.4f}", tokens_per_s=f"{rate['tokens_per_second']:,.0f}")
-                if args.with_tracking:
-                    log_training(accelerator, progress, loss.item(), scheduler, **logged_rates(rate))
-            with throughput.paused():
-                if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
-                    metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-                # Ends inside the epoch (at its end, the epoch's own save below is the last one).
-                last = progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader
-                if checkpoint_due(args.checkpointing_steps, progress.step, last):
-                    save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
-            if last:
-                break
-        else:  # the whole epoch was trained
-            progress.next_epoch()
-            with throughput.paused():
-                if eval_loader is not None and not args.eval_steps:
-                    metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-                if args.checkpointing_steps == "epoch":
-                    save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
-    with throughput.paused():
-        if eval_loader is not None and metrics.get("eval_step") != progress.step:
-            metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
-    bar.close()
+    with TrainingLog(
+        accelerator, progress, args.max_train_steps, throughput, args.logging_steps, args.with_tracking, uniform_loss
+    ) as log:
+        while progress.step < args.max_train_steps and progress.epoch < args.num_train_epochs:
+            train_loader.collate_fn.epoch = progress.epoch  # new masks every epoch
+            for batch in epoch_batches(accelerator, train_loader, progress):
+                loss = training_step(
+                    accelerator, model, optimizer, scheduler, batch, progress, uniform_loss, args.max_grad_norm,
+                    check_divergence=False,
+                )  # fmt: skip
+                log.micro_batch(loss, batch["input_ids"].numel())
+                if not accelerator.sync_gradients:
+                    continue
+                log.optimizer_step(progress, scheduler)
+                with throughput.paused():
+                    if args.eval_steps and eval_loader is not None and progress.step % args.eval_steps == 0:
+                        metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
+                    # Ends inside the epoch (at its end, the epoch's own save below is the last one).
+                    last = progress.step >= args.max_train_steps and not accelerator.gradient_state.end_of_dataloader
+                    if checkpoint_due(args.checkpointing_steps, progress.step, last):
+                        save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
+                if last:
+                    break
+            else:  # the whole epoch was trained
+                progress.next_epoch()
+                with throughput.paused():
+                    if eval_loader is not None and not args.eval_steps:
+                        metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
+                    if args.checkpointing_steps == "epoch":
+                        save_checkpoint(accelerator, model, checkpoints, progress, batch, uniform_loss)
+        with throughput.paused():
+            if eval_loader is not None and metrics.get("eval_step") != progress.step:
+                metrics = log_eval(args, accelerator, model, eval_loader, unigram, progress)
     return metrics
 
 

@@ -1,8 +1,9 @@
-"""Throughput and model FLOPs utilisation (MFU) of a training loop, for pretrain.py and train.py (not remote code).
+"""Throughput and model FLOPs utilisation (MFU) of a training loop, for pretrain.py and train.py.
 
 Why each piece is the way it is:
-- FLOPs are counted analytically from the config (the model's useful work), never from what a kernel happens to do,
-  so that padding, recomputation or a slow kernel lower the MFU instead of hiding in it.
+- FLOPs are counted analytically from the config (the model's useful work; the label head counts its own,
+  `BertXMLLabelWiseHead.flops_per_token`), never from what a kernel happens to do, so that padding, recomputation or a
+  slow kernel lower the MFU instead of hiding in it.
 - The peak is measured, not taken from a data sheet: one large matmul in the dtype the hardware is fastest at
   (bf16 on CUDA, float32 on CPU), timed after warm-up, in the same run as the figure it divides.
 - The loop's own rate leaves out the first optimizer steps (allocation, kernel selection, torch.compile) and anything
@@ -28,13 +29,6 @@ def encoder_flops(config: BertXMLConfig, tokens: int) -> int:
     hidden, chunk = config.hidden_size, min(tokens, config.max_position_embeddings)
     per_token_layer = 8 * hidden**2 + 4 * hidden * config.intermediate_size + 4 * chunk * hidden
     return tokens * config.num_hidden_layers * per_token_layer
-
-
-def head_flops(config: BertXMLConfig, tokens: int) -> int:
-    """Forward FLOPs of label attention: scores (codes x query size) and weighted states (codes x hidden) per token."""
-    query_size = config.label_attention_dim or config.hidden_size
-    projection = 2 * config.hidden_size * config.label_attention_dim if config.label_attention_dim else 0
-    return tokens * (2 * config.num_labels * (query_size + config.hidden_size) + projection)
 
 
 def mlm_flops(config: BertXMLConfig, tokens: int) -> int:
@@ -177,7 +171,6 @@ __all__ = [
     "TRAINING_FLOPS_FACTOR",
     "Throughput",
     "encoder_flops",
-    "head_flops",
     "matmul_peak_flops",
     "mlm_flops",
     "steady_state_seconds",

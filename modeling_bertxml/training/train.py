@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
-from ..data.code_systems import CODE_SYSTEMS, code_groups, get_code_system, warn_local_codes
+from ..data.code_systems import code_groups, get_code_system, warn_local_codes
 from ..data.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -53,10 +53,12 @@ from ..evaluation.metrics import (
 )
 from ..evaluation.plots import write_figures
 from ..model import source_file
-from ..release.hub import HubPushError, IdentifiersFoundError, add_hub_args, push_from_args
-from ..release.model_card import add_card_args, hub_id, render_model_card
+from ..release.hub import HubPushError, IdentifiersFoundError, push_from_args
+from ..release.model_card import hub_id, render_model_card
 from ..release.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from ..release.space import save_space_app
+from .arguments import accelerator_settings, data_source, run_args
+from .arguments import parse_train_args as parse_args
 from .checkpointing import (
     CheckpointManager,
     OutputDirError,
@@ -66,54 +68,38 @@ from .checkpointing import (
 )
 from .loop import (
     STREAMING_SHUFFLE_BUFFER,
-    ConfigError,
     TrainingDivergedError,
-    accelerator_settings,
-    add_checkpoint_args,
-    add_data_args,
-    add_model_args,
-    add_optimization_args,
+    TrainingLog,
     checkpoint_due,
     create_optimizer,
     create_scheduler,
-    data_source,
     default_learning_rate,
     epoch_batches,
     finish_trackers,
-    is_backbone_checkpoint,
-    load_tokenizer,
-    log_training,
     log_validation,
-    run_args,
     save_checkpoint,
     setup_accelerator,
     steps_per_epoch,
     training_step,
 )
 from .models import (
-    adapter_base_id,
+    ConfigError,
     add_lora,
     build_coding_model,
     coding_config,
-    head_prefix,
+    is_backbone_checkpoint,
+    load_tokenizer,
     save_coding_model,
 )
-from .throughput import (
-    TRAINING_FLOPS_FACTOR,
-    Throughput,
-    encoder_flops,
-    head_flops,
-    logged_rates,
-    matmul_peak_flops,
-    warmup_steps_for,
-)
+from .throughput import TRAINING_FLOPS_FACTOR, Throughput, encoder_flops, matmul_peak_flops, warmup_steps_for
 
 logger = get_logger(__name__)
 
 THRESHOLD_GRID = 100  # Edin et al.
-# Default encoder rate for a 256-wide model (scaled by width: training.default_learning_rate). From scratch or after
+# Default encoder rate for a 256-wide model (scaled by width: loop.default_learning_rate). From scratch or after
 # a short pretraining, the encoder has to learn to single out the few tokens that name a code: at 5e-4 on a 128-wide
-# model it had not after an epoch (validation MAP at the code-prior level), at 2e-3 it had (README: "What mattered").
+# model it had not after an epoch (validation MAP at the code-prior level), at 2e-3 it had (docs/learning.md, "What
+# mattered").
 LEARNING_RATE_AT_256 = 1e-3
 UNIFORM_LOSS = math.log(2)  # BCE per code of a model that answers 0.5 everywhere: the divergence guard's yardstick
 
@@ -121,77 +107,6 @@ UNIFORM_LOSS = math.log(2)  # BCE per code of a model that answers 0.5 everywher
 def uniform_loss(config) -> float:
     """The loss of a model that knows nothing: BCE 0.5 per code, plus the weighted MLM loss of a uniform guess."""
     return UNIFORM_LOSS + config.mlm_loss_weight * math.log(config.vocab_size)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser)
-    add_data_args(parser)
-    add_optimization_args(parser)
-    add_checkpoint_args(parser)
-    add_hub_args(parser)
-    add_card_args(parser)
-    coding = parser.add_argument_group("ICD coding")
-    coding.add_argument(
-        "--code_system", choices=CODE_SYSTEMS, default="icd10",
-        help="What the codes are: icd10cm (diagnoses), icd10pcs (procedures), icd10 (both), icd9cm (diagnoses and "
-        "procedures, with their dots: 401.9 vs 40.19), any (local codes, used as written). Stored in the config.",
-    )
-    coding.add_argument("--test_file", nargs="+", help="Test notes; scored once, with the validation threshold.")
-    coding.add_argument("--label_column", default="labels", help="Column of the code lists (CSV: ';'-separated).")
-    coding.add_argument("--id_column", default="id", help="Optional column of note ids (checked for duplicates).")
-    coding.add_argument("--label_file", help="File of codes to predict, one per line (default: the training codes).")
-    coding.add_argument("--min_code_count", type=int, default=1, help="Keep training codes seen at least this often.")
-    coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
-    coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
-    coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")
-    coding.add_argument(
-        "--init_label_queries_from_descriptions", action=argparse.BooleanOptionalAction,
-        help="Start each code's attention query and output weight from the encoder's embedding of its official "
-        "description and ICD-10-CM inclusion terms (codes without one keep random queries). Default: on for an "
-        "encoder trained from scratch, where random queries let it collapse; off from a checkpoint, where they "
-        "measured worse (README: Does it learn?).",
-    )
-    coding.add_argument(
-        "--mlm_loss_weight", type=float, default=0.0,
-        help="Keep the masked-LM loss at this weight beside the coding loss: training notes get 15%% of their tokens "
-        "masked, and the checkpoint's MLM head scores them (built-in BERT only). It keeps the encoder's token states "
-        "apart, but measured no better MAP (README: Does it learn?); 0, the default, is off.",
-    )
-    coding.add_argument(
-        "--no_length_grouping", action="store_true",
-        help="Batch training notes in random order instead of grouping notes of similar length (less padding).",
-    )  # fmt: skip
-    coding.add_argument(
-        "--allow_random_encoder", action="store_true",
-        help="Fine-tune even when --model_name_or_path's encoder weights do not load (e.g. weights saved under "
-        "other names than its config.json says): the encoder then starts from random weights. Refused by default.",
-    )
-    coding.add_argument(
-        "--early_stopping_patience", type=int, default=3,
-        help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
-    )
-    lora = parser.add_argument_group("LoRA")
-    lora.add_argument("--use_lora", action="store_true", help="Train LoRA adapters and the head, not the encoder.")
-    lora.add_argument("--lora_r", type=int, default=8)
-    lora.add_argument("--lora_alpha", type=int, default=16)
-    lora.add_argument("--lora_dropout", type=float, default=0.1)
-    lora.add_argument("--lora_target_modules", nargs="+", default=["query", "value"])
-    lora.add_argument("--merge_lora", action="store_true", help="Save a plain model with the adapters merged in.")
-    args = parser.parse_args(argv)
-    if args.dataset_name is None and (not args.train_file or not args.validation_file):
-        parser.error("--train_file and --validation_file (or --dataset_name) are required (the threshold and best "
-                     "model come from the validation split)")
-    if args.model_name_or_path is None and args.tokenizer_name is None:
-        parser.error("--tokenizer_name is required when training from scratch")
-    if args.merge_lora and not args.use_lora:
-        parser.error("--merge_lora needs --use_lora")
-    if args.use_lora and not args.merge_lora:
-        try:  # checked now, not after training: the adapter folder must name a base others can load
-            args.base_model_id = adapter_base_id(args.base_model_id, args.model_name_or_path)
-        except ValueError as error:
-            parser.error(str(error))
-    return args
 
 
 @dataclass
@@ -334,9 +249,10 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
 def coding_throughput(accelerator: Accelerator, model, steps: int) -> Throughput:
     """Steady-state note tokens/s (padding not counted) and MFU of the coming `steps` optimizer steps: training FLOPs
     of the encoder (512-token chunks) and the label head per token, against this device's measured matmul peak."""
-    config = coding_config(accelerator.unwrap_model(model))
-    chunk = config.max_position_embeddings
-    flops_per_token = TRAINING_FLOPS_FACTOR * (encoder_flops(config, chunk) / chunk + head_flops(config, 1))
+    unwrapped = accelerator.unwrap_model(model)
+    config, chunk = coding_config(unwrapped), coding_config(unwrapped).max_position_embeddings
+    head_flops = unwrapped.label_head.flops_per_token
+    flops_per_token = TRAINING_FLOPS_FACTOR * (encoder_flops(config, chunk) / chunk + head_flops)
     peak = matmul_peak_flops(accelerator.device)
     return Throughput(
         accelerator.device, flops_per_token, peak, warmup_steps_for(steps), processes=accelerator.num_processes
@@ -351,46 +267,40 @@ def train(
     `throughput`)."""
     checkpoints = CheckpointManager(args.output_dir, args.checkpoints_total_limit)
     uniform = uniform_loss(accelerator.unwrap_model(model).config)
-    bar = tqdm(total=max_steps, initial=progress.step, desc="Training", disable=not accelerator.is_local_main_process)
     epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
-    window_loss, batch = 0.0, None  # batch: the last one trained, which a checkpoint's weights must still score
+    batch = None  # the last one trained, which a checkpoint's weights must still score
     model.train()  # from_pretrained returns a model in eval mode: no dropout until the first evaluation otherwise
-    while progress.epoch < math.ceil(max_steps / epoch_steps):
-        for batch in epoch_batches(accelerator, loaders["train"], progress):
-            throughput.add_tokens(batch["attention_mask"].sum())
-            loss = training_step(
-                accelerator, model, optimizer, scheduler, batch, progress, uniform, args.max_grad_norm
-            )
-            window_loss += loss.item() / args.gradient_accumulation_steps
-            if not accelerator.sync_gradients:  # the optimizer steps only after a full accumulation window
-                continue
-            throughput.optimizer_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{window_loss:.4f}")
-            if args.with_tracking:
-                rates = logged_rates(throughput.results())
-                log_training(accelerator, progress, window_loss, scheduler, **rates)
-            window_loss = 0.0
-            done = progress.step >= max_steps
+    with TrainingLog(accelerator, progress, max_steps, throughput, args.logging_steps, args.with_tracking) as log:
+        while progress.epoch < math.ceil(max_steps / epoch_steps):
+            for batch in epoch_batches(accelerator, loaders["train"], progress):
+                # The divergence guard reads every step's loss before the update: a coding step is never left unchecked.
+                loss = training_step(
+                    accelerator, model, optimizer, scheduler, batch, progress, uniform, args.max_grad_norm
+                )
+                log.micro_batch(loss, batch["attention_mask"].sum())
+                if not accelerator.sync_gradients:  # the optimizer steps only after a full accumulation window
+                    continue
+                log.optimizer_step(progress, scheduler)
+                done = progress.step >= max_steps
+                with throughput.paused():
+                    # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
+                    if done or (args.eval_steps and progress.step % args.eval_steps == 0):
+                        done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
+                    if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
+                        save_checkpoint(
+                            accelerator, model, checkpoints, progress, batch, uniform, {"labels": splits.labels}
+                        )
+                if done:
+                    return
+            progress.next_epoch()
             with throughput.paused():
-                # Validate before checkpointing, so that a resumed run knows the best MAP of the weights on disk.
-                if done or (args.eval_steps and progress.step % args.eval_steps == 0):
-                    done = validate_and_track(args, accelerator, model, loaders, splits, progress) or done
-                if checkpoint_due(args.checkpointing_steps, progress.step, last=done):
+                done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
+                if args.checkpointing_steps == "epoch":
                     save_checkpoint(
                         accelerator, model, checkpoints, progress, batch, uniform, {"labels": splits.labels}
                     )
             if done:
                 return
-        progress.next_epoch()
-        with throughput.paused():
-            done = not args.eval_steps and validate_and_track(args, accelerator, model, loaders, splits, progress)
-            if args.checkpointing_steps == "epoch":
-                save_checkpoint(
-                    accelerator, model, checkpoints, progress, batch, uniform, {"labels": splits.labels}
-                )
-        if done:
-            return
 
 
 def prepare_training(args, accelerator, model, loaders, splits: Splits) -> tuple:
@@ -400,8 +310,9 @@ def prepare_training(args, accelerator, model, loaders, splits: Splits) -> tuple
     loaders = dict(zip(names, accelerator.prepare(*loaders.values())))
     epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
     max_steps = args.max_train_steps or args.num_train_epochs * epoch_steps
+    # The head's own rate: its parameters, found as the head's (a LoRA model forwards label_head to its wrapper).
     optimizer = create_optimizer(
-        model, args.learning_rate, args.weight_decay, param_groups={head_prefix(model): args.head_learning_rate}
+        model, args.learning_rate, args.weight_decay, param_groups={model.label_head: args.head_learning_rate}
     )
     scheduler = create_scheduler(
         optimizer, max_steps, args.lr_scheduler_type, args.num_warmup_steps, args.warmup_ratio
@@ -540,6 +451,8 @@ def run(args: argparse.Namespace) -> None:
         model.activation_checkpointing_enable()
     if args.use_lora:
         model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    if args.torch_compile:
+        model.compile(backend=args.torch_compile)  # in place: the module and its weight names stay as they are
     model, optimizer, scheduler, loaders, progress, max_steps = prepare_training(
         args, accelerator, model, loaders, splits
     )
