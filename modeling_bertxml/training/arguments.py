@@ -239,7 +239,13 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
     )
     coding.add_argument(
         "--early_stopping_patience", type=int, default=3,
-        help="Stop after this many evaluations without a better validation MAP (0: never stop early).",
+        help="Stop after this many evaluations in a row that did not beat the best validation MAP by more than "
+        "--early_stopping_threshold (0: never stop early).",
+    )
+    coding.add_argument(
+        "--early_stopping_threshold", type=float, default=0.001,
+        help="How much a validation MAP must beat the best so far to count as better for early stopping (a smaller "
+        "gain is noise; the best weights are still kept). Default %(default)s; 0 counts any gain.",
     )
 
 

@@ -5,7 +5,8 @@
 
 Runs the same under `accelerate launch` (multi-GPU, multi-node, mixed precision). Evaluation protocol: after each
 epoch (or --eval_steps) the validation split is scored; the model with the best validation MAP is kept and training
-stops after --early_stopping_patience evaluations without improvement. One global threshold is then tuned on the
+stops after --early_stopping_patience evaluations that did not beat the best MAP by more than
+--early_stopping_threshold. One global threshold is then tuned on the
 validation split (micro F1, grid of 100) and applied unchanged to the test split. The output folder is Hub-ready:
 weights, config (labels, threshold, auto_map), tokenizer, remote code, README.md model card with its figures (PNG:
 precision-recall, F1 by code frequency, validation curves), handler.py for Inference Endpoints (answering as the
@@ -224,7 +225,9 @@ def score(
 
 
 def validate_and_track(args, accelerator, model, loaders, splits, progress: Progress) -> bool:
-    """Score the validation split, keep the weights if its MAP is the best so far; True when training should stop."""
+    """Score the validation split, keep the weights if its MAP is the best so far; True when training should stop:
+    --early_stopping_patience evaluations in a row that did not beat the best MAP by more than
+    --early_stopping_threshold (the demo's coder sat at MAP 0.998 for 1,100 steps, each gain within 0.0001)."""
     probs, targets = predict(model, loaders["validation"], accelerator)
     metrics = score(probs, targets, splits.validation)
     epoch_steps = steps_per_epoch(loaders["train"], len(splits.train), accelerator)
@@ -235,14 +238,20 @@ def validate_and_track(args, accelerator, model, loaders, splits, progress: Prog
     logger.info(f"step {progress.step}: validation MAP {metrics['map']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
     if args.with_tracking:
         log_validation(accelerator, metrics, progress.step)
-    if metrics["map"] > progress.best_score:
-        progress.best_score, progress.best_step, progress.evals_without_improvement = metrics["map"], progress.step, 0
+    best = progress.best_score
+    if metrics["map"] > best:
+        progress.best_score, progress.best_step = metrics["map"], progress.step
         CheckpointManager(args.output_dir).save_best(accelerator, model)
+    if metrics["map"] > best + args.early_stopping_threshold:
+        progress.evals_without_improvement = 0
         return False
     progress.evals_without_improvement += 1
     stop = 0 < args.early_stopping_patience <= progress.evals_without_improvement
     if stop:
-        logger.info(f"Early stopping: no better validation MAP for {progress.evals_without_improvement} evaluations")
+        logger.info(
+            f"Early stopping: {progress.evals_without_improvement} evaluations without a validation MAP better than "
+            f"the best by more than {args.early_stopping_threshold:g}"
+        )
     return stop
 
 
