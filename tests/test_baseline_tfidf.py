@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.baseline_tfidf import run_tfidf_baseline
+from modeling_bertxml.evaluation.baseline_tfidf import run_tfidf_baseline
 from modeling_bertxml.data import icd10
 from modeling_bertxml.data.notes import NotesError
 

@@ -1,9 +1,10 @@
 """Bag-of-words baseline: TF-IDF features + one-vs-rest logistic regression, threshold tuned on validation.
 
-It is the floor the BERT-XML model has to beat. On the synthetic corpus it is fooled by negated and family-history
-mentions (same words as real diagnoses), so its micro-F1 stays well below 1.
+It is the floor the BERT-XML model has to beat, measured in the same run (`make demo`, benchmarks/quality.py). On the
+synthetic corpus it is fooled by negated and family-history mentions (same words as real diagnoses), so its micro-F1
+stays well below 1. `score_splits` scores any baseline (code priors too) exactly as train.py scores the model.
 
-    python benchmarks/baseline_tfidf.py --train_file data/synthetic/train.jsonl \
+    python -m modeling_bertxml.evaluation.baseline_tfidf --train_file data/synthetic/train.jsonl \
         --validation_file data/synthetic/validation.jsonl --test_file data/synthetic/test.jsonl
 """
 
@@ -14,13 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from modeling_bertxml.evaluation.metrics import compute_metrics, format_table, tune_threshold
-from modeling_bertxml.data.notes import NoteColumns, Notes, label_indices, multi_hot, read_notes
+from ..data.notes import NoteColumns, Notes, label_indices, multi_hot, read_notes
+from .metrics import compute_metrics, format_table, tune_threshold
 
 
 def score_splits(
