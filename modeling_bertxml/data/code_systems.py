@@ -1,4 +1,4 @@
-"""ICD code systems of a run (not remote code): how codes are spelled, which exist, what they mean, what kind they are.
+"""ICD code systems of a run: how codes are spelled, which exist, what they mean, what kind they are.
 
 `train.py --code_system` picks one; the model's config keeps its name (`code_system`), so the pipeline and the card
 know what the labels are. Every code of a note is normalised to one spelling (the label) and checked:

@@ -1,4 +1,4 @@
-"""ICD-10-CM helpers (not remote code): code normalisation, validity, descriptions, hierarchy.
+"""ICD-10-CM helpers: code normalisation, validity, descriptions, hierarchy.
 
 Everything except `normalize_code` reads the official CMS tabular list shipped with `simple-icd-10-cm` (74,719
 billable codes). The package parses its XML on import (about two seconds), so it is imported on first use: code that

@@ -1,4 +1,4 @@
-"""Notes with ICD codes for fine-tuning and evaluation (not remote code): validate, label space, batches.
+"""Notes with ICD codes for fine-tuning and evaluation: validate, label space, batches.
 
 Files are read by `readers` (formats, and errors with file, line or row and field). Every problem is reported with
 its location and never with the note's text or id (notes are PHI). What is fatal and what is counted:

@@ -1,4 +1,4 @@
-"""The one reader of notes files (not remote code), behind the tokenizer trainer, pretrain.py, train.py and predict.
+"""The one reader of notes files, behind the tokenizer trainer, pretrain.py, train.py and predict.
 
 Accepted: `.jsonl`/`.json` (one JSON object per line), `.csv` (a header row; Excel's "CSV UTF-8" byte-order mark is
 fine), `.txt` (one note per line), any of those compressed (`.gz`, `.bz2`, `.xz`), `.parquet`, a folder of `.txt` files

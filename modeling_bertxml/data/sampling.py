@@ -1,4 +1,4 @@
-"""Batches of notes of similar length for train.py (not remote code).
+"""Batches of notes of similar length for train.py.
 
 Clinical notes range from a few dozen to thousands of tokens, and a batch is padded to its longest note: in random
 order most of a batch's tokens can be padding, and every padded chunk of 512 tokens is encoded for nothing. The

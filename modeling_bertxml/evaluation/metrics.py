@@ -1,4 +1,4 @@
-"""Offline metrics for multi-label ICD coding (numpy, no torch; not remote code).
+"""Offline metrics for multi-label ICD coding (numpy, no torch).
 
 Definitions follow Edin et al. 2023 ("Automated Medical Coding on MIMIC-III and MIMIC-IV: A Critical Review and
 Replicability Study", code: JoakimEdin/medical-coding-reproducibility), with these choices made explicit:

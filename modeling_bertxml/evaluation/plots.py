@@ -1,4 +1,4 @@
-"""The model card's figures (PNG), drawn by `train.py` into the model folder; not remote code.
+"""The model card's figures (PNG), drawn by `train.py` into the model folder.
 
 - micro precision-recall curve of the evaluation split, with the tuned threshold marked;
 - micro and macro F1 by how often a code was seen in training (1-10, 11-50, 51-500, >500 notes): where a model fails;

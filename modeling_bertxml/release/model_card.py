@@ -1,4 +1,4 @@
-"""The model cards (`README.md`) of `train.py` and `pretrain.py` output folders (not remote code).
+"""The model cards (`README.md`) of `train.py` and `pretrain.py` output folders.
 
 Hub metadata (`library_name`, `pipeline_tag`, `license`, `base_model` so the Hub's model tree links the encoder,
 `datasets`, `metrics`, tags, `model-index` with every metric of the validation and test splits, widget examples,

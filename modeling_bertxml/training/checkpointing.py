@@ -1,5 +1,5 @@
-"""Everything a training run writes to disk (not remote code): its output dir, its progress record, checkpoints, the
-best model so far and the final model folder.
+"""Everything a training run writes to disk: its output dir, its progress record, checkpoints, the best model so far
+and the final model folder.
 
 One rule for all of them: write into a hidden temporary folder, then rename into place. A kill, a full disk or a
 second run at any moment leaves what was saved before complete and loadable, and never a half-written folder that a
