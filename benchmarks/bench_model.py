@@ -1,6 +1,6 @@
 """Speed and memory of BERT-XML: the encoder alone, its label-attention head, and the naive head, on CPU or CUDA.
 
-    python benchmarks/bench_model.py                       # the README's tables (8.5 minutes on 2 shared cores)
+    python benchmarks/bench_model.py                       # docs/benchmarks.md's tables (8.5 min, 2 shared cores)
     python benchmarks/bench_model.py --configs tiny --lengths 512 --codes 50 1000   # a slice
     bash benchmarks/gpu_check.sh                           # the CUDA run (bf16 autocast)
 
@@ -8,8 +8,9 @@ The encoder's cost does not depend on the number of codes and the head's does no
 each is timed alone: the encoder on token ids, the head on encoder-shaped states. "Model" figures add the two; the
 end-to-end table times `BertXMLForMultiLabelCoding` itself to check that sum. Every case is timed in its steady
 state (warm-up runs untimed, CUDA events on a GPU: measure.py). FLOPs are counted analytically
-(modeling_bertxml.training.throughput) and every row carries its MFU: a fraction of this machine's matmul peak, measured in
-the same run. Prints markdown tables and writes every number (wall times too) to a JSON file.
+(modeling_bertxml.training.throughput, the head's flops_per_token) and every row carries its MFU: a fraction of this
+machine's matmul peak, measured in the same run. Prints markdown tables and writes every number (wall times too) to a
+JSON file.
 """
 
 import os
@@ -394,7 +395,7 @@ def variant_table(results: dict) -> str:
 
 
 def tables(results: dict) -> str:
-    """The markdown that the README shows."""
+    """The markdown that docs/benchmarks.md shows."""
     settings, peak = results["settings"], results["peak_flops"][results["precision"]]
     encoders = {(r["config"], r["mode"], r["tokens"]): r for r in results["encoder"]}
     out = [

@@ -104,7 +104,7 @@ def run_mlm(args: argparse.Namespace, tokenizer) -> None:
 def collapse_probe(model: BertXMLForMultiLabelCoding, inputs: dict) -> tuple[float, float]:
     """Mean cosine between the token states of the first note, and the codes' mean label-attention entropy (1 =
     uniform over the note). Both near 1 is the collapse that holds coding on the code-prior plateau: the encoder maps
-    every token to one state, so no attention can find the words that name a code (README, "What mattered")."""
+    every token to one state, so no attention can find the words that name a code (docs/learning.md)."""
     model.eval()
     states = model.bert(**inputs).last_hidden_state
     mask = inputs["attention_mask"].bool()

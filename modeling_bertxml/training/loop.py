@@ -35,7 +35,7 @@ def default_learning_rate(hidden_size: int, rate_at_256: float) -> float:
 
     Adam moves every weight by about the learning rate per step, so a unit's output moves in proportion to its fan-in:
     the fastest stable rate falls as 1 / width (muP's rule for Adam). A fixed small rate (5e-5, tuned for fine-tuning
-    BERT-base) left the narrow models from scratch on their plateaus (README: "What mattered").
+    BERT-base) left the narrow models from scratch on their plateaus (docs/learning.md, "What mattered").
     """
     return rate_at_256 * 256 / hidden_size
 
