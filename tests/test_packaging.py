@@ -35,7 +35,12 @@ def test_wheel_trains_through_its_console_script_outside_the_repository(data: Pa
     wheels, elsewhere, source = tmp_path / "wheels", tmp_path / "elsewhere", tmp_path / "source"
     elsewhere.mkdir()
     # A clean copy: setuptools would reuse a stale build/ of the checkout (files the package data no longer lists).
-    unpackaged = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "runs", "data")
+    # The checkout's runs/ and data/ (generated corpora) stay behind; the package's own data/ folder is code.
+    generated = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__")
+
+    def unpackaged(folder: str, names: list[str]) -> set[str]:
+        return generated(folder, names) | ({"runs", "data"} & set(names) if Path(folder) == REPO_ROOT else set())
+
     shutil.copytree(REPO_ROOT, source, ignore=unpackaged)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True)
