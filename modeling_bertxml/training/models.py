@@ -10,6 +10,7 @@ custom head: adapters on the encoder's attention, the whole label-attention head
 leave the head random.
 """
 
+import copy
 import json
 import logging
 import os
@@ -73,10 +74,11 @@ class Checkpoint:
 
     def bertxml_config(self) -> BertXMLConfig:
         """Its config as BERT-XML's: a BERT-XML or BERT config as it is, another encoder's as the `backbone_config`."""
+        values = copy.deepcopy(self.config)  # from_dict may consume what it reads
         if not self.is_backbone:
-            return BertXMLConfig.from_dict(self.config)
+            return BertXMLConfig.from_dict(values)
         try:
-            config = BertXMLConfig(backbone_config=CONFIG_MAPPING[self.config["model_type"]].from_dict(self.config))
+            config = BertXMLConfig(backbone_config=CONFIG_MAPPING[values["model_type"]].from_dict(values))
         except (KeyError, ValueError) as error:
             raise ConfigError(f"{self.name}: {error}") from error
         logger.info(f"{self.name} is a {config.backbone_config.model_type} checkpoint: its encoder is the backbone")
@@ -219,8 +221,9 @@ def load_checkpoint(
     checkpoint: Checkpoint, config: BertXMLConfig, allow_random_encoder: bool = False
 ) -> BertXMLForMultiLabelCoding:
     """The coding model built once, with `checkpoint`'s weights loaded once, in float32 (another encoder's under
-    `backbone_key_mapping`); an encoder that did not load is refused (`check_encoder_loaded`). A head for other codes
-    than the checkpoint's, if it has one, starts new (`ignore_mismatched_sizes`)."""
+    `backbone_key_mapping`); an encoder that did not load is refused (`check_encoder_loaded`). A weight of another
+    shape than `config` says (the head of a BERT classifier, a LAAT projection set by --config_overrides) starts new
+    (`ignore_mismatched_sizes`)."""
     backbone = config.backbone_config is not None and checkpoint.is_backbone
     model, loading = BertXMLForMultiLabelCoding.from_pretrained(
         checkpoint.name, config=config, dtype=torch.float32, ignore_mismatched_sizes=True, output_loading_info=True,
