@@ -2,17 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNNABLE := $(VENV)/.runnable
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
-# torch is pinned here (a CPU wheel that lies on disk) and left unpinned in pyproject.toml, so users choose their build.
-$(INSTALLED): pyproject.toml
+# What `make demo` needs: the package and its app. torch is pinned here (a CPU wheel that lies on disk) and left
+# unpinned in pyproject.toml, so users choose their build.
+$(RUNNABLE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[app]"
+	touch $(RUNNABLE)
+
+# What `make test` needs besides: the test tools and transformers' common model tests (from its sdist).
+$(INSTALLED): $(RUNNABLE)
 	$(BIN)/pip install -q -e ".[dev,app]"
-	$(BIN)/python tests/fetch_transformers_tests.py  # transformers' common model tests, from its sdist
+	$(BIN)/python tests/fetch_transformers_tests.py
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
@@ -28,7 +35,7 @@ test: $(INSTALLED) $(CHROMIUM)
 	$(BIN)/python -m pytest tests
 
 # Sizes are in configs/demo.yaml; finished stages are reused on the next run (`make clean` starts over).
-demo: $(INSTALLED)
+demo: $(RUNNABLE)
 	$(BIN)/python demo.py --config configs/demo.yaml
 
 clean:

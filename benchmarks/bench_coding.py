@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_model import CONFIGS  # noqa: E402
 from benchmarks.bench_pretrain import WORDS  # noqa: E402
-from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, icd10  # noqa: E402
+from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM  # noqa: E402
+from modeling_bertxml.data import icd10  # noqa: E402
 from tokenizer_training.train_tokenizer import train_tokenizer  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def fine_tune(args: argparse.Namespace, workdir: Path, grouped: bool) -> tuple[d
 
 def predict(args: argparse.Namespace, workdir: Path, precision: str) -> dict:
     command = [
-        sys.executable, "-m", "modeling_bertxml.predict", "--model", str(workdir / "coder"),
+        sys.executable, "-m", "modeling_bertxml.release.predict", "--model", str(workdir / "coder"),
         "--input", str(workdir / "predict.jsonl"), "--output", str(workdir / f"codes_{precision}.jsonl"),
         "--precision", precision, "--batch_size", str(args.batch_size),
     ]  # fmt: skip

@@ -1,6 +1,6 @@
 """Speed and memory of BERT-XML: the encoder alone, its label-attention head, and the naive head, on CPU or CUDA.
 
-    python benchmarks/bench_model.py                       # the README's tables (8.5 minutes on 2 shared cores)
+    python benchmarks/bench_model.py                       # docs/benchmarks.md's tables (8.5 min, 2 shared cores)
     python benchmarks/bench_model.py --configs tiny --lengths 512 --codes 50 1000   # a slice
     bash benchmarks/gpu_check.sh                           # the CUDA run (bf16 autocast)
 
@@ -8,8 +8,9 @@ The encoder's cost does not depend on the number of codes and the head's does no
 each is timed alone: the encoder on token ids, the head on encoder-shaped states. "Model" figures add the two; the
 end-to-end table times `BertXMLForMultiLabelCoding` itself to check that sum. Every case is timed in its steady
 state (warm-up runs untimed, CUDA events on a GPU: measure.py). FLOPs are counted analytically
-(modeling_bertxml.throughput) and every row carries its MFU: a fraction of this machine's matmul peak, measured in
-the same run. Prints markdown tables and writes every number (wall times too) to a JSON file.
+(modeling_bertxml.training.throughput, the head's flops_per_token) and every row carries its MFU: a fraction of this
+machine's matmul peak, measured in the same run. Prints markdown tables and writes every number (wall times too) to a
+JSON file.
 """
 
 import os
@@ -41,7 +42,7 @@ from modeling_bertxml import (  # noqa: E402
     BertXMLLabelWiseHead,
     BertXMLModel,
 )
-from modeling_bertxml.throughput import TRAINING_FLOPS_FACTOR, encoder_flops, head_flops  # noqa: E402
+from modeling_bertxml.training.throughput import TRAINING_FLOPS_FACTOR, encoder_flops  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -171,7 +172,7 @@ def bench_heads(bench: Bench, cases: list[tuple[str, int, int, str]]) -> list[di
         head = make_head(config, bench.device)
         states, mask = bench.states(config, tokens, mode == "training"), bench.mask(tokens)
         fast = bench.measure(lambda: head(states, mask)[0], head, mode)
-        result = row(bench, fast, tokens, head_flops(config, tokens), mode, config=name, codes=codes)
+        result = row(bench, fast, tokens, head.flops_per_token * tokens, mode, config=name, codes=codes)
         scores = bench.args.batch_size * codes * tokens
         if mode == "training" and scores > bench.args.naive_training_max_scores:
             result.update(naive_seconds=None, naive_peak_mb=None)
@@ -190,7 +191,7 @@ def bench_whole(bench: Bench, name: str, tokens: int) -> list[dict]:
         model = BertXMLForMultiLabelCoding(make_config(name, codes)).to(bench.device)
         ids, mask = bench.ids(tokens), bench.mask(tokens)
         measurement = bench.measure(lambda: model(ids, attention_mask=mask).logits, model, "inference")
-        flops = encoder_flops(model.config, tokens) + head_flops(model.config, tokens)
+        flops = encoder_flops(model.config, tokens) + model.label_head.flops_per_token * tokens
         rows.append(row(bench, measurement, tokens, flops, "inference", config=name, codes=codes))
         del model
     return rows
@@ -262,7 +263,7 @@ def bench_variants(bench: Bench, name: str, tokens: int, encoder_seconds: dict[s
         precision = _precision_name(variant.dtype or bench.dtype)
         if precision not in encoder_seconds:
             encoder_seconds[precision] = _encoder_seconds(bench, name, tokens, variant.dtype)
-        result = row(bench, measurement, tokens, head_flops(config, tokens), "inference", config=name)
+        result = row(bench, measurement, tokens, head.flops_per_token * tokens, "inference", config=name)
         result.update(
             variant=variant.label,
             path="naive" if variant.forward is naive_label_attention else path,
@@ -394,7 +395,7 @@ def variant_table(results: dict) -> str:
 
 
 def tables(results: dict) -> str:
-    """The markdown that the README shows."""
+    """The markdown that docs/benchmarks.md shows."""
     settings, peak = results["settings"], results["peak_flops"][results["precision"]]
     encoders = {(r["config"], r["mode"], r["tokens"]): r for r in results["encoder"]}
     out = [

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from benchmarks.bench_model import make_config, make_head, markdown, percent  # noqa: E402
 from benchmarks.measure import Meter, matmul_peak  # noqa: E402
 from benchmarks.naive_head import naive_label_attention  # noqa: E402
-from modeling_bertxml.throughput import TRAINING_FLOPS_FACTOR, head_flops  # noqa: E402
+from modeling_bertxml.training.throughput import TRAINING_FLOPS_FACTOR  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 MB = 2**20
@@ -69,7 +69,7 @@ def check(args: argparse.Namespace, meter: Meter, peaks: dict, codes: int, block
     mask = torch.ones(1, args.tokens, dtype=torch.long, device=device)
     mask[0, -args.tokens // 8 :] = 0  # some padding, so that the mask is exercised
     reference, reference_grads = gradients(head, naive_label_attention, states, mask, None)
-    flops = head_flops(config, int(mask.sum()))
+    flops = head.flops_per_token * int(mask.sum())
 
     def model_path(head_, states_, mask_):
         return head_(states_, mask_)[0]

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from modeling_bertxml.finetuning import load_coding_model
-from modeling_bertxml.metrics import compute_metrics, format_table
-from modeling_bertxml.notes import MultiLabelCollator, multi_hot, read_notes, tokenize_notes
+from modeling_bertxml.data.notes import MultiLabelCollator, multi_hot, read_notes, tokenize_notes
+from modeling_bertxml.evaluation.metrics import compute_metrics, format_table
+from modeling_bertxml.training.models import load_coding_model
 
 
 @torch.no_grad()

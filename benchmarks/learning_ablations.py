@@ -1,4 +1,4 @@
-"""The ablations behind the README's "What mattered" tables: what keeps BERT-XML on its plateaus, and what moves it.
+"""The ablations behind docs/learning.md ("What mattered"): what keeps BERT-XML on its plateaus, and what moves it.
 
     python benchmarks/learning_ablations.py mlm --positions absolute        # MLM, 2 x 128, 512-token blocks
     python benchmarks/learning_ablations.py mlm --positions rotary
@@ -11,29 +11,38 @@
     python benchmarks/learning_ablations.py ... coding --model_name_or_path runs/quality-cpu/pretrained \
         --learning_rate 2e-4 --init_from_descriptions [--mlm_loss_weight 1]  # from the MLM encoder
 
-Both run small models on the demo corpus (`python -m modeling_bertxml.synthetic --output_dir data/synthetic` and
+Both run small models on the demo corpus (`python -m modeling_bertxml.data.synthetic --output_dir data/synthetic` and
 `python tokenizer_training/train_tokenizer.py --train_file data/synthetic/train.jsonl --output_dir
-data/synthetic-tokenizer --vocab_size 4000 --min_frequency 2`) with a plain loop, one thread, so that one setting
-changes at a time. `mlm` prints the validation perplexity every 50 steps beside the unigram perplexity of the same
-masked tokens (token masking, 15 %); `coding` trains from scratch (512-token chunks, notes cut at 1,024 tokens) and
-prints validation MAP, micro- and macro-AUC every half epoch beside the code-prior MAP (`--probe_steps N`: also the
-token-state cosine and label-attention entropy that show the encoder collapsing).
+data/synthetic-tokenizer --vocab_size 4000 --min_frequency 2`) with a plain loop over the package's own optimizer,
+schedule and step (`modeling_bertxml.training.loop`), one thread, so that one setting changes at a time. `mlm` prints
+the validation perplexity every 50 steps beside the unigram perplexity of the same masked tokens (token masking,
+15 %); `coding` trains from scratch (512-token chunks, notes cut at 1,024 tokens) and prints validation MAP, micro-
+and macro-AUC every half epoch beside the code-prior MAP (`--probe_steps N`: also the token-state cosine and
+label-attention entropy that show the encoder collapsing).
 """
 
 import argparse
 import itertools
 import json
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding
-from modeling_bertxml.label_init import code_descriptions, init_label_queries_from_descriptions
-from modeling_bertxml.metrics import compute_metrics
-from modeling_bertxml.notes import mask_for_mlm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/learning_ablations.py` from anywhere
+
+from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding  # noqa: E402
+from modeling_bertxml.data.code_systems import code_descriptions  # noqa: E402
+from modeling_bertxml.data.notes import mask_for_mlm  # noqa: E402
+from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
+from modeling_bertxml.training.checkpointing import Progress  # noqa: E402
+from modeling_bertxml.training.label_init import init_label_queries_from_descriptions  # noqa: E402
+from modeling_bertxml.training.loop import create_optimizer, create_scheduler, training_step  # noqa: E402
 
 
 def model_config(args: argparse.Namespace, vocab_size: int, chunk: int, **values) -> BertXMLConfig:
@@ -49,10 +58,11 @@ def read(path: str) -> list[dict]:
         return [json.loads(line) for line in file]
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1 - step / steps)
-    )
+def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, batch: dict, progress: Progress) -> None:
+    """One optimizer step as the scripts take it (clipping at 1.0), without the divergence guard: these runs are
+    watched by hand, and some settings are there to fail."""
+    model.train()
+    training_step(accelerator, model, optimizer, scheduler, batch, progress, uniform_loss=0.0, check_divergence=False)
 
 
 def run_mlm(args: argparse.Namespace, tokenizer) -> None:
@@ -72,24 +82,21 @@ def run_mlm(args: argparse.Namespace, tokenizer) -> None:
     torch.manual_seed(args.seed)
     config = model_config(args, len(tokenizer), args.block, max_chunks=1, position_embedding_type=args.positions)
     model = BertXMLForMaskedLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    scheduler = linear_schedule(optimizer, args.steps, args.warmup)
+    optimizer = create_optimizer(model, args.learning_rate, weight_decay=0.01)
+    scheduler = create_scheduler(optimizer, args.steps, num_warmup_steps=args.warmup)
     print(f"{vars(args)}\nunigram perplexity {math.exp(unigram_loss):.1f}")
-    order, step, start = torch.Generator().manual_seed(args.seed), 0, time.time()
-    while step < args.steps:
+    accelerator, progress = Accelerator(), Progress()
+    order, start = torch.Generator().manual_seed(args.seed), time.time()
+    while progress.step < args.steps:
         for indices in torch.randperm(len(train), generator=order).split(args.batch_size):
-            model.train()
-            model(**collator([train[i] for i in indices])).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step(), scheduler.step(), optimizer.zero_grad()
-            step += 1
-            if step % 50 == 0:
+            optimizer_step(accelerator, model, optimizer, scheduler, collator([train[i] for i in indices]), progress)
+            if progress.step % 50 == 0:
                 model.eval()
                 with torch.no_grad():
                     loss = np.mean([model(**batch).loss.item() for batch in eval_batches])
-                print(f"step {step}: perplexity {math.exp(loss):.1f} (unigram {math.exp(unigram_loss):.1f}), "
+                print(f"step {progress.step}: perplexity {math.exp(loss):.1f} (unigram {math.exp(unigram_loss):.1f}), "
                       f"{time.time() - start:.0f} s")  # fmt: skip
-            if step >= args.steps:
+            if progress.step >= args.steps:
                 return
 
 
@@ -97,7 +104,7 @@ def run_mlm(args: argparse.Namespace, tokenizer) -> None:
 def collapse_probe(model: BertXMLForMultiLabelCoding, inputs: dict) -> tuple[float, float]:
     """Mean cosine between the token states of the first note, and the codes' mean label-attention entropy (1 =
     uniform over the note). Both near 1 is the collapse that holds coding on the code-prior plateau: the encoder maps
-    every token to one state, so no attention can find the words that name a code (README, "What mattered")."""
+    every token to one state, so no attention can find the words that name a code (docs/learning.md)."""
     model.eval()
     states = model.bert(**inputs).last_hidden_state
     mask = inputs["attention_mask"].bool()
@@ -115,7 +122,7 @@ def sign_step_probe(model: BertXMLForMultiLabelCoding, inputs: dict, targets: to
     of a note together, or would any step that size?"""
     before = collapse_probe(model, probe)[0]
     model(**inputs, labels=targets).loss.backward()
-    encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
+    encoder = encoder_parameters(model)
     saved = [p.detach().clone() for p in encoder]
     directions = {"coding gradient": lambda p: p.grad.sign(), "random": lambda p: torch.randn_like(p).sign()}
     for name, direction in directions.items():
@@ -127,6 +134,12 @@ def sign_step_probe(model: BertXMLForMultiLabelCoding, inputs: dict, targets: to
         with torch.no_grad():
             for parameter, value in zip(encoder, saved):
                 parameter.copy_(value)
+
+
+def encoder_parameters(model: BertXMLForMultiLabelCoding) -> list[torch.nn.Parameter]:
+    """Every parameter but the label head's."""
+    head = {id(parameter) for parameter in model.label_head.parameters()}
+    return [parameter for parameter in model.parameters() if id(parameter) not in head]
 
 
 def reinit_top_layers(model: BertXMLForMultiLabelCoding, count: int) -> None:
@@ -187,9 +200,8 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
             head.output_weight.normal_(0.0, args.output_std)
         elif head.projection is None:
             head.output_weight.copy_(head.queries)
-        if not args.zero_bias:
-            share = train_targets.mean(0).clamp(1e-4, 1 - 1e-4)
-            head.output_bias.copy_(torch.logit(share))
+    if not args.zero_bias:
+        head.set_prior_bias(torch.arange(len(codes)), train_targets.mean(0))
     if args.init_from_descriptions:
         init_label_queries_from_descriptions(model, tokenizer, code_descriptions(codes))
     if args.calibrate_bias:  # each code's mean score on 32 training notes starts at its log prior odds
@@ -202,39 +214,35 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
         return sign_step_probe(model, batch(train_ids, rows), train_targets[rows], batch(val_ids, rows), args.sign_step)
     if args.center_states:
         head.register_forward_pre_hook(lambda _, inputs: (center_states(*inputs), *inputs[1:]))
-    encoder = [p for name, p in model.named_parameters() if not name.startswith("label_head")]
+    # Every parameter is given to the optimizer before any is frozen: a frozen weight has no gradient (AdamW skips
+    # it) until --unfreeze_after.
+    optimizer = create_optimizer(model, args.learning_rate, param_groups={head: args.head_learning_rate})
+    encoder = encoder_parameters(model)
     for parameter in encoder:
         parameter.requires_grad_(not args.freeze_encoder)
     masking = DataCollatorForLanguageModeling(tokenizer)
-    optimizer = torch.optim.AdamW([
-        {"params": encoder, "lr": args.learning_rate},  # a frozen weight has no gradient: AdamW skips it
-        {"params": list(head.parameters()), "lr": args.head_learning_rate},
-    ], weight_decay=0.0)  # fmt: skip
     steps_per_epoch = len(train_ids) // args.batch_size
     steps = int(args.epochs * steps_per_epoch)
-    scheduler = linear_schedule(optimizer, steps, int(args.warmup_ratio * steps))
+    scheduler = create_scheduler(optimizer, steps, num_warmup_steps=int(args.warmup_ratio * steps))
     priors = np.tile(train_targets.mean(0).numpy(), (len(val_ids), 1))
     prior_map = compute_metrics(priors, val_targets.numpy().astype(np.int64), 0.5)["map"]
     print(f"{vars(args)}\n{len(codes)} codes, code-prior MAP {prior_map:.3f}")
-    order, step, start = torch.Generator().manual_seed(args.seed), 0, time.time()
-    while step < steps:
+    accelerator, progress = Accelerator(), Progress()
+    order, start = torch.Generator().manual_seed(args.seed), time.time()
+    while progress.step < steps:
         for indices in torch.randperm(len(train_ids), generator=order).split(args.batch_size):
-            model.train()
             rows = indices.tolist()
-            inputs = batch(train_ids, rows)
+            inputs = {**batch(train_ids, rows), "labels": train_targets[rows]}
             if args.mlm_loss_weight:  # the checkpoint's MLM head and loss kept (BertXMLConfig.mlm_loss_weight)
                 inputs["input_ids"], inputs["mlm_labels"] = mask_for_mlm(masking, inputs["input_ids"])
-            model(**inputs, labels=train_targets[rows]).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step(), scheduler.step(), optimizer.zero_grad()
-            step += 1
-            if args.freeze_encoder and step == args.unfreeze_after:
+            optimizer_step(accelerator, model, optimizer, scheduler, inputs, progress)
+            if args.freeze_encoder and progress.step == args.unfreeze_after:
                 for parameter in encoder:
                     parameter.requires_grad_(True)
-            if args.probe_steps and step % args.probe_steps == 0:
+            if args.probe_steps and progress.step % args.probe_steps == 0:
                 cosine, entropy = collapse_probe(model, batch(val_ids, list(range(8))))
-                print(f"step {step}: token-state cosine {cosine:.3f}, label-attention entropy {entropy:.3f}")
-            if step % (steps_per_epoch // 2) == 0 or step == steps:
+                print(f"step {progress.step}: token-state cosine {cosine:.3f}, label-attention entropy {entropy:.3f}")
+            if progress.step % (steps_per_epoch // 2) == 0 or progress.step == steps:
                 model.eval()
                 with torch.no_grad():
                     probs = torch.cat([
@@ -242,9 +250,9 @@ def run_coding(args: argparse.Namespace, tokenizer) -> None:
                         for i in range(0, len(val_ids), 16)
                     ]).numpy()  # fmt: skip
                 result = compute_metrics(probs, val_targets.numpy().astype(np.int64), 0.5)
-                print(f"epoch {step / steps_per_epoch:.1f}: validation MAP {result['map']:.3f}, micro-AUC "
+                print(f"epoch {progress.step / steps_per_epoch:.1f}: validation MAP {result['map']:.3f}, micro-AUC "
                       f"{result['micro_auc']:.3f}, macro-AUC {result['macro_auc']:.3f}, {time.time() - start:.0f} s")
-            if step >= steps:
+            if progress.step >= steps:
                 return
 
 

@@ -1,5 +1,5 @@
 """Recall and precision of the tokenizer's name filter (`tokenizer_training.names`) on notes that write names as
-hospital notes do; the README's "Names" table.
+hospital notes do; the "Names" table of docs/training.md.
 
     python benchmarks/name_filter_recall.py              # 2,000 notes, 10 s on 2 shared cores
     python benchmarks/name_filter_recall.py --notes 500 --seed 1

@@ -3,12 +3,12 @@
     python benchmarks/quality.py --budget cpu    # 4 x 256, 512-token chunks, 2 CPU cores (configs/quality/cpu.yaml)
     python benchmarks/quality.py --budget gpu    # BERT-base sizes, one GPU (configs/quality/gpu.yaml)
 
-Stages, each the CLI a user runs (`demo.py`'s runner; a finished stage is reused, `--fresh` starts over): corpus
-(`python -m modeling_bertxml.synthetic --preset hard`) -> tokenizer -> pretrain.py -> train.py (the scripts' default
-recipe: the YAML gives only files, sizes and budgets) -> TF-IDF + logistic regression. Prints one markdown table:
-MLM perplexity beside the unigram perplexity of the same masked tokens, BERT-XML beside code priors and TF-IDF on the
-test split, and each stage's wall time; writes it, with every number, to `<output_dir>/quality.json`, and as a figure
-to `<output_dir>/quality.png`.
+Stages, each the CLI a user runs (`make demo`'s runner, `modeling_bertxml.training.stages`; a finished stage is
+reused, `--fresh` starts over): corpus (`python -m modeling_bertxml.data.synthetic --preset hard`) -> tokenizer ->
+pretrain.py -> train.py (the scripts' default recipe: the YAML gives only files, sizes and budgets) -> TF-IDF +
+logistic regression. Prints one markdown table: MLM perplexity beside the unigram perplexity of the same masked
+tokens, BERT-XML beside code priors and TF-IDF on the test split, and each stage's wall time; writes it, with every
+number, to `<output_dir>/quality.json`, and as a figure to `<output_dir>/quality.png`.
 """
 
 import argparse
@@ -21,14 +21,13 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # demo.py's stage runner and the shared baseline scoring; the package is installed
+sys.path.insert(0, str(ROOT))  # `python benchmarks/quality.py` from anywhere
 
-from demo import as_flags, run_stage, stage_commands  # noqa: E402
-
-from benchmarks.baseline_tfidf import score_splits  # noqa: E402
-from modeling_bertxml.metrics import format_table  # noqa: E402
-from modeling_bertxml.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
-from modeling_bertxml.plots import comparison_figure, save_figure  # noqa: E402
+from modeling_bertxml.data.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
+from modeling_bertxml.evaluation.baseline_tfidf import score_splits  # noqa: E402
+from modeling_bertxml.evaluation.metrics import format_table  # noqa: E402
+from modeling_bertxml.evaluation.plots import comparison_figure, save_figure  # noqa: E402
+from modeling_bertxml.training.stages import run_stages  # noqa: E402
 
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
 
@@ -94,13 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     if not config_file.is_file():
         parser.error(f"--config {config_file}: no such file")
     config = yaml.safe_load(config_file.read_text())
-    out = Path(config["output_dir"])
     if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    for name, (command, done) in stage_commands(out).items():
-        timings[name] = run_stage(name, command + as_flags(config.get(name)), done, out)  # 0 when reused
+        shutil.rmtree(config["output_dir"], ignore_errors=True)
+    out, timings = run_stages(config)  # a reused stage takes 0 s
     results = collect(out, timings)
     (out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     write_figure(results, out / "quality.png")

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from modeling_bertxml.icd10 import normalize_code
+from modeling_bertxml.data.icd10 import normalize_code
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ This module is the only place that registers: with the package imported, `AutoCo
 `trust_remote_code`, `save_pretrained` copies the remote-code files next to the weights, and
 `pipeline("icd-coding", model=...)` builds an `ICDCodingPipeline`.
 
-Importing the package is cheap: `modeling_bertxml.metrics` and the tokenizer trainer load neither torch nor the model.
+Importing the package is cheap: `modeling_bertxml.evaluation.metrics` and the tokenizer trainer load neither torch nor
+the model.
 The classes below load on first access, and registration happens as soon as transformers' Auto classes are loaded,
 whichever is imported first: `import modeling_bertxml` then `AutoModel.from_pretrained(folder)` works.
 """
@@ -16,14 +17,14 @@ from importlib.machinery import ModuleSpec, PathFinder
 from types import ModuleType
 
 _EXPORTS = {
-    "BertXMLConfig": "configuration_bertxml",
-    "BertXMLForMaskedLM": "modeling_bertxml",
-    "BertXMLForMultiLabelCoding": "modeling_bertxml",
-    "BertXMLLabelWiseHead": "modeling_bertxml",
-    "BertXMLModel": "modeling_bertxml",
-    "BertXMLPreTrainedModel": "modeling_bertxml",
-    "ICDCodingPipeline": "pipeline_bertxml",
-    "MultiLabelCodingOutput": "modeling_bertxml",
+    "BertXMLConfig": "model.configuration_bertxml",
+    "BertXMLForMaskedLM": "model.modeling_bertxml",
+    "BertXMLForMultiLabelCoding": "model.modeling_bertxml",
+    "BertXMLLabelWiseHead": "model.modeling_bertxml",
+    "BertXMLModel": "model.modeling_bertxml",
+    "BertXMLPreTrainedModel": "model.modeling_bertxml",
+    "ICDCodingPipeline": "model.pipeline_bertxml",
+    "MultiLabelCodingOutput": "model.modeling_bertxml",
 }
 _AUTO = "transformers.models.auto"
 _REGISTERED_MODULES = {f"{__name__}.{module}" for module in _EXPORTS.values()}
@@ -54,9 +55,9 @@ def register() -> None:
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .configuration_bertxml import BertXMLConfig
-    from .modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding, BertXMLModel
-    from .pipeline_bertxml import ICDCodingPipeline
+    from .model.configuration_bertxml import BertXMLConfig
+    from .model.modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding, BertXMLModel
+    from .model.pipeline_bertxml import ICDCodingPipeline
 
     AutoConfig.register(BertXMLConfig.model_type, BertXMLConfig)
     # `AutoModel` follows the folder's `architectures`, as its saved auto_map does: a coding folder gives the coding

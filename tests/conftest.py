@@ -136,7 +136,7 @@ def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
     )
 
 
-# What both scripts log every training step (modeling_bertxml.training.log_training); evaluations are validation/*.
+# What both scripts log every training step (modeling_bertxml.training.loop.log_training); evaluations are validation/*.
 TRAIN_TAGS = {"train/loss", "train/learning_rate", "train/epoch", "train/tokens", "train/tokens_per_second", "train/mfu"}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_bertxml.pipeline_folder import make_pipeline_ready
+from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 from tests.conftest import SUBPROCESS_TIMEOUT_S, free_port
 from tests.synthetic_coding import DESCRIPTIONS, TRIGGERS, trained_coder
 
@@ -84,7 +84,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(gradio_tmp)}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "modeling_bertxml.app", "--model", str(model_folder), "--port", str(port)],
+            [sys.executable, "-m", "modeling_bertxml.model.app", "--model", str(model_folder), "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -214,7 +214,7 @@ def test_an_example_note_is_picked_coded_and_highlighted(app_url, page, tmp_path
     """Holds for any model. The README's screenshot: BERT_XML_APP_MODEL=runs/demo/model BERT_XML_APP_EXAMPLE=
     "Synthetic discharge summary (demo corpus)" BERT_XML_APP_SCREENSHOT=docs/app.png pytest tests/test_app.py -k example
     """
-    from modeling_bertxml.app import EXAMPLES
+    from modeling_bertxml.model.app import EXAMPLES
 
     url, _, _ = app_url
     page.goto(url)

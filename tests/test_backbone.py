@@ -22,8 +22,8 @@ from transformers import (
 )
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM
-from modeling_bertxml.finetuning import build_coding_model
-from modeling_bertxml.training import ConfigError, load_config
+from modeling_bertxml.training.models import build_coding_model
+from modeling_bertxml.training.models import ConfigError, load_config
 from tests.conftest import (
     BACKBONES,
     assert_close_scaled,

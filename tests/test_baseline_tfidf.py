@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from benchmarks.baseline_tfidf import run_tfidf_baseline
-from modeling_bertxml import icd10
-from modeling_bertxml.notes import NotesError
+from modeling_bertxml.evaluation.baseline_tfidf import run_tfidf_baseline
+from modeling_bertxml.data import icd10
+from modeling_bertxml.data.notes import NotesError
 
 
 def _write(path, rows):

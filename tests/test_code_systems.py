@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from modeling_bertxml import BertXMLConfig
-from modeling_bertxml.code_systems import (
+from modeling_bertxml.data.code_systems import (
     CODE_SYSTEMS,
     check_codes,
     code_groups,
     get_code_system,
     warn_local_codes,
 )
-from modeling_bertxml.notes import read_label_file, read_notes
+from modeling_bertxml.data.notes import read_label_file, read_notes
 
 
 # (system, as written, label)

@@ -7,7 +7,7 @@ import re
 import datasets
 import pytest
 
-from modeling_bertxml.readers import NotesError, iter_texts, load_text_dataset
+from modeling_bertxml.data.readers import NotesError, iter_texts, load_text_dataset
 
 NOTES = ["Chest pain, MRN 4829113.", "Seen 2019-03-04 for dyspnea", "Type 2 diabetes; start metformin"]
 

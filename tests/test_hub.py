@@ -15,7 +15,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from modeling_bertxml.hub import (
+from modeling_bertxml.release.hub import (
     Finding,
     HubPushError,
     IdentifiersFoundError,
@@ -211,7 +211,7 @@ def test_no_network_gives_one_clear_error_and_leaves_the_folder(
 
     message = str(failed.value)
     assert "intact" in message and str(folder.resolve()) in message
-    assert f"python -m modeling_bertxml.hub {folder} --hub_model_id {REPO_ID}" in message
+    assert f"python -m modeling_bertxml.release.hub {folder} --hub_model_id {REPO_ID}" in message
     assert failed.value.__cause__ is None and failed.value.__suppress_context__
     assert snapshot(folder) == before
     captured = capfd.readouterr()
@@ -246,7 +246,8 @@ def test_train_args_push_and_never_show_the_token(loopback_hub, tmp_path: Path, 
 
 
 def test_the_cli_pushes_only_what_a_model_repo_holds(loopback_hub, tmp_path: Path, caplog) -> None:
-    """`python -m modeling_bertxml.hub OUTPUT_DIR` (what train.py prints after a failed push) on a run's folder."""
+    """`python -m modeling_bertxml.release.hub OUTPUT_DIR` (what train.py prints after a failed push) on a run's
+    folder."""
     folder = save_tiny_model(tmp_path / "run")
     model_files = set(snapshot(folder))
     (folder / "checkpoints" / "step_7").mkdir(parents=True)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from modeling_bertxml import icd10
-from modeling_bertxml.code_systems import check_codes
+from modeling_bertxml.data import icd10
+from modeling_bertxml.data.code_systems import check_codes
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ print(json.dumps([[model.__name__ for model in models], "icd-coding" in PIPELINE
 
 
 @pytest.mark.parametrize(
-    "imports", ["import modeling_bertxml.metrics", "import modeling_bertxml, tokenizer_training.train_tokenizer"]
+    "imports",
+    ["import modeling_bertxml.evaluation.metrics", "import modeling_bertxml, tokenizer_training.train_tokenizer"],
 )
 def test_modules_without_the_model_do_not_import_torch(imports: str) -> None:
     assert run_in_fresh_interpreter(NO_TORCH.format(imports=imports), cwd=ROOT) is True
@@ -31,7 +32,7 @@ def test_modules_without_the_model_do_not_import_torch(imports: str) -> None:
         "import modeling_bertxml; from transformers import AutoModel",
         "from transformers import AutoModel; import modeling_bertxml",
         "import modeling_bertxml; from transformers import BertModel",  # BERT's modeling loads the Auto classes midway
-        "from modeling_bertxml.modeling_bertxml import BertXMLModel",  # ours too: registering must wait for the file
+        "from modeling_bertxml.model.modeling_bertxml import BertXMLModel",  # ours too: registering waits for the file
     ],
 )
 def test_importing_the_package_registers_in_any_order(imports: str) -> None:

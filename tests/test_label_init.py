@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from transformers.testing_utils import CaptureLogger
 
-from modeling_bertxml import BertXMLForMultiLabelCoding, label_init
-from modeling_bertxml.label_init import code_descriptions, embed_texts, init_label_queries_from_descriptions
-from modeling_bertxml.pipeline_bertxml import evidence_spans
-from modeling_bertxml.pipeline_folder import make_pipeline_ready
+from modeling_bertxml import BertXMLForMultiLabelCoding
+
+from modeling_bertxml.training import label_init
+from modeling_bertxml.data.code_systems import code_descriptions
+from modeling_bertxml.training.label_init import embed_texts, init_label_queries_from_descriptions
+from modeling_bertxml.model.pipeline_bertxml import evidence_spans
+from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 from tests.conftest import tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, FILLER, TRIGGERS, trained_coder
 

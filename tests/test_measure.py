@@ -8,7 +8,7 @@ import time
 import torch
 
 from benchmarks.measure import Meter, matmul_peak
-from modeling_bertxml.throughput import Throughput, matmul_peak_flops, steady_state_seconds
+from modeling_bertxml.training.throughput import Throughput, matmul_peak_flops, steady_state_seconds
 
 SLOW, WARMUP = 0.2, 2
 CPU = torch.device("cpu")

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from modeling_bertxml import metrics
-from modeling_bertxml.metrics import METRIC_KEYS, binary_cross_entropy, compute_metrics, format_table, tune_threshold
+from modeling_bertxml.evaluation import metrics
+from modeling_bertxml.evaluation.metrics import (
+    METRIC_KEYS,
+    binary_cross_entropy,
+    compute_metrics,
+    format_table,
+    tune_threshold,
+)
 from tests.conftest import SUBPROCESS_TIMEOUT_S
 
 
@@ -211,7 +217,7 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     script = textwrap.dedent(
         """
         import json, evaluate, numpy as np
-        from modeling_bertxml.metrics_evaluate import MULTILABEL_ICD_SCRIPT
+        from modeling_bertxml.evaluation.metrics_evaluate import MULTILABEL_ICD_SCRIPT
         probs, targets = np.array(json.loads(input())), np.array(json.loads(input()))
         metric = evaluate.load(MULTILABEL_ICD_SCRIPT)
         whole = metric.compute(predictions=probs, references=targets, threshold=0.5, num_unseen_positives=2)
@@ -265,7 +271,7 @@ def test_binary_cross_entropy_is_the_mean_loss_per_note_and_code() -> None:
 def test_evaluate_module_names_the_pip_package_when_bert_xml_is_missing(tmp_path):
     # evaluate checks a script's imports before running it; its message must say what to pip install (bert-xml), not
     # the import name (modeling_bertxml), which is no package on PyPI.
-    from modeling_bertxml.metrics_evaluate import MULTILABEL_ICD_SCRIPT
+    from modeling_bertxml.evaluation.metrics_evaluate import MULTILABEL_ICD_SCRIPT
 
     script = textwrap.dedent(
         """
@@ -289,7 +295,7 @@ def test_evaluate_module_names_the_pip_package_when_bert_xml_is_missing(tmp_path
 def test_evaluate_module_has_a_metric_card():
     from huggingface_hub import RepoCard
 
-    from modeling_bertxml.metrics_evaluate import MULTILABEL_ICD_SCRIPT
+    from modeling_bertxml.evaluation.metrics_evaluate import MULTILABEL_ICD_SCRIPT
 
     card = RepoCard.load(os.path.join(os.path.dirname(MULTILABEL_ICD_SCRIPT), "README.md"))
     assert {"evaluate", "metric"} <= set(card.data.tags) and card.data.description

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-import modeling_bertxml.modeling_bertxml
+import modeling_bertxml.model.modeling_bertxml
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM, BertXMLForMultiLabelCoding, BertXMLModel
 from tests.conftest import WORDS, assert_close_scaled, run_in_fresh_interpreter, tiny_config, tiny_tokenizer
 
@@ -36,7 +36,7 @@ def test_loading_from_a_state_dict_without_a_name_asks_no_hub_for_an_adapter(mon
     def no_lookup(name: str, **kwargs) -> None:
         raise AssertionError(f"looked for an adapter at {name!r}")
 
-    monkeypatch.setattr(modeling_bertxml.modeling_bertxml, "find_adapter_config_file", no_lookup)
+    monkeypatch.setattr(modeling_bertxml.model.modeling_bertxml, "find_adapter_config_file", no_lookup)
     model = BertXMLModel(tiny_config())
     loaded = BertXMLModel.from_pretrained(None, config=model.config, state_dict=model.state_dict())
     for name, tensor in model.state_dict().items():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from modeling_bertxml.notes import (
+from modeling_bertxml.data.notes import (
     MultiLabelCollator,
     NoteColumns,
     NotesError,
@@ -23,7 +23,7 @@ from modeling_bertxml.notes import (
     read_notes,
     tokenize_notes,
 )
-from modeling_bertxml.readers import DatasetSource
+from modeling_bertxml.data.readers import DatasetSource
 from tests.conftest import tiny_tokenizer
 
 SECRET = "Mrs Secretname"  # stands for PHI: must never appear in an error or a log line

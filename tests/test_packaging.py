@@ -6,6 +6,7 @@ import shutil
 import site
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,21 @@ def test_wheel_trains_through_its_console_script_outside_the_repository(data: Pa
     wheels, elsewhere, source = tmp_path / "wheels", tmp_path / "elsewhere", tmp_path / "source"
     elsewhere.mkdir()
     # A clean copy: setuptools would reuse a stale build/ of the checkout (files the package data no longer lists).
-    unpackaged = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "runs", "data")
+    # The checkout's runs/ and data/ (generated corpora) stay behind; the package's own data/ folder is code.
+    generated = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__")
+
+    def unpackaged(folder: str, names: list[str]) -> set[str]:
+        return generated(folder, names) | ({"runs", "data"} & set(names) if Path(folder) == REPO_ROOT else set())
+
     shutil.copytree(REPO_ROOT, source, ignore=unpackaged)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True)
     (wheel,) = wheels.glob("bert_xml-*.whl")
+    # The console scripts run the package's code: no top-level `train` or `pretrain` module (another project's
+    # train.py would collide with it), and the model card template ships as package data.
+    files = zipfile.ZipFile(wheel).namelist()
+    assert not {"train.py", "pretrain.py"} & set(files)
+    assert "modeling_bertxml/release/templates/model_card.md" in files
     bin_dir = fresh_env(tmp_path / "venv")
     subprocess.run([*pip, "--python", str(bin_dir / "python"), "install", "--no-deps", str(wheel)], check=True)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
@@ -48,7 +59,7 @@ def test_wheel_trains_through_its_console_script_outside_the_repository(data: Pa
             command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S
         )
 
-    where = run(str(bin_dir / "python"), "-c", "import modeling_bertxml, train; print(modeling_bertxml.__file__)")
+    where = run(str(bin_dir / "python"), "-c", "import modeling_bertxml; print(modeling_bertxml.__file__)")
     assert where.stdout.startswith(str(tmp_path / "venv")), where.stdout + where.stderr  # the wheel's, not the repo's
     assert all((bin_dir / name).is_file() for name in CONSOLE_SCRIPTS)
 

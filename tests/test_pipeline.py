@@ -14,11 +14,11 @@ from transformers import pipeline
 from transformers.testing_utils import CaptureLogger
 
 from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
-from modeling_bertxml import pipeline_bertxml
-from modeling_bertxml.pipeline_bertxml import evidence_spans, select_codes
-from modeling_bertxml.pipeline_folder import make_pipeline_ready
-from modeling_bertxml import predict
-from modeling_bertxml.predict import main as predict_main
+from modeling_bertxml.model import pipeline_bertxml
+from modeling_bertxml.model.pipeline_bertxml import evidence_spans, select_codes
+from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
+from modeling_bertxml.release import predict
+from modeling_bertxml.release.predict import main as predict_main
 from tests.conftest import run_in_fresh_interpreter, tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, DESCRIPTIONS, synthetic_note, trained_coder
 

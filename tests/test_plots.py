@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_bertxml.hub import scan_for_identifiers
-from modeling_bertxml.metrics import compute_metrics
-from modeling_bertxml.plots import FIGURE_FILES, f1_by_frequency, precision_recall_curve, write_figures
+from modeling_bertxml.release.hub import scan_for_identifiers
+from modeling_bertxml.evaluation.metrics import compute_metrics
+from modeling_bertxml.evaluation.plots import FIGURE_FILES, f1_by_frequency, precision_recall_curve, write_figures
 
 # 3 notes x 5 codes; at threshold 0.5 the predictions are c0 c2 | c1 c2 | c0 c3, code c4 is never predicted.
 PROBS = np.array([[0.9, 0.1, 0.8, 0.2, 0.1], [0.2, 0.7, 0.9, 0.1, 0.1], [0.6, 0.4, 0.3, 0.9, 0.1]])

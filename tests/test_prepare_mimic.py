@@ -243,7 +243,7 @@ def test_every_prepared_dataset_trains_with_all_its_codes(
 ):
     from transformers import AutoConfig, pipeline
 
-    from train import main as train_main
+    from modeling_bertxml.training.train import main as train_main
 
     output_dir = tmp_path / dataset
     if dataset.startswith("mimiciii"):

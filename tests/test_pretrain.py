@@ -19,9 +19,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from huggingface_hub import HfApi
 from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast
 
-import pretrain
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
-from modeling_bertxml.checkpointing import is_run_output
+from modeling_bertxml.training import pretrain
+from modeling_bertxml.training.checkpointing import is_run_output
 
 from conftest import (
     SUBPROCESS_TIMEOUT_S,

@@ -12,8 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from modeling_bertxml.notes import read_notes
-from modeling_bertxml.readers import NotesError, iter_texts
+from modeling_bertxml.data.notes import read_notes
+from modeling_bertxml.data.readers import NotesError, iter_texts
 
 SECRET = "Zorblatt"  # stands for PHI: in every generated note and id, and never in an error message
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from torch.utils.data import DataLoader
 
-from modeling_bertxml.sampling import LengthGroupedSampler, padding_share
+from modeling_bertxml.data.sampling import LengthGroupedSampler, padding_share
 
 BATCH = 4
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from modeling_bertxml import icd10, synthetic
-from modeling_bertxml.code_systems import check_codes
+from modeling_bertxml.data import icd10, synthetic
+from modeling_bertxml.data.code_systems import check_codes
 
 SIZES = {"num_train": 120, "num_validation": 15, "num_test": 15}
 

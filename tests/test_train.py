@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
-from modeling_bertxml.finetuning import build_coding_model, load_coding_model
-from modeling_bertxml.metrics import METRIC_KEYS, compute_metrics, tune_threshold
-from modeling_bertxml.notes import MultiLabelCollator, read_notes, tokenize_notes
+from modeling_bertxml.training.models import build_coding_model, load_coding_model
+from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
+from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     SUBPROCESS_TIMEOUT_S,
     TRAIN_TAGS,
@@ -38,7 +38,7 @@ from tests.conftest import (
     tracked_scalars,
 )
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
-from train import main, parse_args
+from modeling_bertxml.training.train import main, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOPICS = {
@@ -251,10 +251,10 @@ def strings_in(value) -> list[str]:
 
 
 def test_card_figures_are_pngs_in_the_card_drawn_from_numbers_only(data: Path, tmp_path: Path, monkeypatch) -> None:
-    import train
+    from modeling_bertxml.training import train
     from matplotlib.text import Text
 
-    from modeling_bertxml import plots
+    from modeling_bertxml.evaluation import plots
 
     arguments, drawn = [], []
     write_figures, save_figure = train.write_figures, plots.save_figure
@@ -330,7 +330,7 @@ SPACE_APP = textwrap.dedent(
 def test_folder_is_a_space_app_that_serves_the_model_without_the_package(data: Path, trained) -> None:
     pytest.importorskip("gradio", reason="the app extra: pip install -e '.[app]'")
     output_dir, _ = trained
-    assert (output_dir / "app.py").read_text() == (REPO_ROOT / "modeling_bertxml" / "app.py").read_text()
+    assert (output_dir / "app.py").read_text() == (REPO_ROOT / "modeling_bertxml" / "model" / "app.py").read_text()
     requirements = (output_dir / "requirements.txt").read_text().split()
     assert "gradio>=6" in requirements and any(line.startswith("transformers>=") for line in requirements)
     note = json.loads((data / "test.jsonl").read_text().splitlines()[1])["text"]
@@ -711,16 +711,16 @@ def test_label_queries_start_from_descriptions_by_default_only_for_an_encoder_tr
 def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(data: Path, tmp_path: Path) -> None:
     from accelerate.state import AcceleratorState
 
-    from modeling_bertxml.checkpointing import Progress
-    from modeling_bertxml.finetuning import head_prefix, save_coding_model
-    from modeling_bertxml.training import create_optimizer, create_scheduler, setup_accelerator, training_step
+    from modeling_bertxml.training.checkpointing import Progress
+    from modeling_bertxml.training.models import save_coding_model
+    from modeling_bertxml.training.loop import create_optimizer, create_scheduler, setup_accelerator, training_step
 
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = setup_accelerator(tmp_path / "notebook", seed=0)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(data / "pretrained")
     labels = ["E11.9", "I10"]
     model = build_coding_model(labels, tokenizer, data / "pretrained")
-    optimizer = create_optimizer(model, learning_rate=1e-3, param_groups={head_prefix(model): 1e-2})
+    optimizer = create_optimizer(model, learning_rate=1e-3, param_groups={model.label_head: 1e-2})
     scheduler = create_scheduler(optimizer, num_training_steps=1)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     batch = dict(tokenizer(["metformin glucose", "lisinopril blood pressure"], padding=True, return_tensors="pt"))

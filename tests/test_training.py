@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from modeling_bertxml import BertXMLForMaskedLM
-from modeling_bertxml.checkpointing import (
+from modeling_bertxml.training.checkpointing import (
     CheckpointManager,
     OutputDirError,
     OutputWriteError,
@@ -24,22 +24,22 @@ from modeling_bertxml.checkpointing import (
     record_output,
     save_model_folder,
 )
-from modeling_bertxml.training import (
-    ConfigError,
-    TrainingDivergedError,
+from modeling_bertxml.training.arguments import (
     add_checkpoint_args,
     add_data_args,
     add_model_args,
     add_optimization_args,
+    run_args,
+)
+from modeling_bertxml.training.loop import (
+    TrainingDivergedError,
     check_loss,
     create_optimizer,
     create_scheduler,
-    load_config,
-    load_tokenizer,
-    run_args,
     setup_accelerator,
     training_step,
 )
+from modeling_bertxml.training.models import ConfigError, load_config, load_tokenizer
 
 from conftest import folder_state, tiny_config, tiny_tokenizer
 
@@ -114,7 +114,7 @@ def test_a_save_killed_midway_leaves_no_checkpoint_that_resolves(trained, monkey
     if crash_in == "save_state":
         monkeypatch.setattr(accelerator, "save_state", die)
     else:
-        monkeypatch.setattr("modeling_bertxml.checkpointing.write_json_atomic", die)
+        monkeypatch.setattr("modeling_bertxml.training.checkpointing.write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
         checkpoints.save(accelerator, Progress(step=2, batches_in_epoch=2))
 
@@ -382,7 +382,7 @@ def test_tokenizer_and_config_must_belong_together(tmp_path):
 
 def test_optimizer_skips_decay_on_biases_and_layernorm_and_gives_prefixes_their_rate():
     model = BertXMLForMaskedLM(tiny_config())
-    optimizer = create_optimizer(model, learning_rate=1e-4, weight_decay=0.01, param_groups={"cls.": 1e-2})
+    optimizer = create_optimizer(model, learning_rate=1e-4, weight_decay=0.01, param_groups={model.cls: 1e-2})
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert group_of[id(named["bert.encoder.layer.0.attention.output.LayerNorm.weight"])]["weight_decay"] == 0.0

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from modeling_bertxml.readers import iter_texts
+from modeling_bertxml.data.readers import iter_texts
 from tokenizer_training.names import NameMask, collect_names
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,622 @@
+"""Remote code: travels with every saved model; imports only torch, transformers and its siblings.
+
+BERT-XML (Zhang, Liu and Razavian, ClinicalNLP 2020): BERT for multi-label ICD coding of whole clinical notes.
+
+Everything that is not listed here is transformers' BERT, module for module (embeddings, SDPA self-attention, layers,
+MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What BERT-XML changes:
+
+1. Long notes (`BertXMLModel`): `input_ids` of up to `max_chunks * max_position_embeddings` tokens are split into
+   chunks of `max_position_embeddings` (positions restart in every chunk), all chunks of the batch are encoded as one
+   batch, and the token states are concatenated back into one sequence per note (segment pooling, as BERT-XML and
+   PLM-ICD). Chunks that hold only padding are not encoded.
+2. Label attention (`BertXMLForMultiLabelCoding`): one learned query per code attends over all tokens of the note,
+   with padding masked out (PLM-ICD's released code forgets the mask), with float32 scores so fp16/bf16 cannot
+   overflow the softmax. Each code's document vector goes through its own output weight and bias. Codes are
+   processed in blocks of `label_block_size` (by a fused attention kernel, or as two matmuls per block on CUDA), so
+   the (batch, codes, tokens) score tensor never exists whole: the full ICD-10-CM set (74,736 codes) fits in bounded
+   memory. An optional LAAT projection (`label_attention_dim`) scores `tanh(W h)`.
+3. Rotary positions (`position_embedding_type="rotary"`, what pretrain.py and train.py build from scratch): BERT's
+   self-attention with RoFormer's rotary embedding on queries and keys, so attention knows token distances from
+   the first step instead of waiting for a random position table to organise (the MLM "unigram plateau").
+4. There is no pooler and no next-sentence head.
+5. Other encoders (`config.backbone_config`): any transformers encoder (RoBERTa, ModernBERT, ...) built with
+   `AutoModel.from_config`, without its pooler, takes the place of BERT's embeddings and layers under the same
+   chunking and label attention; chunks hold as many tokens as its position table allows.
+6. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
+   head), which transformers' adapter detection alone would build with the base's config and number of codes.
+"""
+
+import inspect
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss
+from transformers import AutoModel, PretrainedConfig
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertEncoder,
+    BertOnlyMLMHead,
+    BertPreTrainedModel,
+    BertSelfAttention,
+    eager_attention_forward,
+)
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.processing_utils import Unpack
+from transformers.utils import CONFIG_NAME, TransformersKwargs, can_return_tuple, cached_file, find_adapter_config_file
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_bertxml import BertXMLConfig
+
+
+@dataclass
+class MultiLabelCodingOutput(SequenceClassifierOutput):
+    r"""
+    label_attentions (`torch.FloatTensor` of shape `(batch_size, num_labels, sequence_length)`, *optional*):
+        Each code's attention over the note's tokens (rows sum to 1, padding gets exactly 0): the evidence for the
+        code. Returned when `output_label_attentions=True`.
+    mlm_loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        The masked-LM loss on `mlm_labels` (unweighted; `loss` holds it weighted), returned when they are given.
+    """
+
+    label_attentions: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+
+
+def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> torch.Tensor | None:
+    """(batch, length, ...) -> (batch * num_chunks, chunk_length, ...), padding the last chunk with `fill`."""
+    if tensor is None:
+        return None
+    pad = -tensor.shape[1] % chunk_length
+    if pad:
+        tensor = torch.cat([tensor, tensor.new_full((tensor.shape[0], pad, *tensor.shape[2:]), fill)], dim=1)
+    return tensor.reshape(-1, chunk_length, *tensor.shape[2:])
+
+
+def backbone_init_kwargs(config: PretrainedConfig) -> dict:
+    """What `AutoModel` needs to build `config`'s encoder without a pooler: the label attention reads token states,
+    and a pooler would be a weight that masked-LM checkpoints lack and that no gradient reaches (DDP refuses that)."""
+    signature = inspect.signature(MODEL_MAPPING[type(config)].__init__)
+    return {"add_pooling_layer": False} if "add_pooling_layer" in signature.parameters else {}
+
+
+class BertXMLRotarySelfAttention(BertSelfAttention):
+    """BERT's self-attention (same weights, any attention implementation) with rotary positions on queries and keys.
+
+    Why: with BERT's learned position table, which starts random, attention cannot tell a token's neighbours from
+    the rest of a 512-token block until that table has organised itself, and MLM sits at the unigram plateau
+    (predicting token frequencies) for thousands of steps. Rotary positions (RoFormer) make every query-key score a
+    function of the tokens' distance from the first step. Positions restart in every chunk, as the chunks are rows.
+    """
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kwargs.pop("cache", None)  # an encoder: nothing to cache
+        input_shape = hidden_states.shape[:-1]
+        shape = (*input_shape, -1, self.attention_head_size)
+        query, key, value = (
+            layer(hidden_states).view(shape).transpose(1, 2) for layer in (self.query, self.key, self.value)
+        )
+        cos, sin = self._rotary(input_shape[1], hidden_states.device, query.dtype)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(
+            self, query, key, value, attention_mask, dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling, **kwargs,
+        )  # fmt: skip
+        return output.reshape(*input_shape, -1).contiguous(), weights
+
+    def _rotary(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of position x frequency, (length, head_size), with RoPE's base 10,000."""
+        even = torch.arange(0, self.attention_head_size, 2, device=device, dtype=torch.float32)
+        frequencies = 10_000.0 ** (-even / self.attention_head_size)
+        angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), frequencies)
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+class BertXMLLabelWiseHead(nn.Module):
+    """Per-code attention over token states, then a per-code linear output (BERT-XML's multi-label head).
+
+    Exactly 4 * codes * hidden_size FLOPs per token (scores, then weighted states), so the win is in how they run.
+    Two exact paths (`config.label_attention_implementation`, chosen per device by `_path`):
+    - "sdpa": each block of codes is one fused `scaled_dot_product_attention` call (queries = codes, keys = values =
+      token states, scale 1) whose kernels keep the scores in float32 accumulators and store no (batch, codes,
+      tokens) tensor, not even for the backward pass. The CPU's path.
+    - "blocks": one block's scores at a time are formed explicitly in the compute dtype and soft-maxed in float32.
+      On CUDA two large matmuls per block beat SDPA, whose only kernel for a head as wide as 768 is the
+      memory-efficient one (4x faster at 8,000 codes on an H200, benchmarks/README.md). A float16 matmul would
+      overflow past 65,504 (bf16 cannot), so float16 keeps SDPA.
+    `attention` gives the explicit path's weights for chosen codes only (the pipeline's evidence).
+
+    Every code owns one row of `queries`, `output_weight` and `output_bias`. The head starts, moves and counts those
+    rows itself (`init_code_rows`, `set_prior_bias`, `set_rows_from_vectors`, `reindex_codes`, `flops_per_token`), so
+    that training code never names its parameters.
+    """
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__()
+        self.block_size = config.label_block_size
+        self.implementation = config.label_attention_implementation
+        query_size = config.label_attention_dim or config.hidden_size
+        self.projection = nn.Linear(config.hidden_size, query_size) if config.label_attention_dim else None
+        self.queries = nn.Parameter(torch.empty(config.num_labels, query_size))
+        self.output_weight = nn.Parameter(torch.empty(config.num_labels, config.hidden_size))
+        self.output_bias = nn.Parameter(torch.empty(config.num_labels))
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states (batch, tokens, hidden), attention_mask (batch, tokens) -> logits (batch, codes)."""
+        hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
+        if self._path(hidden_states, output_attentions) == "sdpa":
+            return self._fused_logits(hidden_states, keep), None
+        keys = self._keys(hidden_states)
+        logits, attentions = [], []
+        for queries, output_weight, output_bias in self._blocks():
+            # Batched queries, so that the scores come out (batch, block, tokens) without a transposing copy.
+            weights = self._weights(queries.expand(keys.shape[0], -1, -1), keys, keep)
+            documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block, hidden)
+            logits.append((documents * output_weight).sum(-1) + output_bias)
+            if output_attentions:
+                attentions.append(weights)
+        return torch.cat(logits, dim=-1), torch.cat(attentions, dim=1) if output_attentions else None
+
+    def attention(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The label attention of `codes` (batch, k) over the tokens, (batch, k, tokens) in float32: the rows that
+        `forward(..., output_attentions=True)` returns for those codes, without a (batch, all codes, tokens) tensor."""
+        hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
+        return self._weights(self.queries[codes], self._keys(hidden_states), keep)
+
+    def init_code_rows(self, queries: torch.Tensor, output_weight: torch.Tensor, output_bias: torch.Tensor) -> None:
+        """Start per-code rows (this head's parameters, or new rows of the same widths) where the head can leave the
+        code-prior plateau by itself. With BERT's std 0.02, every query gives near-uniform attention over a
+        ~1,000-token note, whose mean carries almost nothing of the few tokens that name a code, and output weights
+        that small cannot use it. Queries of std 1/sqrt(size) give unit-scale scores on LayerNorm'd states, and each
+        output weight starts as its query (same width), so the tokens a code attends to are the ones that raise its
+        score (docs/learning.md, "What mattered"). Biases start at 0; `set_prior_bias` starts them at each code's
+        prior. Weights loaded from a checkpoint are left as they are (transformers' `initialization` helpers)."""
+        init.normal_(queries, mean=0.0, std=queries.shape[1] ** -0.5)
+        if self.projection is None:
+            init.copy_(output_weight, queries)
+        else:
+            init.normal_(output_weight, mean=0.0, std=output_weight.shape[1] ** -0.5)
+        init.zeros_(output_bias)
+
+    @torch.no_grad()
+    def set_prior_bias(self, rows: torch.Tensor, priors: torch.Tensor) -> None:
+        """Start the codes of `rows` at their prior: output bias = log odds of `priors` (the share of notes carrying
+        each code), so that the first steps are not spent learning that a code is rare (a zero bias starts every
+        code at probability 0.5; RetinaNet's prior initialisation)."""
+        self.output_bias[rows] = torch.logit(priors.float().clamp(1e-6, 1 - 1e-6)).to(self.output_bias.dtype)
+
+    @torch.no_grad()
+    def set_rows_from_vectors(self, rows: torch.Tensor, vectors: torch.Tensor, output_norm: float | None) -> None:
+        """Start the codes of `rows` attending to text like `vectors` (one hidden-size vector per row, e.g. the
+        encoder's embedding of the code's description). The query is the vector (through the LAAT projection
+        `tanh(W v)` when there is one, so that it lives where the keys live) at unit norm: scores are then |key| x
+        cosine, the temperature of scaled dot-product attention. With `output_norm`, the output weight takes the
+        vector's direction at that norm, so a note that reads like the text starts with a higher score."""
+        queries = vectors if self.projection is None else torch.tanh(self.projection(vectors.to(self.queries.dtype)))
+        self.queries[rows] = nn.functional.normalize(queries.float(), dim=-1).to(self.queries.dtype)
+        if output_norm is not None:
+            weights = nn.functional.normalize(vectors.float(), dim=-1) * output_norm
+            self.output_weight[rows] = weights.to(self.output_weight.dtype)
+
+    @torch.no_grad()
+    def reindex_codes(self, rows: list[int | None]) -> None:
+        """Answer for another list of codes: code i keeps this head's row `rows[i]` (query, output weight and bias),
+        or starts a fresh row (`init_code_rows`) where `rows[i]` is None. Not-per-code weights (the LAAT projection)
+        stay."""
+        parameters = (self.queries, self.output_weight, self.output_bias)
+        fresh = [parameter.new_empty(len(rows), *parameter.shape[1:]) for parameter in parameters]
+        self.init_code_rows(*fresh)
+        kept = [i for i, row in enumerate(rows) if row is not None]
+        for new, old in zip(fresh, parameters):
+            new[kept] = old[[rows[i] for i in kept]]
+        self.queries, self.output_weight, self.output_bias = (nn.Parameter(values) for values in fresh)
+
+    @property
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per note token: each code's score (query . key) and weighted state (codes x hidden), plus the
+        LAAT projection. The work is fixed by the math, whichever path runs it."""
+        codes, query_size = self.queries.shape
+        projection = 2 * self.projection.weight.numel() if self.projection is not None else 0
+        return 2 * codes * (query_size + self.output_weight.shape[1]) + projection
+
+    @staticmethod
+    def _zero_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded states zeroed with `where` (not a product), so that NaN from an all-padding chunk cannot leak."""
+        keep = attention_mask.bool()
+        return torch.where(keep[..., None], hidden_states, torch.zeros_like(hidden_states)), keep
+
+    def _keys(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.projection(hidden_states)) if self.projection is not None else hidden_states
+
+    @staticmethod
+    def _weights(queries: torch.Tensor, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(batch, codes, query), (batch, tokens, query) -> float32 softmax over kept tokens, (batch, codes, tokens)."""
+        scores = torch.matmul(queries, keys.transpose(1, 2)).float()
+        return scores.masked_fill_(~keep[:, None, :], torch.finfo(torch.float32).min).softmax(dim=-1)
+
+    def _path(self, hidden_states: torch.Tensor, output_attentions: bool) -> str:
+        """"blocks" or "sdpa". SDPA returns no weights and needs keys as wide as values (no LAAT projection). "auto":
+        CUDA takes the blocks unless the compute dtype is float16; the CPU takes SDPA except for bf16 inference, where
+        the blocks run faster than PyTorch's CPU flash kernel (benchmarks/README.md)."""
+        if output_attentions or self.projection is not None:
+            return "blocks"
+        if self.implementation != "auto":
+            return self.implementation
+        device = hidden_states.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden_states.dtype
+        if device == "cuda":
+            return "sdpa" if dtype == torch.float16 else "blocks"
+        cpu_bf16_inference = device == "cpu" and dtype == torch.bfloat16 and not torch.is_grad_enabled()
+        return "blocks" if cpu_bf16_inference else "sdpa"
+
+    def _fused_logits(self, hidden_states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        # A note without tokens attends to all its (zeroed) states, as in the explicit path, so that no kernel meets
+        # a row with nothing to attend to (some return NaN there).
+        keep = keep | ~keep.any(dim=-1, keepdim=True)
+        states = hidden_states[:, None]  # one "head": (batch, 1, tokens, hidden)
+        logits = []
+        for queries, output_weight, output_bias in self._blocks():
+            documents = nn.functional.scaled_dot_product_attention(
+                queries.expand(states.shape[0], 1, -1, -1), states, states, attn_mask=keep[:, None, None, :], scale=1.0
+            )
+            logits.append((documents[:, 0] * output_weight).sum(-1) + output_bias)
+        return torch.cat(logits, dim=-1)
+
+    def _blocks(self) -> zip:
+        """(queries, output weight, output bias) per block of codes. `split`, not indexing: the backward pass then
+        assembles each parameter's gradient once, instead of zero-filling a full-size gradient for every block."""
+        parameters = (self.queries, self.output_weight, self.output_bias)
+        return zip(*(parameter.split(self.block_size) for parameter in parameters))
+
+
+class BertXMLPreTrainedModel(BertPreTrainedModel):
+    config: BertXMLConfig
+    config_class = BertXMLConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads a LoRA adapter folder (`train.py --use_lora`), whichever way it is reached: the Auto classes,
+        the pipelines, an Inference Endpoint.
+
+        Such a folder holds the model's config (its codes, threshold, pipeline) and the adapter with the trained head,
+        not the encoder. transformers' adapter detection would build the model from the base's config, with the
+        base's number of codes (and, for `AutoModel` on a Hub adapter, the base's class), and the saved head would not
+        fit: here the model class and config come from the adapter folder, the weights from the base named in its
+        `adapter_config.json`, then transformers loads the adapter (peft).
+        """
+        adapter_kwargs = dict(kwargs.get("adapter_kwargs") or {})
+        # Set by the Auto classes when they found an adapter (and then point us at the base already).
+        adapter, revision = adapter_kwargs.get("_adapter_model_path"), adapter_kwargs.get("revision")
+        download = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
+        # None: weights from `state_dict`, no folder (as transformers, ask nothing: offline, the Hub retries 31 s).
+        if adapter is None and pretrained_model_name_or_path is not None:
+            revision = kwargs.get("revision")
+            if find_adapter_config_file(str(pretrained_model_name_or_path), revision=revision, **download):
+                adapter = pretrained_model_name_or_path
+        config_file = adapter and cached_file(
+            adapter, CONFIG_NAME, revision=revision, _raise_exceptions_for_missing_entries=False, **download
+        )
+        if not config_file:  # not an adapter, or one without our config: nothing to add
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        config = cls.config_class.from_json_file(config_file)
+        # The adapter's model, as a full folder's `architectures` decide (AutoModel of a coder is the coder).
+        ours = [globals().get(name) for name in config.architectures]
+        model_class = next((c for c in ours if isinstance(c, type) and issubclass(c, BertXMLPreTrainedModel)), cls)
+        with open(find_adapter_config_file(str(adapter), revision=revision, **download), encoding="utf-8") as file:
+            base = json.load(file)["base_model_name_or_path"]
+        if str(base) != str(pretrained_model_name_or_path):
+            kwargs.pop("revision", None)  # the adapter's revision, not the base's
+        kwargs.update(config=config, adapter_kwargs={**adapter_kwargs, "_adapter_model_path": adapter})
+        if revision is not None:
+            kwargs["adapter_kwargs"]["revision"] = revision
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # the base's own head, if any, is for other codes
+        return super(BertXMLPreTrainedModel, model_class).from_pretrained(base, *model_args, **kwargs)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, BertEmbeddings) and self.config.position_embedding_type == "rotary":
+            init.zeros_(module.position_embeddings.weight)  # rotary attention has the positions; this learns extras
+        if isinstance(module, BertXMLLabelWiseHead):
+            module.init_code_rows(module.queries, module.output_weight, module.output_bias)
+
+
+class BertXMLModel(BertXMLPreTrainedModel):
+    """BERT encoder (or `config.backbone_config`'s) that reads notes longer than `max_position_embeddings` by encoding
+    them in chunks."""
+
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__(config)
+        if config.backbone_config is not None:
+            backbone_config = config.backbone_config
+            self.backbone = AutoModel.from_config(backbone_config, **backbone_init_kwargs(backbone_config))
+            # Token types only reach encoders that have them (ModernBERT has none: a tokenizer's zeros say nothing).
+            self._backbone_token_types = "token_type_ids" in inspect.signature(self.backbone.forward).parameters
+        else:
+            self.embeddings = BertEmbeddings(config)
+            self.encoder = BertEncoder(config)
+            if config.position_embedding_type == "rotary":
+                for index, layer in enumerate(self.encoder.layer):
+                    layer.attention.self = BertXMLRotarySelfAttention(config, layer_idx=index)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        if self.config.backbone_config is not None:
+            return self.backbone.get_input_embeddings()
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        if self.config.backbone_config is not None:
+            self.backbone.set_input_embeddings(value)
+        else:
+            self.embeddings.word_embeddings = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids of whole notes; `sequence_length` may be up to `max_chunks * max_position_embeddings`.
+        position_ids (`torch.LongTensor`, *optional*):
+            Only for notes of one chunk; chunked notes restart positions at 0 in every chunk.
+
+        `last_hidden_state` is note-shaped, (batch_size, sequence_length, hidden_size). `hidden_states` and `attentions`
+        (`output_hidden_states`/`output_attentions=True`) are per encoded chunk, (encoded_chunks, chunk_length, ...), as
+        the layers see them; a note of one chunk gives the usual BERT shapes (the backbone's, with a backbone).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        reference = input_ids if input_ids is not None else inputs_embeds
+        batch_size, length = reference.shape[:2]
+        if length > self.config.max_note_length:
+            raise ValueError(
+                f"Got {length} tokens but the model reads at most max_chunks * max_position_embeddings = "
+                f"{self.config.max_note_length}; truncate when tokenising (the tokenizer's model_max_length)."
+            )
+        chunk_length = min(length, self.config.max_position_embeddings)
+        if position_ids is not None and length > chunk_length:
+            raise ValueError("position_ids are only supported for notes of a single chunk")
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=reference.device)
+
+        chunk_mask = _to_chunks(attention_mask, chunk_length, 0)
+        # Always encode a note's first chunk (an empty note still gets states); skip chunks that are all padding. With
+        # one chunk per note (MLM blocks, short notes) every chunk is encoded: no boolean indexing, whose unknown
+        # output size would make the host wait for the device.
+        if chunk_mask.shape[0] == batch_size:
+            encode = slice(None)
+        else:
+            encode = chunk_mask.bool().any(-1)
+            encode.view(batch_size, -1)[:, 0] = True
+        chunks = {
+            "input_ids": _to_chunks(input_ids, chunk_length, self.config.pad_token_id or 0),
+            "attention_mask": chunk_mask,
+            "token_type_ids": _to_chunks(token_type_ids, chunk_length, 0),
+            "inputs_embeds": _to_chunks(inputs_embeds, chunk_length, 0.0),
+        }
+        chunks = {name: chunk[encode] for name, chunk in chunks.items() if chunk is not None}
+        encode_chunks = self._encode_with_backbone if self.config.backbone_config is not None else self._encode
+        outputs = encode_chunks(position_ids=position_ids, **chunks, **kwargs)
+        states = outputs.last_hidden_state
+        if isinstance(encode, torch.Tensor):
+            encoded, states = states, states.new_zeros(encode.shape[0], chunk_length, states.shape[-1])
+            states[encode] = encoded
+        return BaseModelOutput(
+            last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length],
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @capture_outputs
+    def _encode(
+        self,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """The built-in BERT on a batch of chunks. Outputs are captured here, not in `forward`, so that they are the
+        layers' (per chunk) whichever encoder runs."""
+        embeddings = self.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=attention_mask)
+        states = self.encoder(embeddings, attention_mask=mask, **kwargs).last_hidden_state
+        return BaseModelOutput(last_hidden_state=states)
+
+    def _encode_with_backbone(
+        self, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutput:
+        """The backbone on a batch of chunks; it captures its own layers' outputs (asked here or in our config)."""
+        if token_type_ids is not None and self._backbone_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        for name in ("output_hidden_states", "output_attentions"):
+            kwargs.setdefault(name, getattr(self.config, name, False))
+        return self.backbone(attention_mask=attention_mask, return_dict=True, **kwargs)
+
+
+class BertXMLForMaskedLM(BertXMLPreTrainedModel):
+    """BERT-XML encoder with BERT's masked-language-modelling head, for pretraining from scratch on notes."""
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: BertXMLConfig):
+        if config.backbone_config is not None:
+            raise ValueError(
+                f"BertXMLForMaskedLM pretrains the built-in BERT; a {config.backbone_config.model_type} backbone is "
+                "pretrained with its own masked-LM model (AutoModelForMaskedLM), then fine-tuned with train.py"
+            )
+        super().__init__(config)
+        self.bert = BertXMLModel(config)
+        self.cls = BertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids to predict at masked positions; -100 elsewhere.
+        """
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.cls(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
+    """BERT-XML: the chunked encoder with a label-wise attention head that assigns codes to whole notes."""
+
+    head_name = "label_head"  # the head's attribute: its weights are saved under it (label_head.queries, ...)
+
+    def __init__(self, config: BertXMLConfig):
+        # Checked here, not in the config, which the encoder and the MLM model share (and peer tools build freely).
+        if config.problem_type != "multi_label_classification":
+            raise ValueError(
+                f"BERT-XML codes notes with multi-hot labels (problem_type='multi_label_classification'); got "
+                f"problem_type={config.problem_type!r}"
+            )
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertXMLModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.label_head = BertXMLLabelWiseHead(config)
+        # The masked-LM loss kept while coding (`config.mlm_loss_weight`): the pretraining model's head, same names,
+        # so a pretrain.py checkpoint's `cls.*` weights load into it.
+        self.cls = BertOnlyMLMHead(config) if config.mlm_loss_weight else None
+        self._tied_weights_keys = BertXMLForMaskedLM._tied_weights_keys if self.cls is not None else None
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_label_attentions: bool = False,
+        mlm_labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MultiLabelCodingOutput:
+        r"""
+        labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            Multi-hot targets: 1 where the note carries the code, 0 elsewhere. Gives a binary cross-entropy loss.
+        mlm_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            With `config.mlm_loss_weight`: the original ids of the masked tokens of `input_ids`, -100 elsewhere. The
+            loss becomes the coding loss plus `mlm_loss_weight` times the masked-LM loss (`mlm_loss`).
+        output_label_attentions (`bool`, defaults to `False`):
+            Also return each code's attention over the tokens (`label_attentions`), the evidence for the code.
+        """
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if attention_mask is None:
+            attention_mask = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.long)
+        logits, label_attentions = self.label_head(
+            self.dropout(hidden_states), attention_mask, output_attentions=output_label_attentions
+        )
+        loss = mlm_loss = None
+        if labels is not None:
+            loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+        if mlm_labels is not None:
+            if self.cls is None:
+                raise ValueError("mlm_labels need a model built with config.mlm_loss_weight > 0 (it has no MLM head)")
+            mlm_logits = self.cls(hidden_states)
+            mlm_loss = CrossEntropyLoss()(mlm_logits.view(-1, self.config.vocab_size), mlm_labels.view(-1))
+            loss = self.config.mlm_loss_weight * mlm_loss + (loss if loss is not None else 0.0)
+        return MultiLabelCodingOutput(
+            loss=loss,
+            mlm_loss=mlm_loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            label_attentions=label_attentions,
+        )
+
+    def set_codes(self, codes: list[str]) -> list[str]:
+        """Make the model code `codes` (its `id2label` in that order): each code it already knows keeps its learnt head
+        row, matched by code rather than by position; every other code starts a fresh row. Returns the codes that
+        kept a row. `from_pretrained` with other `id2label` matches rows by position, which is wrong as soon as the
+        codes are another set or order: load a coder with its own codes, then set the new ones."""
+        row = {code: i for i, code in self.config.id2label.items()}
+        if list(codes) == [self.config.id2label[i] for i in range(self.num_labels)]:
+            return list(codes)  # every row is where it belongs
+        self.label_head.reindex_codes([row.get(code) for code in codes])
+        self.config.id2label = dict(enumerate(codes))
+        self.config.label2id = {code: i for i, code in enumerate(codes)}
+        self.num_labels = len(codes)
+        return [code for code in codes if code in row]
+
+
+__all__ = [
+    "backbone_init_kwargs",
+    "BertXMLForMaskedLM",
+    "BertXMLForMultiLabelCoding",
+    "BertXMLLabelWiseHead",
+    "BertXMLModel",
+    "BertXMLPreTrainedModel",
+    "BertXMLRotarySelfAttention",
+    "MultiLabelCodingOutput",
+]
