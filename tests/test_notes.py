@@ -80,6 +80,8 @@ def test_csv_cell_written_as_a_list_is_understood(tmp_path: Path) -> None:
 # (file name, content, expected message): each message names file, line/row and field.
 BAD_INPUTS = [
     ("bad.jsonl", [ROWS[0], '{"text": "x", "labels": [}'], r"bad\.jsonl:2: not valid JSON"),
+    ("bad.jsonl", [ROWS[0], '{"text": "x'],
+     r"bad\.jsonl:2: not valid JSON \(Unterminated string starting at column 10\)$"),  # json's message ends in "at"
     ("bad.jsonl", [ROWS[0], '["a list"]'], r"bad\.jsonl:2: expected a JSON object"),
     ("bad.jsonl", [{"note": SECRET, "labels": []}],
      r"bad\.jsonl:1: no field 'text' \(fields: note, labels\).*--text_column"),
