@@ -209,6 +209,22 @@ def test_save_model_interrupted_keeps_the_previous_model(trained, tmp_path, monk
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_every_saved_file_gets_the_mode_of_any_new_file_safetensors_included(trained, tmp_path):
+    """safetensors 0.8 writes its files 0600: weights a group could not read beside a config it can."""
+    accelerator, model, _, checkpoints = trained
+    umask = os.umask(0o022)
+    try:
+        save_model(accelerator, model, tiny_tokenizer(), tmp_path / "run")
+        checkpoints.save(accelerator, Progress(step=1))
+        checkpoints.save_best(accelerator, model)
+    finally:
+        os.umask(umask)
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+             for path in (tmp_path / "run").rglob("*") if path.is_file()}  # fmt: skip
+    assert "run/model.safetensors" in modes and "run/checkpoints/best_model/model.safetensors" in modes
+    assert {path: mode for path, mode in modes.items() if mode != oct(0o644)} == {}
+
+
 def test_output_dir_holding_another_run_is_refused_unless_overwritten(tmp_path):
     out = str(tmp_path / "run")
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3"))

@@ -399,6 +399,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def set_default_modes(folder: Path) -> None:
+    """Give every file under `folder` the mode `open()` gives a new file (0666 less the umask: 0644 mostly).
+    safetensors 0.8 writes its files 0600, so a model's weights would be the one file its group cannot read."""
+    umask = os.umask(0o022)  # the only way to read it is to set it; put back at once
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename durable: without it a power cut may forget the rename even though the files were written."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -536,6 +546,7 @@ class CheckpointManager:
             with writing(final, temporary):
                 if state is not None:
                     write_json_atomic(temporary / self.state_file, state)
+                set_default_modes(temporary)
             swap_in(temporary, final)
         accelerator.wait_for_everyone()
 
@@ -626,6 +637,7 @@ def save_model_folder(
                 config.save_pretrained(temporary)
             if add_files is not None:
                 add_files(temporary)
+            set_default_modes(temporary)
         replace_model_files(output, temporary)
         logger.info(f"Saved model and tokenizer to {output}")
     accelerator.wait_for_everyone()
