@@ -486,3 +486,22 @@ def test_lr_scheduler_type_takes_and_shows_plain_names(capsys) -> None:
         parse("--help")
     shown = capsys.readouterr().out
     assert "{linear,cosine," in shown and "SchedulerType" not in shown
+
+
+@pytest.mark.parametrize("script", ["pretrain", "train"])
+def test_tracking_without_its_tracker_installed_is_refused_with_the_install_line(script, monkeypatch, capsys) -> None:
+    """A wheel install has no `dev` extra, so no tensorboard: the run must not train for hours and log nothing."""
+    import accelerate.tracking
+
+    from modeling_bertxml.training.arguments import parse_pretrain_args, parse_train_args
+
+    parse_args = {"pretrain": parse_pretrain_args, "train": parse_train_args}[script]
+    argv = ["--tokenizer_name", "tok", "--train_file", "t.jsonl", "--validation_file", "v.jsonl", "--output_dir", "o"]
+    assert parse_args([*argv, "--with_tracking"]).with_tracking  # tensorboard is installed here
+    monkeypatch.setattr(accelerate.tracking, "_available_trackers", [])
+    assert not parse_args(argv).with_tracking  # no tracking asked, nothing needed
+    for report_to, install in (("tensorboard", "pip install 'bert-xml[tracking]'"), ("all", "pip install"),
+                               ("wandb", "pip install wandb")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse_args([*argv, "--with_tracking", "--report_to", report_to])
+        assert install in capsys.readouterr().err
