@@ -207,6 +207,21 @@ def test_label_space_from_training_counts_or_a_label_file(tmp_path: Path) -> Non
         build_label_space(train, min_code_count=3)
 
 
+def test_codes_of_another_system_say_so_and_which_system_they_look_like(tmp_path: Path) -> None:
+    rows = [{"text": "a", "labels": ["E11.9", "I10"]}, {"text": "b", "labels": ["I10"]}, {"text": "c", "labels": []},
+            {"text": "d", "labels": ["0DTJ4ZZ"]}]  # fmt: skip
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    train = read_notes(path, "train", code_system="icd9cm")
+    with pytest.raises(NotesError) as refused:
+        build_label_space(train, code_system="icd9cm")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: all 4 codes of the training notes are malformed for --code_system icd9cm "
+                              "(ICD-9-CM), so none can be a label: ")
+    assert f"'I10' x2 ({path}:1) looks like ICD-10-CM (--code_system icd10cm)" in message
+    assert f"'0DTJ4ZZ' ({path}:4) looks like ICD-10-PCS (--code_system icd10pcs)" in message
+    assert "no code occurs" not in message
+
+
 def test_codes_outside_the_label_space_are_counted_and_reported_as_misses(tmp_path: Path, caplog) -> None:
     rows = [{"text": "a", "labels": ["I10", "N17.9"]}, {"text": "b", "labels": ["N17.9", "E11.9"]}]
     validation = read_notes(write_jsonl(tmp_path / "v.jsonl", rows), "validation")
