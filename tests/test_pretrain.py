@@ -325,6 +325,27 @@ def test_divergence_stops_with_a_clear_message_and_keeps_only_finite_checkpoints
     assert not (out / "model.safetensors").exists()
 
 
+def test_batches_with_no_masked_token_are_not_a_divergence(corpus, tmp_path, run_main, monkeypatch):
+    """One 8-token block per batch: about a third of them draw no mask, whose masked-LM loss used to be NaN and
+    stopped the run as "diverged" at the first checkpoint or log line that read one."""
+    empty = []
+    collate = pretrain.WholeWordMaskingCollator.torch_call
+
+    def counting(self, examples):
+        batch = collate(self, examples)
+        empty.append(bool((batch["labels"] == -100).all()))
+        return batch
+
+    monkeypatch.setattr(pretrain.WholeWordMaskingCollator, "torch_call", counting)
+    out = tmp_path / "one_block"
+    run_main(base_args(corpus, out, "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",
+                       "--max_seq_length", "8", "--max_train_steps", "20", "--checkpointing_steps", "1",
+                       "--logging_steps", "1", "--validation_file", corpus["validation.txt"]))  # fmt: skip
+    assert any(empty) and not all(empty)
+    results = json.loads((out / "train_results.json").read_text())
+    assert math.isfinite(results["eval_loss"]) and math.isfinite(results["unigram_perplexity"])
+
+
 def test_streaming_epochs_and_continuing_from_a_saved_model(corpus, tmp_path, run_main):
     first, second = tmp_path / "streamed", tmp_path / "continued"
     run_main(base_args(corpus, first, "--streaming", "--max_train_steps", "25", "--checkpointing_steps", "epoch"))

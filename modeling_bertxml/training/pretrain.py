@@ -232,19 +232,25 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, eval_loader: DataLoader, unigram: torch.Tensor) -> dict[str, float]:
-    """Validation MLM loss and perplexity, and the unigram baseline's on the same masked tokens (gathered over ranks,
-    without the padding batches of uneven shards)."""
+    """Validation MLM loss and perplexity, and the unigram baseline's on the same masked tokens: means over the masked
+    tokens of all batches (a batch that drew no mask weighs nothing), gathered over ranks without the padding rows
+    of uneven shards."""
     model.eval()
-    losses, unigram_losses = [], []
+    sums: dict[str, list[torch.Tensor]] = {"loss": [], "unigram": [], "tokens": []}
     for batch in eval_loader:
         loss = model(**batch).loss
         labels = batch["labels"][batch["labels"] != -100]
-        unigram_loss = -unigram.to(labels.device)[labels].mean()
+        batch_sums = {
+            "loss": loss.detach().float() * len(labels), "unigram": -unigram.to(labels.device)[labels].sum(),
+            "tokens": torch.tensor(float(len(labels)), device=labels.device),
+        }  # fmt: skip
         rows = batch["input_ids"].shape[0]
-        losses.append(accelerator.gather_for_metrics(loss.detach().float().repeat(rows)))
-        unigram_losses.append(accelerator.gather_for_metrics(unigram_loss.repeat(rows)))
+        for name, value in batch_sums.items():  # shared out over the rows, so that dropped padding rows take theirs
+            sums[name].append(accelerator.gather_for_metrics((value / rows).repeat(rows)))
     model.train()
-    eval_loss, unigram_loss = torch.cat(losses).mean().item(), torch.cat(unigram_losses).mean().item()
+    total = {name: torch.cat(values).sum().item() for name, values in sums.items()}
+    tokens = max(total["tokens"], 1)
+    eval_loss, unigram_loss = total["loss"] / tokens, total["unigram"] / tokens
     return {
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss < 700 else math.inf,
