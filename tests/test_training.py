@@ -1,7 +1,9 @@
 """The shared training module: atomic checkpoints, output-dir and tokenizer/config guards, optimizer groups."""
 
 import argparse
+import builtins
 import errno
+import io
 import json
 import os
 import re
@@ -363,6 +365,45 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
         prepare_output_dir(parse("--output_dir", str(blocker / "run")))
 
 
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make writing anything inside `folder` fail as in a read-only folder (tests run as root: modes stop nobody)."""
+    mkdir, open_ = os.mkdir, io.open
+
+    def inside(path) -> bool:
+        return Path(path).resolve().is_relative_to(folder.resolve()) and Path(path).resolve() != folder.resolve()
+
+    def refused_mkdir(path, *args, **kwargs):
+        if inside(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    def refused_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+") and inside(file):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return open_(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refused_mkdir)
+    monkeypatch.setattr(io, "open", refused_open)
+    monkeypatch.setattr(builtins, "open", refused_open)
+
+
+def test_a_read_only_folder_of_the_run_is_refused_before_it_starts(trained, tmp_path, monkeypatch):
+    """A resumed run whose checkpoints/ it cannot write would otherwise train until its first checkpoint."""
+    accelerator, _, _, checkpoints = trained
+    out = str(tmp_path / "run")
+    prepare_output_dir(parse("--output_dir", out))
+    checkpoints.save(accelerator, Progress(step=1))
+    read_only(monkeypatch, checkpoints.root)
+    resume = parse("--output_dir", out, "--resume_from_checkpoint", "latest")
+    with pytest.raises(OutputDirError, match=rf"^{checkpoints.root}, a folder of --output_dir {out} that runs write "
+                                             r"into, is not writable: Permission denied"):
+        prepare_output_dir(resume)
+    with pytest.raises(PermissionError):  # where the run found out before: at its first checkpoint
+        checkpoints.save(accelerator, Progress(step=2))
+    monkeypatch.undo()
+    prepare_output_dir(resume)
+
+
 def test_a_launch_whose_processes_did_not_join_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # what each process of an unsynchronised 2-process launch sees
     with pytest.raises(RuntimeError, match="2 processes were launched but they are not synchronised.*USE_CPU=1"):
@@ -394,6 +435,11 @@ def test_tokenizer_and_config_must_belong_together(tmp_path):
     tiny_config(vocab_size=len(tokenizer), pad_token_id=3).save_pretrained(tmp_path / "model")
     with pytest.raises(ConfigError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
         load_tokenizer(tok, load_config(tmp_path / "model"))
+
+    # A tokenizer folder cut short (an older trainer's, on a full disk): the folder and the reason, no traceback.
+    (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text()[:500])
+    with pytest.raises(ConfigError, match=rf"^tokenizer {tok} cannot be read \(.+\): train it again"):
+        load_tokenizer(tok)
 
 
 def test_optimizer_skips_decay_on_biases_and_layernorm_and_gives_prefixes_their_rate():

@@ -133,7 +133,13 @@ def load_tokenizer(
     """The tokenizer of `name` (a folder from tokenizer_training, a model folder or a Hub id), checked against
     `config` when given."""
     # Our own model dirs carry an auto_map; the tokenizer itself is a plain tokenizers backend, no remote code.
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:  # no such folder or repo; a file cut short (JSONDecodeError)
+        raise ConfigError(
+            f"tokenizer {name} cannot be read ({str(error).splitlines()[0]}): train it again, or give the folder "
+            "the model was trained with"
+        ) from None
     if config is not None:
         check_tokenizer_matches_config(tokenizer, config, str(name))
     return tokenizer
