@@ -15,6 +15,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
+from modeling_bertxml.training.checkpointing import Manifest
 from modeling_bertxml.release.hub import (
     Finding,
     HubPushError,
@@ -260,6 +261,27 @@ def test_the_cli_pushes_only_what_a_model_repo_holds(loopback_hub, tmp_path: Pat
     main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
     assert set(loopback_hub.repos[REPO_ID].files) == model_files
     assert "Not pushed (not part of a model repo): checkpoints/, logs/, run_args.json" in caplog.text
+
+
+def test_a_runs_output_dir_pushes_only_the_model_it_saved_and_never_the_users_files(loopback_hub, tmp_path, caplog):
+    """A run's output dir keeps its user's files (only what runs recorded writing is ever deleted there): they must
+    not travel to the Hub because their names look like a model repo's (analysis.py, a figure of theirs)."""
+    folder = save_tiny_model(tmp_path / "run")
+    model_files = set(snapshot(folder))
+    Manifest(run=["run_args.json"], model=sorted(model_files)).write(folder)  # as save_model_folder records them
+    (folder / "run_args.json").write_text("{}")
+    (folder / "analysis.py").write_text("import pandas\n")
+    (folder / "my_plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    caplog.set_level(logging.INFO)
+    main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
+    assert set(loopback_hub.repos[REPO_ID].files) == model_files
+    assert "analysis.py" in caplog.text.split("Not pushed")[1] and "my_plot.png" in caplog.text.split("Not pushed")[1]
+
+    # A folder made by hand (no run wrote it) is pushed as before: every file a model repo holds.
+    hand_made = save_tiny_model(tmp_path / "hand_made")
+    (hand_made / "analysis.py").write_text("import pandas\n")
+    main([str(hand_made), "--hub_model_id", "hospital/hand-made", "--hub_token", loopback_hub.token])
+    assert "analysis.py" in loopback_hub.repos["hospital/hand-made"].files
 
 
 def test_push_to_a_branch_leaves_main_and_loads_from_the_revision(loopback_hub, tmp_path: Path) -> None:

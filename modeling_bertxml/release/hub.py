@@ -2,11 +2,12 @@
 
 A model trained on clinical notes can leak them through what travels with the weights: a model card with an example
 note, a tokenizer vocabulary that memorised an MRN, a results file, a checkpoint's optimizer state. `push_folder`
-therefore uploads only what a model repo holds (`MODEL_REPO_FILES`), scans every one of those files (decoded from
-UTF-8, UTF-16 or UTF-32; a safetensors file's header) for strings that look like MRNs, phone numbers or dates of birth
-(and for the access token itself), refuses when it finds any (an override exists for checked false positives; the
-token, and a file that cannot be read as text, never pass), creates or re-privatises the repo, then uploads. A network
-failure becomes one `HubPushError` saying the local folder is intact.
+therefore uploads only what a model repo holds (`MODEL_REPO_FILES`; of a run's output dir, only the model the run
+saved there), scans every one of those files (decoded from UTF-8, UTF-16 or UTF-32; a safetensors file's header) for
+strings that look like MRNs, phone numbers or dates of birth (and for the access token itself), refuses when it finds
+any (an override exists for checked false positives; the token, and a file that cannot be read as text, never pass),
+creates or re-privatises the repo, then uploads. A network failure becomes one `HubPushError` saying the local folder
+is intact.
 
 `train.py` calls `add_hub_args(parser)` and `push_from_args(args, folder)`; `bert-xml-push FOLDER --hub_model_id
 org/name` (`python -m modeling_bertxml.release.hub`) pushes (or re-pushes) an existing folder the same way.
@@ -26,6 +27,8 @@ from pathlib import Path
 import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import OfflineModeIsEnabled
+
+from ..training.checkpointing import MANIFEST_FILE, RUN_ARGS_FILE, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +158,16 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def files_to_upload(folder: str | Path) -> tuple[list[Path], list[str]]:
-    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`."""
+    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`. In a run's
+    output dir (a manifest, or an older run's run_args.json), only the model files the run saved there: its user's
+    files stay local whatever their names (an analysis.py, a figure of theirs)."""
     folder = Path(folder)
+    is_run_dir = (folder / MANIFEST_FILE).is_file() or (folder / RUN_ARGS_FILE).is_file()
+    saved = set(Manifest.read(folder).model) if is_run_dir else None
     kept, left = [], []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.is_symlink() and any(fnmatch.fnmatch(path.name, p) for p in MODEL_REPO_FILES):
+        repo_file = any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_REPO_FILES)
+        if path.is_file() and not path.is_symlink() and repo_file and (saved is None or path.name in saved):
             kept.append(path)
         else:
             left.append(path.name + ("/" if path.is_dir() else ""))
