@@ -21,6 +21,7 @@ from modeling_bertxml.release.hub import (
     HubPushError,
     IdentifiersFoundError,
     add_hub_args,
+    check_push_access,
     main,
     push_folder,
     push_from_args,
@@ -222,6 +223,44 @@ def test_no_network_gives_one_clear_error_and_leaves_the_folder(
     main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
     assert loopback_hub.repos[REPO_ID].private
     assert set(loopback_hub.repos[REPO_ID].files) == set(before)
+
+
+def read_only_token(hub) -> str:
+    return hub.read_token
+
+
+def no_token(hub) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    "repo_id, token, cut_network, reason",
+    [
+        (REPO_ID, lambda hub: hub.token, go_offline, r"offline mode is on \(HF_HUB_OFFLINE=1\)"),
+        (REPO_ID, no_token, None, r"no Hub token: pass --hub_token, set HF_TOKEN or run `hf auth login`"),
+        (REPO_ID, lambda hub: hub.token, unreachable_endpoint, r"http://127\.0\.0\.1:\d+ cannot be reached \(Connect"),
+        (REPO_ID, lambda hub: "hf_wrongTOKEN0123456789abcdefghijklmnopq", None, r"the Hub refused the token \(401"),
+        (REPO_ID, read_only_token, None, r"the token is read-only"),
+        ("other-hospital/bert-xml", lambda hub: hub.token, None,
+         r"other-hospital/bert-xml does not exist and loopback-user may not create repos in other-hospital"),
+    ],
+    ids=["offline", "no-token", "unreachable", "invalid-token", "read-only-token", "foreign-namespace"],
+)
+def test_a_push_that_cannot_succeed_is_refused_with_its_reason_before_anything(
+    loopback_hub, tmp_path, monkeypatch, repo_id, token, cut_network, reason
+) -> None:
+    if cut_network is not None:
+        cut_network(monkeypatch, tmp_path)
+    with pytest.raises(HubPushError, match=rf"^cannot push to \S*{repo_id}: {reason}"):
+        check_push_access(repo_id, token(loopback_hub))
+    assert not any(request.startswith(("POST", "PUT")) for request in loopback_hub.requests)
+
+
+def test_a_push_allowed_to_write_passes_the_check_and_names_the_repo(loopback_hub) -> None:
+    assert check_push_access("bert-xml-run", loopback_hub.token) == "loopback-user/bert-xml-run"  # a new repo
+    assert check_push_access(REPO_ID, loopback_hub.token) == REPO_ID  # a new repo in a writable org
+    HfApi().create_repo(REPO_ID, private=True, token=loopback_hub.token)
+    assert check_push_access(REPO_ID, loopback_hub.token) == REPO_ID  # an existing one
 
 
 def test_train_args_push_and_never_show_the_token(loopback_hub, tmp_path: Path, caplog, capfd) -> None:

@@ -157,6 +157,32 @@ def test_push_makes_a_private_encoder_repo_that_loads_as_the_encoder(corpus, tmp
         torch.testing.assert_close(encoder.eval()(ids).last_hidden_state, mlm.bert(ids).last_hidden_state)
 
 
+def test_a_push_that_cannot_succeed_stops_the_run_before_its_first_step(corpus, tmp_path, run_main, loopback_hub,
+                                                                           monkeypatch):
+    steps = []
+    monkeypatch.setattr(pretrain, "training_step", lambda *args, **kwargs: steps.append(1))
+    out = tmp_path / "mlm"
+    with pytest.raises(SystemExit, match=r"^error: --push_to_hub: cannot push to http://127\.0\.0\.1:\d+/hospital/enc: "
+                                         r"no Hub token: .*; checked before training, so nothing was trained$"):
+        run_main(base_args(corpus, out, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "hospital/enc"))
+    assert steps == [] and loopback_hub.requests == [] and not (out / "model.safetensors").exists()
+
+
+def test_two_ranks_agree_on_a_refused_push_and_neither_waits(corpus, tmp_path):
+    """Only the main process asks the Hub; the other learns the answer from it instead of waiting at its first
+    collective for a process that has stopped."""
+    port = str(free_port())
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", port]  # fmt: skip
+    args = base_args(corpus, tmp_path / "ddp", "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "org/enc")
+    env = {**cli_env(tmp_path), "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*launch, "pretrain.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if "offline mode is on (HF_HUB_OFFLINE=1)" in line]
+    assert len(refusals) == 2, result.stderr[-3000:]  # each rank stops with the main process's reason
+
+
 def assert_sane_throughput(results: dict, warmup_steps: int) -> None:
     """Steady-state tokens/s and MFU: the steps after warm-up, at least about the whole loop's average rate (which
     also pays for warm-up and evaluations), FLOPs per token near the 6 x parameters rule, MFU what they make."""

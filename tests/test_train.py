@@ -38,6 +38,7 @@ from tests.conftest import (
     tracked_scalars,
 )
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
+from modeling_bertxml.training import train as train_script
 from modeling_bertxml.training.train import main, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -664,13 +665,33 @@ def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
     assert loopback_hub.token not in "\n".join(lines) + captured.out + captured.err
     assert loopback_hub.token not in (output_dir / "run_args.json").read_text()
 
-    # No network: one clear message, and the folder stays as it was.
-    point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+    # The network gone by the end of training (it was there at the start, when the push was checked): one clear
+    # message, and the folder stays as it was.
+    write_outputs = train_script.write_outputs
+
+    def then_offline(*args, **kwargs):
+        write_outputs(*args, **kwargs)
+        point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+
+    monkeypatch.setattr(train_script, "write_outputs", then_offline)
     before = {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
     with pytest.raises(SystemExit, match="(?s)error: Could not push .* the model folder is intact"):
         main([*args, "--output_dir", str(tmp_path / "offline"), "--num_train_epochs", "1"])
     assert (tmp_path / "offline" / "model.safetensors").is_file()
     assert before == {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
+
+
+def test_a_push_to_a_namespace_the_token_cannot_write_stops_before_training(data: Path, tmp_path: Path,
+                                                                           loopback_hub) -> None:
+    output_dir = tmp_path / "coder"
+    push = ["--push_to_hub", "--hub_model_id", "other-hospital/coder", "--hub_token", loopback_hub.token]
+    with pytest.raises(SystemExit, match=r"^error: --push_to_hub: cannot push to \S+/other-hospital/coder: "
+                                         r"other-hospital/coder does not exist and loopback-user may not create repos "
+                                         r"in other-hospital; checked before training, so nothing was trained$"):
+        main(train_args(data, output_dir, *push))
+    assert sorted(path.name for path in output_dir.iterdir()) == [".bertxml.lock", ".bertxml_manifest.json",
+                                                                   "run_args.json"]  # fmt: skip
+    assert loopback_hub.repos == {}
 
 
 def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 from ..data.readers import DatasetSource, NotesError, describe, load_text_dataset
 from ..model.configuration_bertxml import BertXMLConfig
 from ..model.modeling_bertxml import BertXMLForMaskedLM
-from ..release.hub import HubPushError, IdentifiersFoundError, push_from_args
+from ..release.hub import HubPushError, IdentifiersFoundError, check_push_from_args, push_from_args
 from ..release.model_card import hub_id, render_encoder_card
 from .arguments import accelerator_settings, data_source, run_args
 from .arguments import parse_pretrain_args as parse_args
@@ -51,6 +51,7 @@ from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
     TrainingLog,
+    check_on_main_process,
     check_parameters,
     checkpoint_due,
     create_optimizer,
@@ -401,6 +402,8 @@ def encoder_card(args, accelerator: Accelerator, tokenizer, config: BertXMLConfi
 
 def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-pretrain"))
+    # A push that would fail at the end is refused now, by the main process (the only one that talks to the Hub).
+    check_on_main_process(accelerator, lambda: check_push_from_args(args, args.output_dir), HubPushError)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
     if args.learning_rate is None:
