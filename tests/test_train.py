@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
 from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
@@ -33,6 +34,7 @@ from tests.conftest import (
     free_port,
     run_in_fresh_interpreter,
     save_backbone_checkpoint,
+    shuffled_tokenizer,
     tiny_config,
     tiny_tokenizer,
     tracked_scalars,
@@ -692,6 +694,23 @@ def test_a_push_to_a_namespace_the_token_cannot_write_stops_before_training(data
     assert sorted(path.name for path in output_dir.iterdir()) == [".bertxml.lock", ".bertxml_manifest.json",
                                                                    "run_args.json"]  # fmt: skip
     assert loopback_hub.repos == {}
+
+
+def test_another_runs_tokenizer_of_the_same_size_is_refused_and_the_coder_records_its_own(data: Path,
+                                                                                          tmp_path: Path) -> None:
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(data / "pretrained", pretrained)
+    config = json.loads((pretrained / "config.json").read_text())
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained)
+    fingerprint = vocab_fingerprint(tokenizer.get_vocab())  # what pretrain.py records
+    (pretrained / "config.json").write_text(json.dumps({**config, "vocab_fingerprint": fingerprint}))
+    shuffled_tokenizer(tokenizer).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match=rf"^error: tokenizer \S+other has the model's \d+ tokens but not its "
+                                         rf"vocabulary \(fingerprint \w+, the model's {fingerprint}\)"):
+        main(train_args(data, tmp_path / "refused", "--model_name_or_path", str(pretrained),
+                        "--tokenizer_name", str(tmp_path / "other")))  # fmt: skip
+    main(train_args(data, tmp_path / "coder", "--model_name_or_path", str(pretrained), "--max_train_steps", "1"))
+    assert json.loads((tmp_path / "coder" / "config.json").read_text())["vocab_fingerprint"] == fingerprint
 
 
 def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:

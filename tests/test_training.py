@@ -41,9 +41,10 @@ from modeling_bertxml.training.loop import (
     setup_accelerator,
     training_step,
 )
-from modeling_bertxml.training.models import ConfigError, load_config, load_tokenizer
+from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
+from modeling_bertxml.training.models import ConfigError, check_tokenizer_matches_config, load_config, load_tokenizer
 
-from conftest import folder_state, tiny_config, tiny_tokenizer
+from conftest import folder_state, shuffled_tokenizer, tiny_config, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -435,6 +436,19 @@ def test_tokenizer_and_config_must_belong_together(tmp_path):
     tiny_config(vocab_size=len(tokenizer), pad_token_id=3).save_pretrained(tmp_path / "model")
     with pytest.raises(ConfigError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
         load_tokenizer(tok, load_config(tmp_path / "model"))
+
+    # Another run's tokenizer of the same size: its ids name other tokens, which only the vocabulary fingerprint that
+    # the config keeps can tell.
+    assert scratch.vocab_fingerprint == vocab_fingerprint(tokenizer.get_vocab())
+    assert load_tokenizer(tok, scratch).get_vocab() == tokenizer.get_vocab()  # the same, saved and reloaded
+    other = shuffled_tokenizer(tokenizer)
+    assert len(other) == len(tokenizer) and vocab_fingerprint(other.get_vocab()) != scratch.vocab_fingerprint
+    with pytest.raises(ConfigError, match=rf"tokenizer \S+ has the model's {len(tokenizer)} tokens but not its "
+                                          r"vocabulary \(fingerprint \w+, the model's \w+\)"):
+        check_tokenizer_matches_config(other, scratch, "other-tokenizer")
+    scratch.vocab_fingerprint = None  # a config saved before fingerprints: not checked, and given one
+    scratch.save_pretrained(tmp_path / "old")
+    assert load_config(tmp_path / "old", tokenizer=other).vocab_fingerprint == vocab_fingerprint(other.get_vocab())
 
     # A tokenizer folder cut short (an older trainer's, on a full disk): the folder and the reason, no traceback.
     (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text()[:500])
