@@ -5,8 +5,8 @@ No pip-installable local Hub accepts uploads, so this implements just what `crea
 NDJSON commit), `create_branch`, commits to a branch or as a new pull request (`create_pr`), and `hf_hub_download` /
 `from_pretrained` (at a branch, `refs/pr/N` or a head commit) use, and `whoami` / `auth_check(write=True)`, which a push
 asks before training. Private repos behave as on the Hub: without the right bearer token they answer 404 `RepoNotFound`,
-so a test can check that privacy is enforced, not just recorded. `hub.token` may write to the user's namespace and to the
-orgs of `WRITABLE_ORGS`; `hub.read_token` only reads.
+so a test can check that privacy is enforced, not just recorded. `hub.token` may write to the user's namespace and to
+the orgs of `WRITABLE_ORGS`; `hub.read_token` only reads.
 
 Use the `loopback_hub` fixture: it starts the server on a free 127.0.0.1 port and points the process (environment
 and the `huggingface_hub.constants` read at import time) at it, with a temporary HF_HOME and no stored login.

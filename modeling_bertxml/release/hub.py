@@ -274,9 +274,9 @@ def scan_for_identifiers(folder: str | Path, secrets: Sequence[str] = ()) -> lis
 
 def check_push_access(repo_id: str, token: str | None = None) -> str:
     """The full id of `repo_id` ("org/name", or "name" under the token's account) when a push there can succeed, else
-    `PushRefusedError` saying why: offline mode, no token, the Hub unreachable or refusing the token, a read-only token, a
-    token that may not write the repo (or, for a repo not made yet, create one in its namespace). Asks the Hub (whoami,
-    auth-check), nothing else: call it on one process, before hours of training rather than after them."""
+    `PushRefusedError` saying why: offline mode, no token, the Hub unreachable or refusing the token, a read-only
+    token, a token that may not write the repo (or, for a repo not made yet, create one in its namespace). Asks the Hub
+    (whoami, auth-check), nothing else: call it on one process, before hours of training rather than after them."""
     endpoint = constants.ENDPOINT
 
     def refuse(reason: str) -> PushRefusedError:

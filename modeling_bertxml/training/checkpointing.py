@@ -1,9 +1,9 @@
 """Everything a training run writes to disk: its output dir, its progress record, checkpoints, the best model so far
 and the final model folder.
 
-One rule for all of them (`atomic`'s): write into a hidden temporary folder, then rename into place. A kill, a full disk or a
-second run at any moment leaves what was saved before complete and loadable, and never a half-written folder that a
-resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save through this module only.
+One rule for all of them (`atomic`'s): write into a hidden temporary folder, then rename into place. A kill, a full
+disk or a second run at any moment leaves what was saved before complete and loadable, and never a half-written folder
+that a resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save through this module only.
 """
 
 import fcntl
