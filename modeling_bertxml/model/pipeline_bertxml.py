@@ -119,11 +119,11 @@ class ICDCodingPipeline(Pipeline):
             )
         # Another run's tokenizer of the same size: ids that name other tokens (a model saved before it: unchecked).
         expected = getattr(self.model.config, "vocab_fingerprint", None)
-        if self.tokenizer is not None and expected and vocab_fingerprint(self.tokenizer.get_vocab()) != expected:
+        found = vocab_fingerprint(self.tokenizer.get_vocab()) if self.tokenizer is not None and expected else expected
+        if found != expected:
             raise ValueError(
                 f"This is not the tokenizer the model was trained with: its {len(self.tokenizer):,} tokens are another "
-                f"vocabulary (fingerprint {vocab_fingerprint(self.tokenizer.get_vocab())}, the model's {expected}). "
-                "Use the tokenizer saved with the model."
+                f"vocabulary (fingerprint {found}, the model's {expected}). Use the tokenizer saved with the model."
             )
 
     def _sanitize_parameters(

@@ -14,8 +14,8 @@ import json
 
 import torch
 from accelerate import DataLoaderConfiguration
-from accelerate.utils import LoggerType
 from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import SchedulerType
 
