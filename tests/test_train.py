@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
 from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
@@ -33,11 +34,13 @@ from tests.conftest import (
     free_port,
     run_in_fresh_interpreter,
     save_backbone_checkpoint,
+    shuffled_tokenizer,
     tiny_config,
     tiny_tokenizer,
     tracked_scalars,
 )
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
+from modeling_bertxml.training import train as train_script
 from modeling_bertxml.training.train import main, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -664,13 +667,50 @@ def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
     assert loopback_hub.token not in "\n".join(lines) + captured.out + captured.err
     assert loopback_hub.token not in (output_dir / "run_args.json").read_text()
 
-    # No network: one clear message, and the folder stays as it was.
-    point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+    # The network gone by the end of training (it was there at the start, when the push was checked): one clear
+    # message, and the folder stays as it was.
+    write_outputs = train_script.write_outputs
+
+    def then_offline(*args, **kwargs):
+        write_outputs(*args, **kwargs)
+        point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+
+    monkeypatch.setattr(train_script, "write_outputs", then_offline)
     before = {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
     with pytest.raises(SystemExit, match="(?s)error: Could not push .* the model folder is intact"):
         main([*args, "--output_dir", str(tmp_path / "offline"), "--num_train_epochs", "1"])
     assert (tmp_path / "offline" / "model.safetensors").is_file()
     assert before == {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
+
+
+def test_a_push_to_a_namespace_the_token_cannot_write_stops_before_training(data: Path, tmp_path: Path,
+                                                                           loopback_hub) -> None:
+    output_dir = tmp_path / "coder"
+    push = ["--push_to_hub", "--hub_model_id", "other-hospital/coder", "--hub_token", loopback_hub.token]
+    with pytest.raises(SystemExit, match=r"^error: --push_to_hub: cannot push to \S+/other-hospital/coder: "
+                                         r"other-hospital/coder does not exist and loopback-user may not create repos "
+                                         r"in other-hospital; checked before training, so nothing was trained$"):
+        main(train_args(data, output_dir, *push))
+    assert sorted(path.name for path in output_dir.iterdir()) == [".bertxml.lock", ".bertxml_manifest.json",
+                                                                   "run_args.json"]  # fmt: skip
+    assert loopback_hub.repos == {}
+
+
+def test_another_runs_tokenizer_of_the_same_size_is_refused_and_the_coder_records_its_own(data: Path,
+                                                                                          tmp_path: Path) -> None:
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(data / "pretrained", pretrained)
+    config = json.loads((pretrained / "config.json").read_text())
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained)
+    fingerprint = vocab_fingerprint(tokenizer.get_vocab())  # what pretrain.py records
+    (pretrained / "config.json").write_text(json.dumps({**config, "vocab_fingerprint": fingerprint}))
+    shuffled_tokenizer(tokenizer).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match=rf"^error: tokenizer \S+other has the model's \d+ tokens but not its "
+                                         rf"vocabulary \(fingerprint \w+, the model's {fingerprint}\)"):
+        main(train_args(data, tmp_path / "refused", "--model_name_or_path", str(pretrained),
+                        "--tokenizer_name", str(tmp_path / "other")))  # fmt: skip
+    main(train_args(data, tmp_path / "coder", "--model_name_or_path", str(pretrained), "--max_train_steps", "1"))
+    assert json.loads((tmp_path / "coder" / "config.json").read_text())["vocab_fingerprint"] == fingerprint
 
 
 def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:

@@ -261,6 +261,12 @@ def get_code_system(system: "str | CodeSystem") -> CodeSystem:
     return _SYSTEMS[system]
 
 
+def looks_like(code: str) -> CodeSystem | None:
+    """The standard code system that lists `code` (ICD-10-CM, ICD-10-PCS, then ICD-9-CM), for a message about a code
+    read in another one; None when none lists it."""
+    return next((system for system in AnyCodes.standard if system.problem(code, allow_non_billable=True) is None), None)
+
+
 def warn_local_codes(system: "str | CodeSystem", codes: Iterable[str]) -> list[str]:
     """Under `any`, log one warning naming the codes that belong to no standard system; return them (sorted)."""
     system = get_code_system(system)
@@ -395,5 +401,6 @@ __all__ = [
     "code_descriptions",
     "code_groups",
     "get_code_system",
+    "looks_like",
     "warn_local_codes",
 ]

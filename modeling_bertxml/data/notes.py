@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system
+from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system, looks_like
 from .readers import (
     DatasetSource,
     Location,
@@ -323,12 +323,29 @@ def build_label_space(
         return read_label_file(label_file, code_system)
     counts = train.code_counts
     labels = sorted(code for code, count in counts.items() if count >= min_code_count)
+    if not counts and not train.report.codes.ok:  # every code was dropped: written in another code system?
+        raise NotesError(_unreadable_codes(train, get_code_system(code_system)))
     if not labels:
         raise NotesError(f"{train.source}: no code occurs at least {min_code_count} times in the training notes")
     if len(labels) < len(counts):
         logger.info(f"label space: {len(labels):,} codes; {len(counts) - len(labels):,} training codes seen fewer "
                     f"than {min_code_count} times are left out (--min_code_count)")
     return labels
+
+
+def _unreadable_codes(train: Notes, system: CodeSystem) -> str:
+    """Why a split whose every code is malformed in `system` has no label space: its first codes, each with the
+    standard system that lists it."""
+    report = train.report.codes
+    shown = []
+    for problem in report.problems[:MAX_LISTED]:
+        other = looks_like(problem.code)
+        count = f" x{problem.count}" if problem.count > 1 else ""
+        shown.append(f"{problem.code!r}{count} ({problem.file}:{problem.line}) "
+                     + (f"looks like {other.title} (--code_system {other.name})" if other else "is in no code system"))
+    more = f"; and {len(report.problems) - MAX_LISTED} more" if len(report.problems) > MAX_LISTED else ""
+    return (f"{train.source}: all {report.num_bad} codes of the training notes are malformed for --code_system "
+            f"{system.name} ({system.title}), so none can be a label: {'; '.join(shown)}{more}")
 
 
 def count_outside_label_space(notes: Notes, label2id: dict[str, int]) -> None:

@@ -3,6 +3,9 @@
 BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head, and optionally the config
 of another transformers encoder (RoBERTa, ModernBERT, ...) to use instead of the built-in BERT."""
 
+import hashlib
+import json
+
 from transformers import AutoConfig, BertConfig, PretrainedConfig
 
 AUTO_MAP = {
@@ -28,6 +31,13 @@ BACKBONE_VALUES = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "pad_token_id",
     "max_position_embeddings",
 )  # fmt: skip
+
+
+def vocab_fingerprint(vocab: dict[str, int]) -> str:
+    """A short hash of a vocabulary's tokens in id order (`tokenizer.get_vocab()`): the same for a tokenizer saved and
+    reloaded, another for another run's tokenizer of the same size, whose ids name other tokens."""
+    tokens = sorted(vocab, key=vocab.get)
+    return hashlib.sha256(json.dumps(tokens, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def check_encoder(backbone_config: PretrainedConfig) -> None:
@@ -85,6 +95,10 @@ class BertXMLConfig(BertConfig):
         code_system (`str`, defaults to `"icd10"`):
             What the labels are: `"icd10cm"` (ICD-10-CM diagnoses), `"icd10pcs"` (ICD-10-PCS procedures), `"icd10"`
             (both), `"icd9cm"` (ICD-9-CM diagnoses and procedures, dotted) or `"any"` (a local code set).
+        vocab_fingerprint (`str`, *optional*):
+            `vocab_fingerprint(tokenizer.get_vocab())` of the tokenizer the model was trained with, recorded by
+            pretrain.py and train.py; a tokenizer given separately (the pipeline's, train.py's `--tokenizer_name`) must
+            have it. `None` (a model saved before it was recorded): not checked.
         mlm_loss_weight (`float`, defaults to 0.0):
             Above 0 the coding model keeps BERT's masked-LM head (`cls`, tied to the word embeddings, loaded from a
             `pretrain.py` checkpoint) and, when given `mlm_labels`, adds this weight times the masked-LM loss to the
@@ -110,6 +124,7 @@ class BertXMLConfig(BertConfig):
     position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
     code_system: str = "icd10"
+    vocab_fingerprint: str | None = None
     mlm_loss_weight: float = 0.0
     backbone_config: dict | PretrainedConfig | None = None
 
@@ -194,4 +209,4 @@ class BertXMLConfig(BertConfig):
         return self.max_chunks * self.max_position_embeddings
 
 
-__all__ = ["CODE_SYSTEMS", "BertXMLConfig", "backbone_chunk_length"]
+__all__ = ["CODE_SYSTEMS", "BertXMLConfig", "backbone_chunk_length", "vocab_fingerprint"]

@@ -24,6 +24,7 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    chunking and label attention; chunks hold as many tokens as its position table allows.
 6. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
    head), which transformers' adapter detection alone would build with the base's config and number of codes.
+7. The masked-LM loss of a batch with no masked token is 0 (`masked_lm_loss`), not BERT's NaN (a mean over nothing).
 """
 
 import inspect
@@ -67,6 +68,14 @@ class MultiLabelCodingOutput(SequenceClassifierOutput):
 
     label_attentions: torch.FloatTensor | None = None
     mlm_loss: torch.FloatTensor | None = None
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the masked tokens (`labels` -100 elsewhere); 0, with no gradient, when none is: a
+    short block or a batch of one can draw no mask, and a NaN there would read as a diverged run."""
+    labels = labels.view(-1)
+    total = CrossEntropyLoss(reduction="sum")(logits.view(-1, logits.shape[-1]), labels)
+    return total / (labels != -100).sum().clamp(min=1)
 
 
 def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> torch.Tensor | None:
@@ -510,7 +519,7 @@ class BertXMLForMaskedLM(BertXMLPreTrainedModel):
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = masked_lm_loss(logits, labels)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -584,7 +593,7 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
             if self.cls is None:
                 raise ValueError("mlm_labels need a model built with config.mlm_loss_weight > 0 (it has no MLM head)")
             mlm_logits = self.cls(hidden_states)
-            mlm_loss = CrossEntropyLoss()(mlm_logits.view(-1, self.config.vocab_size), mlm_labels.view(-1))
+            mlm_loss = masked_lm_loss(mlm_logits, mlm_labels)
             loss = self.config.mlm_loss_weight * mlm_loss + (loss if loss is not None else 0.0)
         return MultiLabelCodingOutput(
             loss=loss,

@@ -18,6 +18,8 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
+from .configuration_bertxml import vocab_fingerprint
+
 logger = logging.get_logger(__name__)
 
 # A word is part of the evidence when it gets at least this share of the most-attended word's attention.
@@ -114,6 +116,14 @@ class ICDCodingPipeline(Pipeline):
             raise ValueError(
                 f"The tokenizer has {len(self.tokenizer):,} tokens but the model only {self.model.config.vocab_size:,} "
                 "(config.vocab_size): they were not trained together. Use the tokenizer saved with the model."
+            )
+        # Another run's tokenizer of the same size: ids that name other tokens (a model saved before it: unchecked).
+        expected = getattr(self.model.config, "vocab_fingerprint", None)
+        found = vocab_fingerprint(self.tokenizer.get_vocab()) if self.tokenizer is not None and expected else expected
+        if found != expected:
+            raise ValueError(
+                f"This is not the tokenizer the model was trained with: its {len(self.tokenizer):,} tokens are another "
+                f"vocabulary (fingerprint {found}, the model's {expected}). Use the tokenizer saved with the model."
             )
 
     def _sanitize_parameters(

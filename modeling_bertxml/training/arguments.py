@@ -14,6 +14,8 @@ import json
 
 import torch
 from accelerate import DataLoaderConfiguration
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import SchedulerType
 
@@ -30,6 +32,8 @@ PRETRAIN_DESCRIPTION = (
 TRAIN_DESCRIPTION = (
     "Fine-tune BERT-XML for multi-label ICD coding, evaluate it as Edin et al. (2023) do, and push it to the Hub."
 )
+# What installs a tracker that --report_to names: TensorBoard comes with the package's `tracking` extra.
+TRACKER_INSTALL = {"tensorboard": "pip install 'bert-xml[tracking]' (or tensorboard)"}
 # Reading the loss makes the host wait for the device, so pretraining (thousands of short steps) reads it every 10
 # steps; fine-tuning reads it every step anyway (its divergence guard), so it logs every step.
 LOGGING_STEPS = {"pretrain": 10, "train": 1}
@@ -163,7 +167,10 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "--resume_from_checkpoint", help='Continue from a checkpoint folder, or "latest" in --output_dir/checkpoints.'
     )
     group.add_argument("--with_tracking", action="store_true", help="Log metrics to --report_to.")
-    group.add_argument("--report_to", default="tensorboard", help='Accelerate tracker(s): "tensorboard", "all", ...')
+    group.add_argument(
+        "--report_to", default="tensorboard", choices=[tracker.value for tracker in LoggerType],
+        help="Accelerate's tracker (all: every one installed); tensorboard comes with the `tracking` extra.",
+    )  # fmt: skip
     group.add_argument(
         "--logging_steps", type=positive_int,
         help="Log the mean training loss and the throughput every N optimizer steps (default %(default)s for this "
@@ -266,6 +273,19 @@ def check_shared_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--tokenizer_name is required when training from scratch")
     if args.torch_compile and args.torch_compile not in torch.compiler.list_backends(exclude_tags=()):
         parser.error(f"--torch_compile {args.torch_compile}: not a torch.compile backend; e.g. inductor, eager")
+    if args.with_tracking:
+        check_tracker_installed(parser, args.report_to)
+
+
+def check_tracker_installed(parser: argparse.ArgumentParser, report_to: str) -> None:
+    """Accelerate only warns when the tracker --report_to names is not installed, then logs nothing for the whole run
+    (a wheel install has no tensorboard): refuse, with the line that installs it."""
+    available = {str(tracker) for tracker in get_available_trackers()}
+    if report_to == "all" and not available:
+        parser.error(f"--with_tracking --report_to all: no tracker is installed; {TRACKER_INSTALL['tensorboard']}")
+    if report_to != "all" and report_to not in available:
+        install = TRACKER_INSTALL.get(report_to, f"pip install {report_to}")
+        parser.error(f"--with_tracking --report_to {report_to}: {report_to} is not installed; {install}")
 
 
 def parse_pretrain_args(argv: list[str] | None = None) -> argparse.Namespace:

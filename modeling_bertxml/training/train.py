@@ -54,7 +54,7 @@ from ..evaluation.metrics import (
 )
 from ..evaluation.plots import write_figures
 from ..model import source_file
-from ..release.hub import HubPushError, IdentifiersFoundError, push_from_args
+from ..release.hub import HubPushError, IdentifiersFoundError, check_push_from_args, push_from_args
 from ..release.model_card import hub_id, render_model_card
 from ..release.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from ..release.space import save_space_app
@@ -71,6 +71,7 @@ from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
     TrainingLog,
+    check_on_main_process,
     checkpoint_due,
     create_optimizer,
     create_scheduler,
@@ -434,6 +435,8 @@ def check_adapter_base(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> None:
     check_adapter_base(args)
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
+    # A push that would fail at the end is refused now, by the main process (the only one that talks to the Hub).
+    check_on_main_process(accelerator, lambda: check_push_from_args(args, args.output_dir), HubPushError)
     splits = load_splits(args, accelerator)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = build_coding_model(
