@@ -802,3 +802,46 @@ def test_a_checkpoint_whose_encoder_does_not_load_is_refused_unless_allowed(data
     # A BERT-XML checkpoint loads whole: no error, no warning.
     labels = sorted(TOPICS)
     build_coding_model(labels, tokenizer, data / "pretrained")
+
+
+def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carries(data: Path, tmp_path: Path) -> None:
+    """--label_space code_system: the training codes keep attention rows, every other billable ICD-10-CM code is scored
+    by the description match, so the test note's R51.9 (in no training note) is a code of the model, not a miss."""
+    from modeling_bertxml.data.code_systems import get_code_system
+
+    output_dir = tmp_path / "coder"
+    own_texts = tmp_path / "codes.tsv"  # a user's texts (here one, in Spanish) replace the official ones they list
+    own_texts.write_text("code\tdescription\ni10\tHipertension esencial\n")
+    args = train_args(data, output_dir, "--test_file", str(data / "test.jsonl"), "--num_train_epochs", "1",
+                      "--code_system", "icd10cm", "--label_space", "code_system", "--code_descriptions", str(own_texts))  # fmt: skip
+    lines = run_train(args)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["label_descriptions"]["I10"] == "Hipertension esencial"
+    assert config["label_descriptions"]["R07.9"] == "Chest pain, unspecified"
+    codes = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert codes[:5] == sorted(TOPICS) and config["num_attention_labels"] == 5
+    assert sorted(codes) == sorted(get_code_system("icd10cm").codes())
+    assert json.loads((output_dir / "test_results.json").read_text())["num_codes"] == len(codes)
+    assert not any("outside the label space" in line for line in lines)
+    model = load_coding_model(output_dir).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(output_dir)
+    with torch.no_grad():
+        logits = model(**tokenizer(["patient denies chest pain", "acute kidney injury"], padding=True,
+                                   return_tensors="pt")).logits  # fmt: skip
+    chest_pain = config["label2id"]["R07.9"]  # "Chest pain, unspecified": in no training note
+    assert chest_pain >= 5 and logits[0, chest_pain] > logits[1, chest_pain]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--code_system", "any"], "--label_space code_system with --code_system any: local or mixed codes are not "),
+        (["--code_system", "icd10cm", "--no-description_match"], "drop --no-description_match"),
+    ],
+)
+def test_a_label_space_of_the_code_system_that_cannot_be_is_refused_in_one_line(
+    data: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(train_args(data, tmp_path / "coder", "--label_space", "code_system", *flags))
+    assert not (tmp_path / "coder" / "model.safetensors").exists()

@@ -21,7 +21,7 @@ import functools
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..model.configuration_bertxml import CODE_SYSTEMS
@@ -298,17 +298,19 @@ def code_groups(system: "str | CodeSystem", labels: Sequence[str]) -> dict[str, 
 
 
 def code_descriptions(
-    codes: Iterable[str], inclusion_terms: bool = True, code_system: "str | CodeSystem" = "icd10"
+    codes: Iterable[str], inclusion_terms: bool = True, code_system: "str | CodeSystem" = "icd10",
+    own: "Mapping[str, list[str]] | None" = None,
 ) -> dict[str, list[str]]:
     """The official texts of each code: `[description, *inclusion terms]` (inclusion terms: ICD-10-CM only), what
-    the pipeline shows and description-initialised label queries start from.
+    the pipeline shows, description-initialised label queries start from and the description match reads. `own`
+    (a user's texts, `notes.read_code_texts`: e.g. in the notes' language) replaces them for the codes it lists.
 
     Codes that the code system's list lacks (a hospital's local codes) are left out: they have no official text.
     """
     system = get_code_system(code_system)
     texts = {}
     for code in codes:
-        if code_texts := system.texts(code):
+        if code_texts := (own or {}).get(code) or system.texts(code):
             texts[code] = code_texts if inclusion_terms else code_texts[:1]
     return texts
 

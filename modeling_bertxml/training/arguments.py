@@ -226,6 +226,12 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
     coding.add_argument(
         "--description_terms", type=int, default=32, help="Tokens of each code's texts that the match keeps."
     )
+    coding.add_argument(
+        "--code_descriptions",
+        help="Your own texts of codes, one line per code: code<TAB>text[<TAB>another text...] (e.g. descriptions in "
+        "the notes' language, CodiEsp's codes file). They replace the official (English) texts of the codes they "
+        "list wherever texts are read: description-initialised queries, the description match, the pipeline.",
+    )
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
     coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")

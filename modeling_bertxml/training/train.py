@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
-from ..data.code_systems import code_groups, get_code_system, warn_local_codes
+from ..data.code_systems import code_descriptions, code_groups, get_code_system, warn_local_codes
 from ..data.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -40,6 +40,7 @@ from ..data.notes import (
     build_label_space,
     check_disjoint,
     log_report,
+    read_code_texts,
     read_notes,
     tokenize_notes,
 )
@@ -140,7 +141,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
     if args.label_space == "code_system":
         if args.description_match is False:
             raise ConfigError("--label_space code_system scores codes without training notes by the description "
-                              "match: drop --no_description_match")  # fmt: skip
+                              "match: drop --no-description_match")  # fmt: skip
         try:
             listed = get_code_system(args.code_system).codes()
         except ValueError as error:
@@ -379,13 +380,14 @@ def card_figures(folder: Path, splits: Splits, results: dict, predictions: dict,
 
 def write_outputs(
     args, accelerator, model, tokenizer, splits: Splits, results: dict, predictions: dict, progress: Progress,
-    speed: dict,
+    speed: dict, code_texts: dict[str, list[str]] | None = None,
 ) -> None:
-    """The Hub-ready folder, written once: model, config with the codes' descriptions and the `icd-coding` pipeline,
-    results (train_results.json: steps and the steady state's note tokens/s and MFU), model card with its figures,
-    the Endpoint handler and the Space app."""
+    """The Hub-ready folder, written once: model, config with the codes' descriptions (`code_texts` first, a user's)
+    and the `icd-coding` pipeline, results (train_results.json: steps and the steady state's note tokens/s and MFU),
+    model card with its figures, the Endpoint handler and the Space app."""
     config = coding_config(accelerator.unwrap_model(model))
-    add_pipeline_to_config(config)
+    texts = code_descriptions(splits.labels, inclusion_terms=False, code_system=args.code_system, own=code_texts)
+    add_pipeline_to_config(config, {code: code_texts[0] for code, code_texts in texts.items()})
 
     def add_files(folder: Path) -> None:
         for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
@@ -453,6 +455,7 @@ def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
     splits = load_splits(args, accelerator)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    code_texts = read_code_texts(args.code_descriptions, args.code_system) if args.code_descriptions else None
     frequencies = label_frequencies(splits.train, splits.labels)
     model = build_coding_model(
         splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
@@ -462,7 +465,7 @@ def run(args: argparse.Namespace) -> None:
             else args.init_label_queries_from_descriptions
         ),
         label_frequencies=frequencies, code_system=args.code_system,
-        allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight,
+        allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight, code_texts=code_texts,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)
@@ -472,7 +475,7 @@ def run(args: argparse.Namespace) -> None:
     if args.description_match if args.description_match is not None else args.label_space == "code_system":
         add_description_match(
             model, tokenizer, splits.train, splits.labels[splits.attention_labels :], frequencies, args.code_system,
-            args.description_terms, max_length,
+            args.description_terms, max_length, code_texts,
         )  # fmt: skip
     loaders = build_dataloaders(args, splits, tokenizer, max_length, tokenizer.pad_token_id)
     if accelerator.is_main_process:
@@ -496,7 +499,7 @@ def run(args: argparse.Namespace) -> None:
         f"{speed['tokens_per_second']:,.0f} note tokens/s, MFU {speed['mfu']:.1%}"
     )
     results, predictions = final_evaluation(args, accelerator, model, loaders, splits)
-    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress, speed)
+    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress, speed, code_texts)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir)
     finish_trackers(accelerator)
