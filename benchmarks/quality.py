@@ -23,8 +23,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python benchmarks/quality.py` from anywhere
 
-from modeling_bertxml.data.notes import NoteColumns, label_indices, multi_hot, read_notes  # noqa: E402
-from modeling_bertxml.evaluation.baseline_tfidf import score_splits  # noqa: E402
+from modeling_bertxml.data.notes import NoteColumns, read_notes  # noqa: E402
+from modeling_bertxml.evaluation.baseline_tfidf import coder_label_space, score_splits  # noqa: E402
 from modeling_bertxml.evaluation.metrics import format_table  # noqa: E402
 from modeling_bertxml.evaluation.plots import comparison_figure, save_figure  # noqa: E402
 from modeling_bertxml.training.stages import run_stages  # noqa: E402
@@ -32,15 +32,15 @@ from modeling_bertxml.training.stages import run_stages  # noqa: E402
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
 
 
-def prior_baseline(data: Path) -> dict[str, float]:
-    """Every note gets each code's training frequency: what a model that learnt only code priors scores."""
-    train = read_notes(str(data / "train.jsonl"), "train", NoteColumns())
-    codes = sorted({code for note in train.codes for code in note})
-    label2id = {code: i for i, code in enumerate(codes)}
-    priors = multi_hot(label_indices(train, label2id), len(codes)).mean(axis=0)
+def prior_baseline(data: Path, model_dir: Path) -> dict[str, float]:
+    """Every note gets each code's training frequency: what a model that learnt only code priors scores (on the
+    model's label space and code system)."""
+    label2id, code_system = coder_label_space(model_dir)
+    train = read_notes(str(data / "train.jsonl"), "train", NoteColumns(), code_system=code_system)
+    priors = np.array([train.code_counts[code] for code in label2id]) / len(train)
     results = score_splits(
-        str(data / "validation.jsonl"), str(data / "test.jsonl"), NoteColumns(), label2id,
-        lambda notes: np.tile(priors, (len(notes), 1)),
+        {split: str(data / f"{split}.jsonl") for split in ("validation", "test")}, NoteColumns(), label2id,
+        lambda notes: np.tile(priors, (len(notes), 1)), train.code_counts, code_system,
     )  # fmt: skip
     return results["test"]
 
@@ -54,7 +54,9 @@ def collect(out: Path, timings: dict[str, float]) -> dict:
         "test": {
             "BERT-XML": {key: model[key] for key in METRICS},
             "TF-IDF + LR": {key: tfidf[key] for key in METRICS},
-            "code priors": {key: value for key, value in prior_baseline(out / "data").items() if key in METRICS},
+            "code priors": {
+                key: value for key, value in prior_baseline(out / "data", out / "model").items() if key in METRICS
+            },
         },
         "seconds": timings,
     }

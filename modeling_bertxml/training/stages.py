@@ -41,7 +41,7 @@ def stage_commands(out: Path) -> dict[str, tuple[list[str], Path]]:
         "baseline": (
             python + ["modeling_bertxml.evaluation.baseline_tfidf", "--train_file", splits["train"],
                       "--validation_file", splits["validation"], "--test_file", splits["test"],
-                      "--output_file", str(out / "baseline_results.json")],
+                      "--label_space_from", str(out / "model"), "--output_file", str(out / "baseline_results.json")],
             out / "baseline_results.json",
         ),
     }  # fmt: skip
