@@ -22,7 +22,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
-from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
+from modeling_bertxml.evaluation.metrics import METRIC_KEYS, TRAINING_COUNT_KEY, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     SUBPROCESS_TIMEOUT_S,
@@ -162,13 +162,18 @@ def test_threshold_comes_from_validation_and_test_uses_it(data: Path, trained) -
     assert test_results == pytest.approx(compute_metrics(probs, targets, threshold, unseen), abs=1e-6)
 
 
-def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(trained) -> None:
+def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(data: Path, trained) -> None:
     output_dir, lines = trained
     for name, num_notes in (("eval_results.json", 15), ("test_results.json", 16)):
         results = json.loads((output_dir / name).read_text())
-        assert list(results) == list(METRIC_KEYS)
+        assert list(results) == [*METRIC_KEYS, TRAINING_COUNT_KEY]
         assert all(0.0 <= results[key] <= 1.0 for key in SCORES)
         assert (results["num_notes"], results["num_codes"]) == (num_notes, len(TOPICS))
+        buckets = results[TRAINING_COUNT_KEY]
+        assert sum(bucket["share"] for bucket in buckets.values()) == pytest.approx(1.0)
+    test_gold = sum(len(json.loads(line)["labels"]) for line in (data / "test.jsonl").open())
+    unseen_bucket = json.loads((output_dir / "test_results.json").read_text())[TRAINING_COUNT_KEY]["0"]
+    assert unseen_bucket == {"map": 0.0, "micro_f1": 0.0, "share": pytest.approx(1 / test_gold)}  # R51.9: a miss
     maps = [float(line.split("validation MAP ")[1].split(",")[0]) for line in lines if ": validation MAP" in line]
     assert len(maps) == 3  # one per epoch
     assert json.loads((output_dir / "eval_results.json").read_text())["map"] == pytest.approx(max(maps), abs=1e-4)

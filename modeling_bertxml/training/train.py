@@ -47,9 +47,11 @@ from ..data.notes import (
 from ..data.sampling import LengthGroupedSampler, padding_share
 from ..evaluation.metrics import (
     GROUPS_KEY,
+    TRAINING_COUNT_KEY,
     binary_cross_entropy,
     compute_metrics,
     compute_metrics_by_group,
+    compute_metrics_by_training_count,
     format_table,
     tune_threshold,
 )
@@ -219,12 +221,13 @@ def predict(model, loader: DataLoader, accelerator: Accelerator) -> tuple[np.nda
 
 def score(
     probs: np.ndarray, targets: np.ndarray, notes: Notes, threshold: float | None = None,
-    labels: list[str] | None = None, code_system: str = "icd10",
+    labels: list[str] | None = None, code_system: str = "icd10", train_counts: Counter | None = None,
 ) -> dict:
     """All metrics of a split; the threshold is tuned here when not given (pass it for test: never tune on test).
 
     With `labels`, a label space of several kinds (diagnoses and procedures) is also scored per kind, at the same
-    threshold, under `GROUPS_KEY`.
+    threshold, under `GROUPS_KEY`; with `train_counts` too, by how many training notes carry each code (0, 1-5,
+    6-50, >50) under `TRAINING_COUNT_KEY`: where a coder is weak is where codes are rare.
     """
     unseen = sum(notes.report.outside_label_space.values())
     if threshold is None:
@@ -237,6 +240,10 @@ def score(
         for code, count in notes.report.outside_label_space.items():
             unseen_by_kind[kind(code)] += count
         metrics[GROUPS_KEY] = compute_metrics_by_group(probs, targets, groups, threshold, unseen_by_kind)
+    if labels is not None and train_counts is not None:
+        metrics[TRAINING_COUNT_KEY] = compute_metrics_by_training_count(
+            probs, targets, labels, notes.note_codes(), train_counts, metrics["threshold"]
+        )
     return metrics
 
 
@@ -357,7 +364,7 @@ def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> tuple
     """Best weights back; threshold tuned on validation only, then the same threshold on test. Returns each split's
     metrics and its (probs, targets), which the model card's figures are drawn from."""
     CheckpointManager(args.output_dir).restore_best(accelerator, model)
-    per_kind = {"labels": splits.labels, "code_system": args.code_system}
+    per_kind = {"labels": splits.labels, "code_system": args.code_system, "train_counts": splits.train.code_counts}
     predictions = {"validation": predict(model, loaders["validation"], accelerator)}
     results = {"validation": score(*predictions["validation"], splits.validation, **per_kind)}
     if "test" in loaders:
