@@ -447,14 +447,24 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
     )
 
 
+def uses_description_match(args: argparse.Namespace) -> bool:
+    return args.description_match if args.description_match is not None else args.label_space == "code_system"
+
+
 def check_adapter_base(args: argparse.Namespace) -> None:
-    """An adapter folder is loaded with its base repo's code: a RoBERTa or ModernBERT checkpoint has none of ours, so
-    its adapter would load into transformers' own model, without the label attention. Refused before any work."""
-    if args.use_lora and not args.merge_lora and is_backbone_checkpoint(args.model_name_or_path):
+    """An adapter folder is loaded with its base repo's code and weights: a RoBERTa or ModernBERT checkpoint has none
+    of ours, so its adapter would load into transformers' own model, without the label attention; and the base has no
+    description-match tables, which the adapter (LoRA weights and the head) does not hold. Refused before any work."""
+    if not args.use_lora or args.merge_lora:
+        return
+    if is_backbone_checkpoint(args.model_name_or_path):
         raise ConfigError(
             f"--use_lora on {args.model_name_or_path}, another encoder than BERT-XML's, needs --merge_lora: an adapter "
             "folder loads with its base repo's code, which that checkpoint does not have"
         )
+    if uses_description_match(args):
+        raise ConfigError("--use_lora with the description match needs --merge_lora: an adapter folder holds the LoRA "
+                          "weights and the head, not the match's tables")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
@@ -479,7 +489,7 @@ def run(args: argparse.Namespace) -> None:
         logger.info(f"Encoder learning rate {args.learning_rate:.2g}, the default for width {model.config.hidden_size}")
     max_length = min(args.max_seq_length or model.config.max_note_length, model.config.max_note_length)
     tokenizer.model_max_length = max_length  # pipelines called with truncation=True cut notes where training did
-    if args.description_match if args.description_match is not None else args.label_space == "code_system":
+    if uses_description_match(args):
         add_description_match(
             model, tokenizer, splits.train, splits.labels[splits.attention_labels :], frequencies, args.code_system,
             args.description_terms, max_length, code_texts,
