@@ -842,7 +842,7 @@ def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carr
     [
         (["--code_system", "any"], "--label_space code_system with --code_system any: local or mixed codes are not "),
         (["--code_system", "icd10cm", "--no-description_match"], "drop --no-description_match"),
-        (["--code_system", "icd10cm", "--use_lora"], "--use_lora with the description match needs --merge_lora"),
+        (["--code_system", "icd10cm", "--use_lora", "--base_model_id", "org/base"], "needs --merge_lora: an adapter folder"),
     ],
 )
 def test_a_label_space_of_the_code_system_that_cannot_be_is_refused_in_one_line(
