@@ -23,7 +23,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
-from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
+from modeling_bertxml.evaluation.metrics import METRIC_KEYS, TRAINING_COUNT_KEY, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     SUBPROCESS_TIMEOUT_S,
@@ -165,13 +165,18 @@ def test_threshold_comes_from_validation_and_test_uses_it(data: Path, trained) -
     assert test_results == pytest.approx(compute_metrics(probs, targets, threshold, unseen), abs=1e-6)
 
 
-def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(trained) -> None:
+def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(data: Path, trained) -> None:
     output_dir, lines = trained
     for name, num_notes in (("eval_results.json", 15), ("test_results.json", 16)):
         results = json.loads((output_dir / name).read_text())
-        assert list(results) == list(METRIC_KEYS)
+        assert list(results) == [*METRIC_KEYS, TRAINING_COUNT_KEY]
         assert all(0.0 <= results[key] <= 1.0 for key in SCORES)
         assert (results["num_notes"], results["num_codes"]) == (num_notes, len(TOPICS))
+        buckets = results[TRAINING_COUNT_KEY]
+        assert sum(bucket["share"] for bucket in buckets.values()) == pytest.approx(1.0)
+    test_gold = sum(len(json.loads(line)["labels"]) for line in (data / "test.jsonl").open())
+    unseen_bucket = json.loads((output_dir / "test_results.json").read_text())[TRAINING_COUNT_KEY]["0"]
+    assert unseen_bucket == {"map": 0.0, "micro_f1": 0.0, "share": pytest.approx(1 / test_gold)}  # R51.9: a miss
     maps = [float(line.split("validation MAP ")[1].split(",")[0]) for line in lines if ": validation MAP" in line]
     assert len(maps) == 3  # one per epoch
     assert json.loads((output_dir / "eval_results.json").read_text())["map"] == pytest.approx(max(maps), abs=1e-4)
@@ -842,3 +847,47 @@ def test_a_checkpoint_whose_encoder_does_not_load_is_refused_unless_allowed(data
     # A BERT-XML checkpoint loads whole: no error, no warning.
     labels = sorted(TOPICS)
     build_coding_model(labels, tokenizer, data / "pretrained")
+
+
+def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carries(data: Path, tmp_path: Path) -> None:
+    """--label_space code_system: the training codes keep attention rows, every other billable ICD-10-CM code is scored
+    by the description match, so the test note's R51.9 (in no training note) is a code of the model, not a miss."""
+    from modeling_bertxml.data.code_systems import get_code_system
+
+    output_dir = tmp_path / "coder"
+    own_texts = tmp_path / "codes.tsv"  # a user's texts (here one, in Spanish) replace the official ones they list
+    own_texts.write_text("code\tdescription\ni10\tHipertension esencial\n")
+    args = train_args(data, output_dir, "--test_file", str(data / "test.jsonl"), "--num_train_epochs", "1",
+                      "--code_system", "icd10cm", "--label_space", "code_system", "--code_descriptions", str(own_texts))  # fmt: skip
+    lines = run_train(args)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["label_descriptions"]["I10"] == "Hipertension esencial"
+    assert config["label_descriptions"]["R07.9"] == "Chest pain, unspecified"
+    codes = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert codes[:5] == sorted(TOPICS) and config["num_attention_labels"] == 5
+    assert sorted(codes) == sorted(get_code_system("icd10cm").codes())
+    assert json.loads((output_dir / "test_results.json").read_text())["num_codes"] == len(codes)
+    assert not any("outside the label space" in line for line in lines)
+    model = load_coding_model(output_dir).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(output_dir)
+    with torch.no_grad():
+        logits = model(**tokenizer(["patient denies chest pain", "acute kidney injury"], padding=True,
+                                   return_tensors="pt")).logits  # fmt: skip
+    chest_pain = config["label2id"]["R07.9"]  # "Chest pain, unspecified": in no training note
+    assert chest_pain >= 5 and logits[0, chest_pain] > logits[1, chest_pain]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--code_system", "any"], "--label_space code_system with --code_system any: local or mixed codes are not "),
+        (["--code_system", "icd10cm", "--no-description_match"], "drop --no-description_match"),
+        (["--code_system", "icd10cm", "--use_lora", "--base_model_id", "org/base"], "needs --merge_lora: an adapter folder"),
+    ],
+)
+def test_a_label_space_of_the_code_system_that_cannot_be_is_refused_in_one_line(
+    data: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(train_args(data, tmp_path / "coder", "--label_space", "code_system", *flags))
+    assert not (tmp_path / "coder" / "model.safetensors").exists()

@@ -315,6 +315,29 @@ def read_label_file(path: str | Path, code_system: str | CodeSystem = "icd10") -
     return list(codes)
 
 
+def read_code_texts(path: str | Path, code_system: str | CodeSystem = "icd10") -> dict[str, list[str]]:
+    """A user's texts of codes (descriptions in the notes' language, synonyms, local codes' names): one line per code,
+    `code<TAB>text[<TAB>another text ...]`, e.g. CodiEsp's codes file (code, Spanish and English description). A
+    first line whose code is not one is a header; any later one is an error naming the file and line."""
+    system = get_code_system(code_system)
+    texts: dict[str, list[str]] = {}
+    with Path(path).open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            code, *code_texts = line.rstrip("\r\n").split("\t")
+            if not code.strip():
+                continue
+            try:
+                code = system.normalize(code)
+            except ValueError as error:
+                if number == 1:
+                    continue
+                raise NotesError(f"{path}:{number}: {code!r} is not a code of --code_system {system.name}: {error}") from None
+            texts.setdefault(code, []).extend(text.strip() for text in code_texts if text.strip())
+    if not any(texts.values()):
+        raise NotesError(f"{path}: no line holds a code and its text (code<TAB>text)")
+    return texts
+
+
 def build_label_space(
     train: Notes, min_code_count: int = 1, label_file: str | None = None, code_system: str | CodeSystem = "icd10"
 ) -> list[str]:
@@ -460,6 +483,7 @@ __all__ = [
     "label_indices",
     "log_report",
     "mask_for_mlm",
+    "read_code_texts",
     "read_label_file",
     "read_notes",
     "multi_hot",

@@ -219,6 +219,26 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
     coding.add_argument("--id_column", default="id", help="Optional column of note ids (checked for duplicates).")
     coding.add_argument("--label_file", help="File of codes to predict, one per line (default: the training codes).")
     coding.add_argument("--min_code_count", type=int, default=1, help="Keep training codes seen at least this often.")
+    coding.add_argument(
+        "--label_space", choices=["training", "code_system"], default="training",
+        help="training: the codes of the training notes (or --label_file), each with label-attention rows. "
+        "code_system: those, plus every other billable code of --code_system (icd10cm, icd10pcs or icd10), scored by "
+        "the description match alone, so that codes no training note carries can be predicted (zero-shot).",
+    )
+    coding.add_argument(
+        "--description_match", action=argparse.BooleanOptionalAction,
+        help="Add to each code's score how much the note reads like the code's official texts (TF-IDF cosine over "
+        "the vocabulary: BertXMLDescriptionMatch). Default: on with --label_space code_system, else off.",
+    )
+    coding.add_argument(
+        "--description_terms", type=int, default=32, help="Tokens of each code's texts that the match keeps."
+    )
+    coding.add_argument(
+        "--code_descriptions",
+        help="Your own texts of codes, one line per code: code<TAB>text[<TAB>another text...] (e.g. descriptions in "
+        "the notes' language, CodiEsp's codes file). They replace the official (English) texts of the codes they "
+        "list wherever texts are read: description-initialised queries, the description match, the pipeline.",
+    )
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
     coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")

@@ -189,6 +189,7 @@ def build_coding_model(
     code_system: str = "icd10",
     allow_random_encoder: bool = False,
     mlm_loss_weight: float = 0.0,
+    code_texts: dict[str, list[str]] | None = None,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, any BERT checkpoint, or a checkpoint of
     another transformers encoder, which becomes the backbone) with a head for `labels`.
@@ -202,7 +203,8 @@ def build_coding_model(
     code) start new codes at their prior. A checkpoint whose encoder weights do not all load (weights named for
     another model than its config.json says) is refused with `EncoderMismatchError` unless `allow_random_encoder`:
     fine-tuning would silently start from random weights. `mlm_loss_weight` keeps the masked-LM loss (and the
-    checkpoint's MLM head, `cls`) while coding: `BertXMLConfig.mlm_loss_weight`.
+    checkpoint's MLM head, `cls`) while coding: `BertXMLConfig.mlm_loss_weight`. `code_texts` (a user's texts of
+    codes) replace the official ones of the codes they list.
     """
     checkpoint = Checkpoint.read(model_name_or_path) if model_name_or_path is not None else None
     # A coder is built with its own codes, so that every head row loads where it was saved; set_codes moves them.
@@ -227,7 +229,7 @@ def build_coding_model(
         rows = torch.tensor([model.config.label2id[code] for code in new], dtype=torch.long)
         model.label_head.set_prior_bias(rows, torch.tensor([label_frequencies[code] for code in new]))
     if init_from_descriptions:
-        descriptions = code_descriptions(new, code_system=code_system)
+        descriptions = code_descriptions(new, code_system=code_system, own=code_texts)
         initialised = init_label_queries_from_descriptions(model, tokenizer, descriptions)
         logger.info(f"{len(initialised)} of {len(new)} new label queries start from their official descriptions")
     return model
