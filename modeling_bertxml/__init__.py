@@ -18,6 +18,7 @@ from types import ModuleType
 
 _EXPORTS = {
     "BertXMLConfig": "model.configuration_bertxml",
+    "BertXMLDescriptionMatch": "model.modeling_bertxml",
     "BertXMLForMaskedLM": "model.modeling_bertxml",
     "BertXMLForMultiLabelCoding": "model.modeling_bertxml",
     "BertXMLLabelWiseHead": "model.modeling_bertxml",

@@ -3,6 +3,7 @@ tokenizer, built offline in each test session."""
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -134,6 +135,17 @@ def tiny_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
         mask_token="[MASK]",
         model_max_length=model_max_length,
     )
+
+
+def shuffled_tokenizer(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Another run's tokenizer of the same size: the same special tokens first, then the other tokens at other ids."""
+    vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    special, words = vocab[: len(SPECIAL_TOKENS)], vocab[len(SPECIAL_TOKENS) :]
+    random.Random(seed).shuffle(words)
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.model = models.WordPiece({token: i for i, token in enumerate(special + words)}, unk_token="[UNK]")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer.special_tokens_map,
+                                   model_max_length=tokenizer.model_max_length)
 
 
 # What both scripts log every training step (modeling_bertxml.training.loop.log_training); evaluations are validation/*.

@@ -3,8 +3,10 @@
 No pip-installable local Hub accepts uploads, so this implements just what `create_repo`, `update_repo_settings`,
 `model_info`, `upload_folder` (xet disabled, every file answered "regular" at preupload, so it arrives base64 in the
 NDJSON commit), `create_branch`, commits to a branch or as a new pull request (`create_pr`), and `hf_hub_download` /
-`from_pretrained` (at a branch, `refs/pr/N` or a head commit) use. Private repos behave as on the Hub: without the right
-bearer token they answer 404 `RepoNotFound`, so a test can check that privacy is enforced, not just recorded.
+`from_pretrained` (at a branch, `refs/pr/N` or a head commit) use, and `whoami` / `auth_check(write=True)`, which a push
+asks before training. Private repos behave as on the Hub: without the right bearer token they answer 404 `RepoNotFound`,
+so a test can check that privacy is enforced, not just recorded. `hub.token` may write to the user's namespace and to
+the orgs of `WRITABLE_ORGS`; `hub.read_token` only reads.
 
 Use the `loopback_hub` fixture: it starts the server on a free 127.0.0.1 port and points the process (environment
 and the `huggingface_hub.constants` read at import time) at it, with a temporary HF_HOME and no stored login.
@@ -26,6 +28,7 @@ from huggingface_hub import constants
 from tests.conftest import free_port
 
 USER = "loopback-user"
+WRITABLE_ORGS = ("hospital",)  # orgs the user may create repos in (role "write"); every other namespace is not theirs
 EMPTY_TREE_SHA = "0" * 40
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 
@@ -98,15 +101,19 @@ class LoopbackHub(ThreadingHTTPServer):
 
     def __init__(self, token: str):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.token = token
+        self.token, self.read_token = token, token.replace("FAKE", "READ")
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
         self.repos: dict[str, Repo] = {}
         self.requests: list[str] = []
         self.lock = threading.Lock()
 
-    def authorized(self, header: str | None) -> bool:
+    def authorized(self, header: str | None, write: bool = False) -> bool:
         if header is None:
             return False
+        if header == f"Bearer {self.read_token}" and not write:
+            return True
+        if header == f"Bearer {self.read_token}":
+            raise HubError(403, "You don't have the rights to write with a read token")
         if header != f"Bearer {self.token}":
             raise HubError(401, "Invalid credentials in Authorization header")
         return True
@@ -118,7 +125,7 @@ class LoopbackHub(ThreadingHTTPServer):
         return repo
 
     def writable_repo(self, repo_id: str, header: str | None) -> Repo:
-        if not self.authorized(header):
+        if not self.authorized(header, write=True):
             raise HubError(401, "You must be authenticated to write", "RepoNotFound")
         return self.repo(repo_id, header)
 
@@ -151,7 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
             for pattern, method in routes:
                 if match := pattern.fullmatch(path):
                     with self.server.lock:
-                        getattr(self, method)(body, **{k: unquote(v) for k, v in match.groupdict().items()})
+                        groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                        getattr(self, method)(body, **groups)
                     return
             raise HubError(404, f"Loopback Hub does not implement {self.command} {path}")
         except HubError as err:
@@ -181,13 +189,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- API ---------------------------------------------------------------------------------------------------
 
+    def whoami(self, body: bytes) -> None:
+        if not self.server.authorized(self._auth):
+            raise HubError(401, "Invalid user token.")
+        role = "read" if self._auth == f"Bearer {self.server.read_token}" else "write"
+        orgs = [{"type": "org", "name": org, "roleInOrg": "write"} for org in WRITABLE_ORGS]
+        self._json({"type": "user", "name": USER, "orgs": orgs,
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "loopback", "role": role}}})
+
+    def auth_check(self, body: bytes, repo: str, write: str = "") -> None:
+        if write:
+            self.server.writable_repo(repo, self._auth)
+        else:
+            self.server.repo(repo, self._auth)
+        self._json({})
+
     def create_repo(self, body: bytes) -> None:
         request = json.loads(body)
-        if not self.server.authorized(self._auth):
+        if not self.server.authorized(self._auth, write=True):
             raise HubError(401, "You must be authenticated to create a repo")
         if request.get("type", "model") != "model":
             raise HubError(400, "Loopback Hub only hosts model repos")
-        repo_id = f"{request.get('organization') or USER}/{request['name']}"
+        namespace = request.get("organization") or USER
+        if namespace not in (USER, *WRITABLE_ORGS):
+            raise HubError(403, f"You don't have the rights to create a model under the namespace {namespace}")
+        repo_id = f"{namespace}/{request['name']}"
         url = f"{self.server.endpoint}/{repo_id}"
         if repo_id in self.server.repos:
             raise HubError(409, "You already created this model repo", url=url)  # the client reads `url` even here
@@ -273,6 +299,8 @@ def _routes(*pairs: tuple[str, str]) -> list[tuple[re.Pattern, str]]:
 
 
 _GET_ROUTES = _routes(
+    (r"/api/whoami-v2", "whoami"),
+    (rf"/api/models/{REPO}/auth-check(?P<write>/write)?", "auth_check"),
     (rf"/api/models/{REPO}", "repo_info"),
     (rf"/api/models/{REPO}/revision/(?P<revision>[^/]+)", "repo_info"),
     (rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<filename>.+)", "resolve"),

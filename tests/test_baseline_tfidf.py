@@ -53,3 +53,28 @@ def test_baseline_learns_with_more_than_127_codes(tmp_path):
     assert results["test"]["num_codes"] == 150
     assert results["test"]["micro_auc"] > 0.95
     assert results["test"]["map"] > 0.9
+
+
+def test_baseline_on_a_coders_label_space_without_a_test_split(tmp_path):
+    """Scored on the model's codes and code system (here one more code than training has), validation only."""
+    from modeling_bertxml.evaluation.baseline_tfidf import coder_label_space
+    from modeling_bertxml.evaluation.metrics import TRAINING_COUNT_KEY
+    from modeling_bertxml.model.configuration_bertxml import BertXMLConfig
+
+    codes = ["I10", "J18.9", "M17.9"]  # I10: a --label_file code no training note carries
+    BertXMLConfig(id2label=dict(enumerate(codes)), code_system="icd10cm").save_pretrained(tmp_path / "coder")
+    label2id, code_system = coder_label_space(tmp_path / "coder")
+    assert (label2id, code_system) == ({"I10": 0, "J18.9": 1, "M17.9": 2}, "icd10cm")
+
+    train = [("fever and cough, chest film with consolidation", ["J18.9"]), ("knee pain and stiffness", ["m179"])] * 4
+    validation = [("cough with fever", ["J18.9"]), ("stiffness of the knee", ["M17.9"]), ("blood pressure", ["I10"])]
+    results = run_tfidf_baseline(
+        _write(tmp_path / "train.jsonl", train), _write(tmp_path / "validation.jsonl", validation),
+        label2id=label2id, code_system=code_system,
+    )  # fmt: skip
+    assert list(results) == ["validation"]
+    assert results["validation"]["num_codes"] == 3
+    assert results["validation"]["micro_recall"] == pytest.approx(2 / 3)  # I10 scores 0: never predicted
+    buckets = results["validation"][TRAINING_COUNT_KEY]
+    assert buckets["0"] == {"map": pytest.approx(1 / 3), "micro_f1": 0.0, "share": pytest.approx(1 / 3)}
+    assert buckets["1-5"] == {"map": 1.0, "micro_f1": 1.0, "share": pytest.approx(2 / 3)}  # 4 notes each

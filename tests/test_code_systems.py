@@ -11,11 +11,13 @@ from modeling_bertxml import BertXMLConfig
 from modeling_bertxml.data.code_systems import (
     CODE_SYSTEMS,
     check_codes,
+    code_descriptions,
     code_groups,
     get_code_system,
     warn_local_codes,
 )
-from modeling_bertxml.data.notes import read_label_file, read_notes
+from modeling_bertxml.data.notes import read_code_texts, read_label_file, read_notes
+from modeling_bertxml.data.readers import NotesError
 
 
 # (system, as written, label)
@@ -189,3 +191,17 @@ def test_label_file_is_read_in_the_code_system(tmp_path):
     path.write_text("401.9\n4019\n")
     with pytest.raises(ValueError, match=r"codes.txt:2: '4019' is not a label of --code_system icd9cm: ambiguous"):
         read_label_file(path, "icd9cm")
+
+
+def test_a_users_code_texts_replace_the_official_ones_of_the_codes_they_list(tmp_path):
+    """CodiEsp's codes file: lower-case dotted codes, Spanish then English description, a header."""
+    path = tmp_path / "codes.tsv"
+    path.write_text("code\tes\ten\nr52\tDolor, no clasificado bajo otro concepto\tPain, unspecified\nn44.8\tOtras torsiones\t\n")
+    texts = read_code_texts(path, "icd10cm")
+    assert texts == {"R52": ["Dolor, no clasificado bajo otro concepto", "Pain, unspecified"], "N44.8": ["Otras torsiones"]}
+    described = code_descriptions(["R52", "I10"], code_system="icd10cm", own=texts)
+    assert described["R52"] == texts["R52"]
+    assert described["I10"][0] == "Essential (primary) hypertension"  # not listed: the official text
+    path.write_text("R52\tDolor\nnot a code\tx\n")
+    with pytest.raises(NotesError, match=rf"{path}:2: 'not a code' is not a code of --code_system icd10cm"):
+        read_code_texts(path, "icd10cm")

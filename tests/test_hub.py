@@ -15,11 +15,13 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
+from modeling_bertxml.training.checkpointing import Manifest
 from modeling_bertxml.release.hub import (
     Finding,
     HubPushError,
     IdentifiersFoundError,
     add_hub_args,
+    check_push_access,
     main,
     push_folder,
     push_from_args,
@@ -223,6 +225,44 @@ def test_no_network_gives_one_clear_error_and_leaves_the_folder(
     assert set(loopback_hub.repos[REPO_ID].files) == set(before)
 
 
+def read_only_token(hub) -> str:
+    return hub.read_token
+
+
+def no_token(hub) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    "repo_id, token, cut_network, reason",
+    [
+        (REPO_ID, lambda hub: hub.token, go_offline, r"offline mode is on \(HF_HUB_OFFLINE=1\)"),
+        (REPO_ID, no_token, None, r"no Hub token: pass --hub_token, set HF_TOKEN or run `hf auth login`"),
+        (REPO_ID, lambda hub: hub.token, unreachable_endpoint, r"http://127\.0\.0\.1:\d+ cannot be reached \(Connect"),
+        (REPO_ID, lambda hub: "hf_wrongTOKEN0123456789abcdefghijklmnopq", None, r"the Hub refused the token \(401"),
+        (REPO_ID, read_only_token, None, r"the token is read-only"),
+        ("other-hospital/bert-xml", lambda hub: hub.token, None,
+         r"other-hospital/bert-xml does not exist and loopback-user may not create repos in other-hospital"),
+    ],
+    ids=["offline", "no-token", "unreachable", "invalid-token", "read-only-token", "foreign-namespace"],
+)
+def test_a_push_that_cannot_succeed_is_refused_with_its_reason_before_anything(
+    loopback_hub, tmp_path, monkeypatch, repo_id, token, cut_network, reason
+) -> None:
+    if cut_network is not None:
+        cut_network(monkeypatch, tmp_path)
+    with pytest.raises(HubPushError, match=rf"^cannot push to \S*{repo_id}: {reason}"):
+        check_push_access(repo_id, token(loopback_hub))
+    assert not any(request.startswith(("POST", "PUT")) for request in loopback_hub.requests)
+
+
+def test_a_push_allowed_to_write_passes_the_check_and_names_the_repo(loopback_hub) -> None:
+    assert check_push_access("bert-xml-run", loopback_hub.token) == "loopback-user/bert-xml-run"  # a new repo
+    assert check_push_access(REPO_ID, loopback_hub.token) == REPO_ID  # a new repo in a writable org
+    HfApi().create_repo(REPO_ID, private=True, token=loopback_hub.token)
+    assert check_push_access(REPO_ID, loopback_hub.token) == REPO_ID  # an existing one
+
+
 def test_train_args_push_and_never_show_the_token(loopback_hub, tmp_path: Path, caplog, capfd) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", type=Path)
@@ -260,6 +300,27 @@ def test_the_cli_pushes_only_what_a_model_repo_holds(loopback_hub, tmp_path: Pat
     main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
     assert set(loopback_hub.repos[REPO_ID].files) == model_files
     assert "Not pushed (not part of a model repo): checkpoints/, logs/, run_args.json" in caplog.text
+
+
+def test_a_runs_output_dir_pushes_only_the_model_it_saved_and_never_the_users_files(loopback_hub, tmp_path, caplog):
+    """A run's output dir keeps its user's files (only what runs recorded writing is ever deleted there): they must
+    not travel to the Hub because their names look like a model repo's (analysis.py, a figure of theirs)."""
+    folder = save_tiny_model(tmp_path / "run")
+    model_files = set(snapshot(folder))
+    Manifest(run=["run_args.json"], model=sorted(model_files)).write(folder)  # as save_model_folder records them
+    (folder / "run_args.json").write_text("{}")
+    (folder / "analysis.py").write_text("import pandas\n")
+    (folder / "my_plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    caplog.set_level(logging.INFO)
+    main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
+    assert set(loopback_hub.repos[REPO_ID].files) == model_files
+    assert "analysis.py" in caplog.text.split("Not pushed")[1] and "my_plot.png" in caplog.text.split("Not pushed")[1]
+
+    # A folder made by hand (no run wrote it) is pushed as before: every file a model repo holds.
+    hand_made = save_tiny_model(tmp_path / "hand_made")
+    (hand_made / "analysis.py").write_text("import pandas\n")
+    main([str(hand_made), "--hub_model_id", "hospital/hand-made", "--hub_token", loopback_hub.token])
+    assert "analysis.py" in loopback_hub.repos["hospital/hand-made"].files
 
 
 def test_push_to_a_branch_leaves_main_and_loads_from_the_revision(loopback_hub, tmp_path: Path) -> None:

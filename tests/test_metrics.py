@@ -302,3 +302,74 @@ def test_evaluate_module_has_a_metric_card():
     # Every score the module returns and every argument it takes is documented.
     assert all(f"`{key}`" in card.text for key in METRIC_KEYS)
     assert all(f"**{name}**" in card.text for name in ("predictions", "references", "threshold", "num_unseen_positives"))
+
+
+@pytest.mark.parametrize(
+    "count, bucket", [(0, "0"), (1, "1-5"), (5, "1-5"), (6, "6-50"), (50, "6-50"), (51, ">50"), (10_000, ">50")]
+)
+def test_training_count_buckets_bounds(count, bucket):
+    assert metrics.training_count_buckets(["A"], {"A": count}) == {"A": bucket}
+    assert metrics.training_count_buckets(["never seen"], {"A": count}) == {"never seen": "0"}
+
+
+# One code in each bucket, two in ">50". Training notes: A 0 (a --label_file code), B 3, C 20, D 100, E 60; outside the
+# label space: X (never in training) and Y (2 training notes, below a --min_code_count).
+BUCKET_LABELS = ["A", "B", "C", "D", "E"]
+BUCKET_COUNTS = {"B": 3, "C": 20, "D": 100, "E": 60, "Y": 2}
+BUCKET_PROBS = np.array(
+    [
+        [0.9, 0.2, 0.6, 0.8, 0.95],  # gold A, D, X
+        [0.1, 0.3, 0.7, 0.4, 0.1],  # gold B, Y
+        [0.2, 0.1, 0.9, 0.6, 0.1],  # gold C, D
+    ]
+)
+BUCKET_TARGETS = np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0]])
+BUCKET_GOLD = [["A", "D", "X"], ["B", "Y"], ["C", "D"]]
+
+
+def test_metrics_by_training_count_score_each_bucket_with_unseen_codes_as_misses():
+    results = metrics.compute_metrics_by_training_count(
+        BUCKET_PROBS, BUCKET_TARGETS, BUCKET_LABELS, BUCKET_GOLD, BUCKET_COUNTS, threshold=0.5
+    )
+    assert list(results) == ["0", "1-5", "6-50", ">50"]
+    # Gold occurrences: "0" A + X = 2, "1-5" B + Y = 2, "6-50" C = 1, ">50" D twice = 2; 7 in all.
+    # Rankings: note 0 E A D C B (gold A, D at ranks 2, 3: precision 1/2, 2/3); note 1 C D B A E (B at rank 3: 1/3);
+    # note 2 C D A B E (C, D at ranks 1, 2: precision 1, 1).
+    # "0": only note 0 has such codes, A at precision 1/2 and X never ranked: AP = (1/2 + 0) / 2. At 0.5, A is
+    # predicted on note 0 only (right): F1 = 2*1 / (1 predicted + 2 gold).
+    assert results["0"] == pytest.approx({"map": 1 / 4, "micro_f1": 2 / 3, "share": 2 / 7})
+    # "1-5": note 1, B at 1/3 and Y never ranked: AP = (1/3) / 2; B is never above 0.5.
+    assert results["1-5"] == pytest.approx({"map": 1 / 6, "micro_f1": 0.0, "share": 2 / 7})
+    # "6-50": note 2, C first; C is predicted on all three notes, gold on one: F1 = 2*1 / (3 + 1).
+    assert results["6-50"] == pytest.approx({"map": 1.0, "micro_f1": 1 / 2, "share": 1 / 7})
+    # ">50": D at 2/3 on note 0, at 1 on note 2; predicted D0, E0, D2 with gold D0, D2: F1 = 2*2 / (3 + 2).
+    assert results[">50"] == pytest.approx({"map": (2 / 3 + 1) / 2, "micro_f1": 4 / 5, "share": 2 / 7})
+
+
+def test_a_notes_map_is_the_share_weighted_sum_of_its_buckets():
+    probs, targets, gold = BUCKET_PROBS[:1], BUCKET_TARGETS[:1], [["A", "D"]]  # note 0 without X
+    results = metrics.compute_metrics_by_training_count(probs, targets, BUCKET_LABELS, gold, BUCKET_COUNTS)
+    weighted = sum(bucket["share"] * bucket["map"] for bucket in results.values())
+    assert weighted == pytest.approx(compute_metrics(probs, targets)["map"]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_metrics_by_training_count_bucket_outside_the_label_space_scores_zero():
+    # The label space of the training codes: A (never in training) is outside it, like X, so bucket "0" has no column.
+    columns = [1, 2, 3, 4]
+    results = metrics.compute_metrics_by_training_count(
+        BUCKET_PROBS[:, columns], BUCKET_TARGETS[:, columns], BUCKET_LABELS[1:], BUCKET_GOLD, BUCKET_COUNTS, 0.5
+    )
+    assert results["0"] == {"map": 0.0, "micro_f1": 0.0, "share": pytest.approx(2 / 7)}
+    assert results["6-50"]["map"] == 1.0  # the other buckets do not change
+
+
+def test_metrics_by_training_count_refuse_mismatched_inputs():
+    with pytest.raises(ValueError, match="4 labels for 5 columns"):
+        metrics.compute_metrics_by_training_count(BUCKET_PROBS, BUCKET_TARGETS, BUCKET_LABELS[1:], BUCKET_GOLD, {})
+    with pytest.raises(ValueError, match="note_codes has 2 notes, probs 3"):
+        metrics.compute_metrics_by_training_count(BUCKET_PROBS, BUCKET_TARGETS, BUCKET_LABELS, BUCKET_GOLD[:2], {})
+
+
+def test_format_table_leaves_out_the_training_count_breakdown():
+    results = {"test": {"micro_f1": 0.5, metrics.TRAINING_COUNT_KEY: {"0": {"map": 0.0}}}}
+    assert format_table(results).splitlines() == ["| metric | test |", "|---|---:|", "| micro_f1 | 0.5000 |"]

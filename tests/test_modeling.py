@@ -73,6 +73,20 @@ def test_coding_model_keeps_the_pretrained_mlm_head_and_adds_its_weighted_loss(t
         BertXMLForMultiLabelCoding(tiny_config())(ids, labels=labels, mlm_labels=mlm_labels)
 
 
+def test_a_batch_with_no_masked_token_has_a_masked_lm_loss_of_zero_and_no_gradient() -> None:
+    """Stock BERT's mean over no token is NaN: a short block, or a batch of one, can draw no mask, and that NaN would
+    read as a diverged run (and poison the coder's loss, where the masked-LM loss only rides along)."""
+    mlm = BertXMLForMaskedLM(tiny_config())
+    coder = BertXMLForMultiLabelCoding(tiny_config(mlm_loss_weight=0.5))
+    ids, labels = random_ids(mlm.config, 2, 20), torch.tensor([[1.0, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0]])
+    nothing_masked = torch.full_like(ids, -100)
+    loss = mlm(ids, labels=nothing_masked).loss
+    loss.backward()
+    assert loss.item() == 0.0 and all(not p.grad.any() for p in mlm.parameters() if p.grad is not None)
+    both = coder(ids, labels=labels, mlm_labels=nothing_masked)
+    assert both.mlm_loss.item() == 0.0 and both.loss.item() == coder(ids, labels=labels).loss.item()
+
+
 def test_padding_never_changes_logits_and_gets_zero_attention(config: BertXMLConfig) -> None:
     model = BertXMLForMultiLabelCoding(config).eval()
     note = random_ids(config, 1, 21)  # two chunks of 16

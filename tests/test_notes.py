@@ -80,6 +80,8 @@ def test_csv_cell_written_as_a_list_is_understood(tmp_path: Path) -> None:
 # (file name, content, expected message): each message names file, line/row and field.
 BAD_INPUTS = [
     ("bad.jsonl", [ROWS[0], '{"text": "x", "labels": [}'], r"bad\.jsonl:2: not valid JSON"),
+    ("bad.jsonl", [ROWS[0], '{"text": "x'],
+     r"bad\.jsonl:2: not valid JSON \(Unterminated string starting at column 10\)$"),  # json's message ends in "at"
     ("bad.jsonl", [ROWS[0], '["a list"]'], r"bad\.jsonl:2: expected a JSON object"),
     ("bad.jsonl", [{"note": SECRET, "labels": []}],
      r"bad\.jsonl:1: no field 'text' \(fields: note, labels\).*--text_column"),
@@ -203,6 +205,21 @@ def test_label_space_from_training_counts_or_a_label_file(tmp_path: Path) -> Non
         build_label_space(train, label_file=str(label_file))
     with pytest.raises(NotesError, match="no code occurs at least 3 times"):
         build_label_space(train, min_code_count=3)
+
+
+def test_codes_of_another_system_say_so_and_which_system_they_look_like(tmp_path: Path) -> None:
+    rows = [{"text": "a", "labels": ["E11.9", "I10"]}, {"text": "b", "labels": ["I10"]}, {"text": "c", "labels": []},
+            {"text": "d", "labels": ["0DTJ4ZZ"]}]  # fmt: skip
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    train = read_notes(path, "train", code_system="icd9cm")
+    with pytest.raises(NotesError) as refused:
+        build_label_space(train, code_system="icd9cm")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: all 4 codes of the training notes are malformed for --code_system icd9cm "
+                              "(ICD-9-CM), so none can be a label: ")
+    assert f"'I10' x2 ({path}:1) looks like ICD-10-CM (--code_system icd10cm)" in message
+    assert f"'0DTJ4ZZ' ({path}:4) looks like ICD-10-PCS (--code_system icd10pcs)" in message
+    assert "no code occurs" not in message
 
 
 def test_codes_outside_the_label_space_are_counted_and_reported_as_misses(tmp_path: Path, caplog) -> None:

@@ -19,7 +19,8 @@ from modeling_bertxml.model.pipeline_bertxml import evidence_spans, select_codes
 from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 from modeling_bertxml.release import predict
 from modeling_bertxml.release.predict import main as predict_main
-from tests.conftest import run_in_fresh_interpreter, tiny_config, tiny_tokenizer
+from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
+from tests.conftest import run_in_fresh_interpreter, shuffled_tokenizer, tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, DESCRIPTIONS, synthetic_note, trained_coder
 
 
@@ -352,3 +353,13 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_at_load(tmp_pat
     model = BertXMLForMultiLabelCoding(tiny_config(vocab_size=8))
     with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model only 8"):
         pipeline("icd-coding", model=model, tokenizer=tiny_tokenizer(), pipeline_class=ICDCodingPipeline)
+
+
+def test_another_runs_tokenizer_of_the_same_size_is_refused_at_load() -> None:
+    tokenizer = tiny_tokenizer()
+    model = BertXMLForMultiLabelCoding(tiny_config(vocab_size=len(tokenizer)))
+    model.config.vocab_fingerprint = vocab_fingerprint(tokenizer.get_vocab())  # as train.py records it
+    pipeline("icd-coding", model=model, tokenizer=tokenizer, pipeline_class=ICDCodingPipeline)
+    with pytest.raises(ValueError, match=r"not the tokenizer the model was trained with: its \d+ tokens are another "
+                                         r"vocabulary \(fingerprint \w+, the model's \w+\)"):
+        pipeline("icd-coding", model=model, tokenizer=shuffled_tokenizer(tokenizer), pipeline_class=ICDCodingPipeline)

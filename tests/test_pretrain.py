@@ -157,6 +157,32 @@ def test_push_makes_a_private_encoder_repo_that_loads_as_the_encoder(corpus, tmp
         torch.testing.assert_close(encoder.eval()(ids).last_hidden_state, mlm.bert(ids).last_hidden_state)
 
 
+def test_a_push_that_cannot_succeed_stops_the_run_before_its_first_step(corpus, tmp_path, run_main, loopback_hub,
+                                                                           monkeypatch):
+    steps = []
+    monkeypatch.setattr(pretrain, "training_step", lambda *args, **kwargs: steps.append(1))
+    out = tmp_path / "mlm"
+    with pytest.raises(SystemExit, match=r"^error: --push_to_hub: cannot push to http://127\.0\.0\.1:\d+/hospital/enc: "
+                                         r"no Hub token: .*; checked before training, so nothing was trained$"):
+        run_main(base_args(corpus, out, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "hospital/enc"))
+    assert steps == [] and loopback_hub.requests == [] and not (out / "model.safetensors").exists()
+
+
+def test_two_ranks_agree_on_a_refused_push_and_neither_waits(corpus, tmp_path):
+    """Only the main process asks the Hub; the other learns the answer from it instead of waiting at its first
+    collective for a process that has stopped."""
+    port = str(free_port())
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", port]  # fmt: skip
+    args = base_args(corpus, tmp_path / "ddp", "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "org/enc")
+    env = {**cli_env(tmp_path), "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*launch, "pretrain.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if "offline mode is on (HF_HUB_OFFLINE=1)" in line]
+    assert len(refusals) == 2, result.stderr[-3000:]  # each rank stops with the main process's reason
+
+
 def assert_sane_throughput(results: dict, warmup_steps: int) -> None:
     """Steady-state tokens/s and MFU: the steps after warm-up, at least about the whole loop's average rate (which
     also pays for warm-up and evaluations), FLOPs per token near the 6 x parameters rule, MFU what they make."""
@@ -323,6 +349,27 @@ def test_divergence_stops_with_a_clear_message_and_keeps_only_finite_checkpoints
         kept = load_file(checkpoint / "model.safetensors")
         assert all(torch.isfinite(weight).all() for weight in kept.values()), checkpoint
     assert not (out / "model.safetensors").exists()
+
+
+def test_batches_with_no_masked_token_are_not_a_divergence(corpus, tmp_path, run_main, monkeypatch):
+    """One 8-token block per batch: about a third of them draw no mask, whose masked-LM loss used to be NaN and
+    stopped the run as "diverged" at the first checkpoint or log line that read one."""
+    empty = []
+    collate = pretrain.WholeWordMaskingCollator.torch_call
+
+    def counting(self, examples):
+        batch = collate(self, examples)
+        empty.append(bool((batch["labels"] == -100).all()))
+        return batch
+
+    monkeypatch.setattr(pretrain.WholeWordMaskingCollator, "torch_call", counting)
+    out = tmp_path / "one_block"
+    run_main(base_args(corpus, out, "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",
+                       "--max_seq_length", "8", "--max_train_steps", "20", "--checkpointing_steps", "1",
+                       "--logging_steps", "1", "--validation_file", corpus["validation.txt"]))  # fmt: skip
+    assert any(empty) and not all(empty)
+    results = json.loads((out / "train_results.json").read_text())
+    assert math.isfinite(results["eval_loss"]) and math.isfinite(results["unigram_perplexity"])
 
 
 def test_streaming_epochs_and_continuing_from_a_saved_model(corpus, tmp_path, run_main):

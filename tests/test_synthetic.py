@@ -93,7 +93,7 @@ def test_filler_never_names_a_code():
 
 
 def test_output_is_deterministic_per_seed_and_split(tmp_path):
-    small = dict(num_train=5, num_validation=3, num_test=3, num_codes=20, min_words=500, max_words=520)
+    small = dict(num_train=5, num_validation=3, num_test=3, num_codes=20, min_words=500, max_words=600)
     first = synthetic.generate_corpus(tmp_path / "a", seed=1, **small)
     again = synthetic.generate_corpus(tmp_path / "b", seed=1, **small)
     other = synthetic.generate_corpus(tmp_path / "c", seed=2, **small)
@@ -137,9 +137,27 @@ def test_cli_writes_the_corpus(tmp_path, capsys):
 
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="min_words"):
-        synthetic.generate_corpus(tmp_path, min_words=900, max_words=500)
+        synthetic.generate_corpus(tmp_path, min_words=900, max_words=800)
     with pytest.raises(ValueError, match="num_codes"):
         synthetic.select_codes(0)
+
+
+def test_a_length_notes_cannot_have_is_refused_and_longer_notes_are_reported(tmp_path, capsys):
+    small = ["--output_dir", str(tmp_path), "--num_train", "6", "--num_validation", "2", "--num_test", "2",
+             "--num_codes", "10"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"^error: .*max_words 200.*after word 520.*--late_fraction 0"):
+        synthetic.main([*small, "--max_words", "200"])
+    with pytest.raises(SystemExit, match=r"^error: need 0 < min_words <= max_words, got 900 and 800$"):
+        synthetic.main([*small, "--min_words", "900", "--max_words", "800"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+    # Without late evidence nothing pads a note to word 520, but its sections and mentions still take more than 200
+    # words: said, with how long the notes are.
+    synthetic.main([*small, "--min_words", "100", "--max_words", "200", "--late_fraction", "0"])
+    out = capsys.readouterr().out
+    lengths = [len(json.loads(line)["text"].split()) for line in (tmp_path / "train.jsonl").open()]
+    assert f"6 of 6 notes are longer than --max_words 200 (up to {max(lengths)} words)" in out
+    assert min(lengths) < 500  # no late-evidence padding
 
 
 def test_hard_preset_sets_the_benchmark_sizes_and_flags_still_override_it() -> None:

@@ -1,16 +1,20 @@
 """Tokenizer training: reload with AutoTokenizer, special-token ids, the identifier and name filters, [UNK] rate."""
 
+import errno
 import json
 import math
+import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, trainers
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from benchmarks.name_filter_recall import EXACT, summarise, varied_notes
 from modeling_bertxml import BertXMLConfig
+from tests.conftest import folder_state
 from tokenizer_training.names import NameMask, collect_names, find_names
 from tokenizer_training.train_tokenizer import (
     SPECIAL_TOKENS,
@@ -293,3 +297,31 @@ def test_an_output_dir_that_is_a_file_fails_before_training(notes_file, tmp_path
     (tmp_path / "out").write_text("not a folder")
     with pytest.raises(SystemExit, match="error: .*File exists"):
         main(["--train_file", notes_file, "--output_dir", str(tmp_path / "out")])
+
+
+def test_a_full_disk_leaves_the_previous_tokenizer_whole_and_says_so(notes_file, tmp_path, monkeypatch):
+    output = tmp_path / "tokenizer"
+    flags = ["--train_file", notes_file, "--output_dir", str(output), "--min_frequency", "2"]
+    main([*flags, "--vocab_size", "300"])
+    before = folder_state(output)
+
+    def disk_full(self, save_directory, *args, **kwargs):
+        (Path(save_directory) / "tokenizer.json").write_text('{"version": "1.0", "trunc')  # half written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", disk_full)
+    with pytest.raises(SystemExit, match=rf"^error: {output}: could not be written \(No space left on device; "
+                                         r"[\d,]+ MiB free on that disk\); nothing already saved there was changed$"):
+        main([*flags, "--vocab_size", "200"])
+    assert folder_state(output) == before and [path.name for path in tmp_path.iterdir()] == ["tokenizer"]
+    assert len(AutoTokenizer.from_pretrained(output)) == json.loads(before["tokenizer_report.json"][0])["vocab_size"]
+
+
+def test_an_output_dir_holding_other_files_is_refused_before_training(notes_file, tmp_path):
+    """The tokenizer folder is replaced whole (never left half-written): a folder of someone's files cannot be it."""
+    (tmp_path / "notes.txt").write_text("chest pain\n")
+    before = folder_state(tmp_path)
+    with pytest.raises(SystemExit, match=rf"^error: --output_dir {tmp_path} holds files that are not a tokenizer's "
+                                         r"\(e\.g\. notes\.txt\)"):
+        main(["--train_file", notes_file, "--output_dir", str(tmp_path)])
+    assert folder_state(tmp_path) == before and not (tmp_path.parent / f".{tmp_path.name}.tmp").exists()

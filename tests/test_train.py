@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
+from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
-from modeling_bertxml.evaluation.metrics import METRIC_KEYS, compute_metrics, tune_threshold
+from modeling_bertxml.evaluation.metrics import METRIC_KEYS, TRAINING_COUNT_KEY, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
 from tests.conftest import (
     SUBPROCESS_TIMEOUT_S,
@@ -33,11 +34,13 @@ from tests.conftest import (
     free_port,
     run_in_fresh_interpreter,
     save_backbone_checkpoint,
+    shuffled_tokenizer,
     tiny_config,
     tiny_tokenizer,
     tracked_scalars,
 )
 from tests.hub_server import closed_port_endpoint, loopback_hub, point_hub_client_at  # noqa: F401 (fixture)
+from modeling_bertxml.training import train as train_script
 from modeling_bertxml.training.train import main, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +144,19 @@ def probabilities(model: torch.nn.Module, tokenizer, notes_file: Path, labels: l
     return torch.sigmoid(logits).numpy(), batch["labels"].numpy().astype(np.int8), unseen
 
 
+def scores_of(results: dict) -> dict:
+    """A results file's metrics as `compute_metrics` returns them: without the breakdown by training count."""
+    return {key: value for key, value in results.items() if key != TRAINING_COUNT_KEY}
+
+
+def flat(results: dict, prefix: str = "") -> dict:
+    """Nested results as one flat mapping ("by_training_count/0/map": ...), which pytest.approx compares."""
+    items = {}
+    for key, value in results.items():
+        items.update(flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return items
+
+
 def load_folder(folder: Path):
     model = load_coding_model(folder)
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
@@ -156,19 +172,24 @@ def test_threshold_comes_from_validation_and_test_uses_it(data: Path, trained) -
     probs, targets, unseen = probabilities(model, tokenizer, data / "validation.jsonl", labels)
     threshold, _ = tune_threshold(probs, targets, grid=100, num_unseen_positives=unseen)
     assert eval_results["threshold"] == test_results["threshold"] == model.config.threshold == threshold
-    assert eval_results == pytest.approx(compute_metrics(probs, targets, threshold), abs=1e-6)
+    assert scores_of(eval_results) == pytest.approx(compute_metrics(probs, targets, threshold), abs=1e-6)
     probs, targets, unseen = probabilities(model, tokenizer, data / "test.jsonl", labels)
     assert unseen == 1  # the test-only code is a miss, not dropped
-    assert test_results == pytest.approx(compute_metrics(probs, targets, threshold, unseen), abs=1e-6)
+    assert scores_of(test_results) == pytest.approx(compute_metrics(probs, targets, threshold, unseen), abs=1e-6)
 
 
-def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(trained) -> None:
+def test_results_files_have_every_metric_and_the_best_validation_map_is_kept(data: Path, trained) -> None:
     output_dir, lines = trained
     for name, num_notes in (("eval_results.json", 15), ("test_results.json", 16)):
         results = json.loads((output_dir / name).read_text())
-        assert list(results) == list(METRIC_KEYS)
+        assert list(results) == [*METRIC_KEYS, TRAINING_COUNT_KEY]
         assert all(0.0 <= results[key] <= 1.0 for key in SCORES)
         assert (results["num_notes"], results["num_codes"]) == (num_notes, len(TOPICS))
+        buckets = results[TRAINING_COUNT_KEY]
+        assert sum(bucket["share"] for bucket in buckets.values()) == pytest.approx(1.0)
+    test_gold = sum(len(json.loads(line)["labels"]) for line in (data / "test.jsonl").open())
+    unseen_bucket = json.loads((output_dir / "test_results.json").read_text())[TRAINING_COUNT_KEY]["0"]
+    assert unseen_bucket == {"map": 0.0, "micro_f1": 0.0, "share": pytest.approx(1 / test_gold)}  # R51.9: a miss
     maps = [float(line.split("validation MAP ")[1].split(",")[0]) for line in lines if ": validation MAP" in line]
     assert len(maps) == 3  # one per epoch
     assert json.loads((output_dir / "eval_results.json").read_text())["map"] == pytest.approx(max(maps), abs=1e-4)
@@ -451,7 +472,7 @@ def test_lora_adapter_loads_the_standard_ways_without_the_package(data: Path, tm
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     probs, targets, _ = probabilities(model, tokenizer, data / "validation.jsonl", labels)
     results = json.loads((adapter / "eval_results.json").read_text())
-    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
+    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(scores_of(results), abs=1e-6)
 
     note = "type 2 diabetes mellitus metformin and acute kidney injury"
     encoded = tokenizer(note, return_tensors="pt")
@@ -480,7 +501,7 @@ def test_lora_merged_folder_loads_as_a_plain_model(data: Path, tmp_path: Path) -
     assert isinstance(merged, BertXMLForMultiLabelCoding) and not (tmp_path / "merged" / "adapter_config.json").exists()
     probs, targets, _ = probabilities(merged, tokenizer, data / "validation.jsonl", labels)
     results = json.loads((tmp_path / "merged" / "eval_results.json").read_text())
-    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
+    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(scores_of(results), abs=1e-6)
 
 
 def test_accumulation_early_stopping_and_exact_resume(data: Path, tmp_path: Path) -> None:
@@ -569,7 +590,8 @@ def test_dataset_name_trains_exactly_like_the_files(data: Path, tmp_path: Path) 
                 if arg not in ("--train_file", "--validation_file", *splits.values())]  # fmt: skip
         run_train([*args, "--dataset_name", str(tmp_path / source)])
         for name, results in expected.items():
-            assert json.loads((tmp_path / f"from_{source}" / name).read_text()) == pytest.approx(results, rel=1e-6)
+            written = json.loads((tmp_path / f"from_{source}" / name).read_text())
+            assert flat(written) == pytest.approx(flat(results), rel=1e-6)
 
 
 def test_streaming_trains_whole_epochs_from_the_counted_stream(data: Path, tmp_path: Path) -> None:
@@ -637,10 +659,10 @@ def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "Num processes: 2" in out.stdout + out.stderr
     results = json.loads((output_dir / "eval_results.json").read_text())
-    assert list(results) == list(METRIC_KEYS) and results["num_notes"] == 15  # padding duplicates dropped
+    assert list(results) == [*METRIC_KEYS, TRAINING_COUNT_KEY] and results["num_notes"] == 15  # padding duplicates dropped
     model, tokenizer, labels = load_folder(output_dir)
     probs, targets, _ = probabilities(model, tokenizer, data / "validation.jsonl", labels)
-    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(results, abs=1e-6)
+    assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(scores_of(results), abs=1e-6)
 
 
 def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
@@ -664,13 +686,50 @@ def test_push_creates_a_private_repo_that_loads_with_the_same_logits(
     assert loopback_hub.token not in "\n".join(lines) + captured.out + captured.err
     assert loopback_hub.token not in (output_dir / "run_args.json").read_text()
 
-    # No network: one clear message, and the folder stays as it was.
-    point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+    # The network gone by the end of training (it was there at the start, when the push was checked): one clear
+    # message, and the folder stays as it was.
+    write_outputs = train_script.write_outputs
+
+    def then_offline(*args, **kwargs):
+        write_outputs(*args, **kwargs)
+        point_hub_client_at(monkeypatch, closed_port_endpoint(), tmp_path / "offline_home")
+
+    monkeypatch.setattr(train_script, "write_outputs", then_offline)
     before = {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
     with pytest.raises(SystemExit, match="(?s)error: Could not push .* the model folder is intact"):
         main([*args, "--output_dir", str(tmp_path / "offline"), "--num_train_epochs", "1"])
     assert (tmp_path / "offline" / "model.safetensors").is_file()
     assert before == {path.name: path.read_bytes() for path in output_dir.iterdir() if path.is_file()}
+
+
+def test_a_push_to_a_namespace_the_token_cannot_write_stops_before_training(data: Path, tmp_path: Path,
+                                                                           loopback_hub) -> None:
+    output_dir = tmp_path / "coder"
+    push = ["--push_to_hub", "--hub_model_id", "other-hospital/coder", "--hub_token", loopback_hub.token]
+    with pytest.raises(SystemExit, match=r"^error: --push_to_hub: cannot push to \S+/other-hospital/coder: "
+                                         r"other-hospital/coder does not exist and loopback-user may not create repos "
+                                         r"in other-hospital; checked before training, so nothing was trained$"):
+        main(train_args(data, output_dir, *push))
+    assert sorted(path.name for path in output_dir.iterdir()) == [".bertxml.lock", ".bertxml_manifest.json",
+                                                                   "run_args.json"]  # fmt: skip
+    assert loopback_hub.repos == {}
+
+
+def test_another_runs_tokenizer_of_the_same_size_is_refused_and_the_coder_records_its_own(data: Path,
+                                                                                          tmp_path: Path) -> None:
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(data / "pretrained", pretrained)
+    config = json.loads((pretrained / "config.json").read_text())
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(pretrained)
+    fingerprint = vocab_fingerprint(tokenizer.get_vocab())  # what pretrain.py records
+    (pretrained / "config.json").write_text(json.dumps({**config, "vocab_fingerprint": fingerprint}))
+    shuffled_tokenizer(tokenizer).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match=rf"^error: tokenizer \S+other has the model's \d+ tokens but not its "
+                                         rf"vocabulary \(fingerprint \w+, the model's {fingerprint}\)"):
+        main(train_args(data, tmp_path / "refused", "--model_name_or_path", str(pretrained),
+                        "--tokenizer_name", str(tmp_path / "other")))  # fmt: skip
+    main(train_args(data, tmp_path / "coder", "--model_name_or_path", str(pretrained), "--max_train_steps", "1"))
+    assert json.loads((tmp_path / "coder" / "config.json").read_text())["vocab_fingerprint"] == fingerprint
 
 
 def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text(data: Path, tmp_path: Path) -> None:
@@ -802,3 +861,47 @@ def test_a_checkpoint_whose_encoder_does_not_load_is_refused_unless_allowed(data
     # A BERT-XML checkpoint loads whole: no error, no warning.
     labels = sorted(TOPICS)
     build_coding_model(labels, tokenizer, data / "pretrained")
+
+
+def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carries(data: Path, tmp_path: Path) -> None:
+    """--label_space code_system: the training codes keep attention rows, every other billable ICD-10-CM code is scored
+    by the description match, so the test note's R51.9 (in no training note) is a code of the model, not a miss."""
+    from modeling_bertxml.data.code_systems import get_code_system
+
+    output_dir = tmp_path / "coder"
+    own_texts = tmp_path / "codes.tsv"  # a user's texts (here one, in Spanish) replace the official ones they list
+    own_texts.write_text("code\tdescription\ni10\tHipertension esencial\n")
+    args = train_args(data, output_dir, "--test_file", str(data / "test.jsonl"), "--num_train_epochs", "1",
+                      "--code_system", "icd10cm", "--label_space", "code_system", "--code_descriptions", str(own_texts))  # fmt: skip
+    lines = run_train(args)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["label_descriptions"]["I10"] == "Hipertension esencial"
+    assert config["label_descriptions"]["R07.9"] == "Chest pain, unspecified"
+    codes = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert codes[:5] == sorted(TOPICS) and config["num_attention_labels"] == 5
+    assert sorted(codes) == sorted(get_code_system("icd10cm").codes())
+    assert json.loads((output_dir / "test_results.json").read_text())["num_codes"] == len(codes)
+    assert not any("outside the label space" in line for line in lines)
+    model = load_coding_model(output_dir).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(output_dir)
+    with torch.no_grad():
+        logits = model(**tokenizer(["patient denies chest pain", "acute kidney injury"], padding=True,
+                                   return_tensors="pt")).logits  # fmt: skip
+    chest_pain = config["label2id"]["R07.9"]  # "Chest pain, unspecified": in no training note
+    assert chest_pain >= 5 and logits[0, chest_pain] > logits[1, chest_pain]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--code_system", "any"], "--label_space code_system with --code_system any: local or mixed codes are not "),
+        (["--code_system", "icd10cm", "--no-description_match"], "drop --no-description_match"),
+        (["--code_system", "icd10cm", "--use_lora", "--base_model_id", "org/base"], "needs --merge_lora: an adapter folder"),
+    ],
+)
+def test_a_label_space_of_the_code_system_that_cannot_be_is_refused_in_one_line(
+    data: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(train_args(data, tmp_path / "coder", "--label_space", "code_system", *flags))
+    assert not (tmp_path / "coder" / "model.safetensors").exists()

@@ -1,7 +1,9 @@
 """The shared training module: atomic checkpoints, output-dir and tokenizer/config guards, optimizer groups."""
 
 import argparse
+import builtins
 import errno
+import io
 import json
 import os
 import re
@@ -39,9 +41,10 @@ from modeling_bertxml.training.loop import (
     setup_accelerator,
     training_step,
 )
-from modeling_bertxml.training.models import ConfigError, load_config, load_tokenizer
+from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
+from modeling_bertxml.training.models import ConfigError, check_tokenizer_matches_config, load_config, load_tokenizer
 
-from conftest import folder_state, tiny_config, tiny_tokenizer
+from conftest import folder_state, shuffled_tokenizer, tiny_config, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -209,6 +212,22 @@ def test_save_model_interrupted_keeps_the_previous_model(trained, tmp_path, monk
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_every_saved_file_gets_the_mode_of_any_new_file_safetensors_included(trained, tmp_path):
+    """safetensors 0.8 writes its files 0600: weights a group could not read beside a config it can."""
+    accelerator, model, _, checkpoints = trained
+    umask = os.umask(0o022)
+    try:
+        save_model(accelerator, model, tiny_tokenizer(), tmp_path / "run")
+        checkpoints.save(accelerator, Progress(step=1))
+        checkpoints.save_best(accelerator, model)
+    finally:
+        os.umask(umask)
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+             for path in (tmp_path / "run").rglob("*") if path.is_file()}  # fmt: skip
+    assert "run/model.safetensors" in modes and "run/checkpoints/best_model/model.safetensors" in modes
+    assert {path: mode for path, mode in modes.items() if mode != oct(0o644)} == {}
+
+
 def test_output_dir_holding_another_run_is_refused_unless_overwritten(tmp_path):
     out = str(tmp_path / "run")
     prepare_output_dir(parse("--output_dir", out, "--learning_rate", "1e-3"))
@@ -347,6 +366,45 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
         prepare_output_dir(parse("--output_dir", str(blocker / "run")))
 
 
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make writing anything inside `folder` fail as in a read-only folder (tests run as root: modes stop nobody)."""
+    mkdir, open_ = os.mkdir, io.open
+
+    def inside(path) -> bool:
+        return Path(path).resolve().is_relative_to(folder.resolve()) and Path(path).resolve() != folder.resolve()
+
+    def refused_mkdir(path, *args, **kwargs):
+        if inside(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    def refused_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+") and inside(file):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return open_(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refused_mkdir)
+    monkeypatch.setattr(io, "open", refused_open)
+    monkeypatch.setattr(builtins, "open", refused_open)
+
+
+def test_a_read_only_folder_of_the_run_is_refused_before_it_starts(trained, tmp_path, monkeypatch):
+    """A resumed run whose checkpoints/ it cannot write would otherwise train until its first checkpoint."""
+    accelerator, _, _, checkpoints = trained
+    out = str(tmp_path / "run")
+    prepare_output_dir(parse("--output_dir", out))
+    checkpoints.save(accelerator, Progress(step=1))
+    read_only(monkeypatch, checkpoints.root)
+    resume = parse("--output_dir", out, "--resume_from_checkpoint", "latest")
+    with pytest.raises(OutputDirError, match=rf"^{checkpoints.root}, a folder of --output_dir {out} that runs write "
+                                             r"into, is not writable: Permission denied"):
+        prepare_output_dir(resume)
+    with pytest.raises(PermissionError):  # where the run found out before: at its first checkpoint
+        checkpoints.save(accelerator, Progress(step=2))
+    monkeypatch.undo()
+    prepare_output_dir(resume)
+
+
 def test_a_launch_whose_processes_did_not_join_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # what each process of an unsynchronised 2-process launch sees
     with pytest.raises(RuntimeError, match="2 processes were launched but they are not synchronised.*USE_CPU=1"):
@@ -378,6 +436,24 @@ def test_tokenizer_and_config_must_belong_together(tmp_path):
     tiny_config(vocab_size=len(tokenizer), pad_token_id=3).save_pretrained(tmp_path / "model")
     with pytest.raises(ConfigError, match=r"pads with id 0 \(\[PAD\]\) but the config's pad_token_id is 3"):
         load_tokenizer(tok, load_config(tmp_path / "model"))
+
+    # Another run's tokenizer of the same size: its ids name other tokens, which only the vocabulary fingerprint that
+    # the config keeps can tell.
+    assert scratch.vocab_fingerprint == vocab_fingerprint(tokenizer.get_vocab())
+    assert load_tokenizer(tok, scratch).get_vocab() == tokenizer.get_vocab()  # the same, saved and reloaded
+    other = shuffled_tokenizer(tokenizer)
+    assert len(other) == len(tokenizer) and vocab_fingerprint(other.get_vocab()) != scratch.vocab_fingerprint
+    with pytest.raises(ConfigError, match=rf"tokenizer \S+ has the model's {len(tokenizer)} tokens but not its "
+                                          r"vocabulary \(fingerprint \w+, the model's \w+\)"):
+        check_tokenizer_matches_config(other, scratch, "other-tokenizer")
+    scratch.vocab_fingerprint = None  # a config saved before fingerprints: not checked, and given one
+    scratch.save_pretrained(tmp_path / "old")
+    assert load_config(tmp_path / "old", tokenizer=other).vocab_fingerprint == vocab_fingerprint(other.get_vocab())
+
+    # A tokenizer folder cut short (an older trainer's, on a full disk): the folder and the reason, no traceback.
+    (tok / "tokenizer.json").write_text((tok / "tokenizer.json").read_text()[:500])
+    with pytest.raises(ConfigError, match=rf"^tokenizer {tok} cannot be read \(.+\): train it again"):
+        load_tokenizer(tok)
 
 
 def test_optimizer_skips_decay_on_biases_and_layernorm_and_gives_prefixes_their_rate():
@@ -470,3 +546,22 @@ def test_lr_scheduler_type_takes_and_shows_plain_names(capsys) -> None:
         parse("--help")
     shown = capsys.readouterr().out
     assert "{linear,cosine," in shown and "SchedulerType" not in shown
+
+
+@pytest.mark.parametrize("script", ["pretrain", "train"])
+def test_tracking_without_its_tracker_installed_is_refused_with_the_install_line(script, monkeypatch, capsys) -> None:
+    """A wheel install has no `dev` extra, so no tensorboard: the run must not train for hours and log nothing."""
+    import accelerate.tracking
+
+    from modeling_bertxml.training.arguments import parse_pretrain_args, parse_train_args
+
+    parse_args = {"pretrain": parse_pretrain_args, "train": parse_train_args}[script]
+    argv = ["--tokenizer_name", "tok", "--train_file", "t.jsonl", "--validation_file", "v.jsonl", "--output_dir", "o"]
+    assert parse_args([*argv, "--with_tracking"]).with_tracking  # tensorboard is installed here
+    monkeypatch.setattr(accelerate.tracking, "_available_trackers", [])
+    assert not parse_args(argv).with_tracking  # no tracking asked, nothing needed
+    for report_to, install in (("tensorboard", "pip install 'bert-xml[tracking]'"), ("all", "pip install"),
+                               ("wandb", "pip install wandb")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse_args([*argv, "--with_tracking", "--report_to", report_to])
+        assert install in capsys.readouterr().err

@@ -18,17 +18,19 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
+import shutil
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from modeling_bertxml.data.readers import iter_texts
+from modeling_bertxml.training.atomic import OutputDirError, OutputWriteError, check_writable, swap_in, writing
 from tokenizer_training.names import NameMask, collect_names
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ logger = logging.getLogger(__name__)
 # In this order, so [PAD] is id 0: BERT's (and BertXMLConfig's) default pad_token_id.
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 HELD_OUT_FRACTION = 0.01
+REPORT_FILE = "tokenizer_report.json"
+# What a tokenizer folder holds (transformers' files, older versions' too, and the report): a folder holding anything
+# else is not one to replace.
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                             "vocab.txt", REPORT_FILE})
 # Always in the vocabulary, so a character the training notes lack (";" in a corpus without one) is not [UNK].
 ASCII_ALPHABET = [char for char in string.printable if not char.isspace()]
 
@@ -156,6 +163,29 @@ def evaluate_tokenizer(tokenizer: Tokenizer, texts: Iterable[str], batch_size: i
             "unk_rate": round(unknown / max(tokens, 1), 6), "fertility": round(tokens / max(words, 1), 4)}
 
 
+def staging_dir(output: Path) -> Path:
+    """The hidden folder beside `output` where the tokenizer is written before it replaces `output`."""
+    return output.with_name(f".{output.name}.tmp")
+
+
+def prepare_output_dir(output_dir: str) -> Path:
+    """The output folder, checked before training: it holds nothing but a tokenizer's files (it is replaced whole,
+    never left half written), and both it and the folder beside it where the tokenizer is written first (its
+    `staging_dir`) can be written."""
+    output = Path(output_dir).resolve()
+    check_writable(output)  # a file in the way, a read-only disk: now, not after training
+    if others := sorted(path.name for path in output.iterdir() if path.name not in TOKENIZER_FILES):
+        raise OutputDirError(
+            f"--output_dir {output} holds files that are not a tokenizer's (e.g. {others[0]}), and a new tokenizer "
+            "replaces the folder whole: choose an empty or new folder"
+        )
+    staging = staging_dir(output)
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
+    check_writable(staging, f"{output.parent}, where the tokenizer is written before it replaces {output.name},")
+    staging.rmdir()  # written into once the tokenizer is trained
+    return output
+
+
 def train_tokenizer(
     train_files: list[str],
     output_dir: str,
@@ -172,10 +202,12 @@ def train_tokenizer(
     """Train, save to `output_dir` (loadable with `AutoTokenizer.from_pretrained`) and report on held-out notes.
 
     Notes are streamed, so the corpus may be larger than memory; `max_notes` keeps the first notes only. Without
-    `validation_files` the last 1% of the (first `max_notes`) notes is held out of training for the report.
+    `validation_files` the last 1% of the (first `max_notes`) notes is held out of training for the report. The
+    folder is written beside `output_dir` and renamed into place once complete: a full disk or a kill leaves the
+    previous tokenizer there whole, never half a new one.
     """
     logger.info(DE_IDENTIFY)
-    os.makedirs(output_dir, exist_ok=True)  # a file in the way fails now, not after training
+    output = prepare_output_dir(output_dir)
     start = time.perf_counter()
 
     def read_notes() -> Iterator[str]:
@@ -215,7 +247,6 @@ def train_tokenizer(
         tokenizer_object=tokenizer, model_max_length=model_max_length, pad_token="[PAD]", unk_token="[UNK]",
         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
     )
-    fast_tokenizer.save_pretrained(output_dir)
     eval_texts = held_out if validation_files is None else iter_texts(validation_files, text_column)
     report = {
         "vocab_size": tokenizer.get_vocab_size(),
@@ -229,8 +260,12 @@ def train_tokenizer(
         "allow_name_tokens": allow_name_tokens, "lowercase": lowercase, "min_frequency": min_frequency,
         "model_max_length": model_max_length,
     }
-    with open(os.path.join(output_dir, "tokenizer_report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    staging = staging_dir(output)
+    with writing(output, staging):
+        staging.mkdir()
+        fast_tokenizer.save_pretrained(staging)
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    swap_in(staging, output)
     return fast_tokenizer, report
 
 
@@ -268,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
             max_notes=args.max_notes, model_max_length=args.model_max_length,
             allow_identifier_tokens=args.allow_identifier_tokens, allow_name_tokens=args.allow_name_tokens,
         )
-    except (OSError, ValueError) as err:  # NotesError (file:line, field), an output dir that cannot be made
+    # NotesError (file:line, field); an output dir that cannot be written (before training) or a full disk (after).
+    except (OSError, ValueError, OutputDirError, OutputWriteError) as err:
         raise SystemExit(f"error: {err}") from None
     logger.info("Saved tokenizer to %s: %s", args.output_dir, json.dumps(report))
 

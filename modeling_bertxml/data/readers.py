@@ -134,9 +134,11 @@ def _jsonl_rows(path: Path) -> Rows:
             continue
         where = Location(str(path), counter[0])
         try:
-            row = json.loads(line)
+            row = json.loads(line.rstrip("\r\n"))  # the line's end is no part of the row ("Invalid control character")
         except json.JSONDecodeError as error:
-            raise NotesError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            # Some of json's messages end in "at" ("Unterminated string starting at"): one "at" before the column.
+            reason = error.msg.removesuffix(" at")
+            raise NotesError(f"{where}: not valid JSON ({reason} at column {error.colno})") from None
         except (ValueError, RecursionError):  # an integer of over 4,300 digits, nesting too deep
             raise NotesError(f"{where}: JSON that Python cannot read (a huge number or deep nesting)") from None
         if not isinstance(row, dict):

@@ -541,8 +541,11 @@ def _count_words(sections: dict[str, list[str]], until: str | None = None) -> in
     return words
 
 
-def _add_filler(rng: random.Random, patient: _Patient, sections: dict[str, list[str]], num_words: int) -> None:
-    """Insert filler at random places until the note has `num_words` words and the discharge diagnoses start late."""
+def _add_filler(
+    rng: random.Random, patient: _Patient, sections: dict[str, list[str]], num_words: int, discharge_from: int
+) -> None:
+    """Insert filler at random places until the note has `num_words` words and the discharge diagnoses start after
+    word `discharge_from`."""
     unused = {key: rng.sample(templates, len(templates)) for key, templates in FILLER.items()}
 
     def insert(key: str) -> int:
@@ -555,7 +558,7 @@ def _add_filler(rng: random.Random, patient: _Patient, sections: dict[str, list[
         for _ in range(count):
             insert(key)
     total, before_discharge = _count_words(sections), _count_words(sections, until="discharge")
-    while total < num_words or before_discharge < LATE_EVIDENCE_WORD:
+    while total < num_words or before_discharge < discharge_from:
         words = insert(rng.choice(PADDED_SECTIONS))  # padded sections all come before the discharge diagnoses
         total, before_discharge = total + words, before_discharge + words
 
@@ -569,14 +572,15 @@ def generate_note(
     distractors_per_note: tuple[int, int] = (3, 7),
     late_fraction: float = 0.25,
 ) -> tuple[str, list[str]]:
-    """One discharge summary of about `num_words` words (more if its content needs it) and its sorted codes."""
+    """One discharge summary of about `num_words` words (more if its content needs it, or its late evidence: see
+    `LATE_EVIDENCE_WORD`) and its sorted codes."""
     patient = _Patient(sex=rng.choice("FM"), age=rng.randint(22, 95))
     positives = _sample_codes(rng, codes, weights, rng.randint(*codes_per_note), set(), patient.sex)
     exclude = {code.code[:3] for code in positives}
     distractors = _sample_codes(rng, codes, weights, rng.randint(*distractors_per_note), exclude, None)
     mentions = _plan_mentions(rng, patient, positives, distractors, late_fraction)
     sections = {key: _section_lines(rng, patient, key, mentions[key]) for _, key in SECTIONS}
-    _add_filler(rng, patient, sections, num_words)
+    _add_filler(rng, patient, sections, num_words, LATE_EVIDENCE_WORD if late_fraction > 0 else 0)
     header = [
         "DISCHARGE SUMMARY",
         f"Admission Date: [**{_FIELDS['date'](rng, patient)}**]",
@@ -609,7 +613,15 @@ def generate_corpus(
 
     codes.txt is the label list (most frequent first); descriptions.tsv holds each code's CMS description and the
     surface forms its mentions use, tab-separated (label queries can be initialised from the descriptions).
+    Notes are at least as long as their sections and mentions need, which `max_words` cannot undercut; with late
+    evidence (`late_fraction` above 0) that is past word `LATE_EVIDENCE_WORD`, so a shorter `max_words` is refused.
     """
+    if late_fraction > 0 and max_words <= LATE_EVIDENCE_WORD:
+        raise ValueError(
+            f"max_words {max_words}: with late evidence (late_fraction {late_fraction}) the discharge diagnoses start "
+            f"after word {LATE_EVIDENCE_WORD}, so notes are longer; pass a larger --max_words, or --late_fraction 0 "
+            "for shorter notes (their sections and code mentions still take a few hundred words)"
+        )
     if not 0 < min_words <= max_words:
         raise ValueError(f"need 0 < min_words <= max_words, got {min_words} and {max_words}")
     output_dir = Path(output_dir)
@@ -671,13 +683,22 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     options = {key: tuple(value) if isinstance(value, list) else value for key, value in vars(args).items()}
     del options["preset"]
-    paths = generate_corpus(**options)
+    try:
+        paths = generate_corpus(**options)
+    except ValueError as error:  # sizes that cannot be honoured: said before anything is written
+        raise SystemExit(f"error: {error}") from None
     seconds = time.perf_counter() - start
     for split in ("train", "validation", "test"):
         records = [json.loads(line) for line in paths[split].open(encoding="utf-8")]
-        words = sum(len(record["text"].split()) for record in records) / max(len(records), 1)
+        lengths = [len(record["text"].split()) for record in records]
+        words = sum(lengths) / max(len(records), 1)
         labels = sum(len(record["labels"]) for record in records) / max(len(records), 1)
         print(f"{split:>10}: {len(records)} notes, {words:.0f} words and {labels:.1f} codes per note -> {paths[split]}")
+        if longer := sum(length > args.max_words for length in lengths):
+            print(f"{'':>10}  {longer} of {len(records)} notes are longer than --max_words {args.max_words} (up to "
+                  f"{max(lengths)} words): a note has at least the words its header, sections and code mentions take"
+                  + (f", and its discharge diagnoses start after word {LATE_EVIDENCE_WORD}" if args.late_fraction > 0
+                     else ""))
     print(f"Wrote {paths['codes']} and {paths['descriptions']} in {seconds:.1f} s")
 
 

@@ -18,9 +18,15 @@ Replicability Study", code: JoakimEdin/medical-coding-reproducibility), with the
 - A metric with nothing to average (no gold code in the split, no prediction, a single class) is 0.0, never NaN.
 - `compute_metrics_by_group` scores subsets of the label space (diagnoses and procedures, as Edin et al. report them
   separately) with the same threshold: each group is a label space of its own for the micro, macro and ranking scores.
+- `compute_metrics_by_training_count` scores the codes by how many training notes carry them (0, 1-5, 6-50, >50): on
+  real corpora most codes are rare, and the mean over all codes hides whether a model codes anything but the frequent
+  ones. There a gold code outside the label space joins its bucket as a miss in MAP too: a note's average precision
+  divides by it, as trec_eval's does by a relevant document never retrieved. Codes are ranked over the whole label
+  space (not within their bucket, where a bucket of one code would always rank it first).
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +50,9 @@ METRIC_KEYS = (
     "num_codes",
 )
 GROUPS_KEY = "code_systems"  # a split's per-group results (diagnoses, procedures) in eval/test_results.json
+TRAINING_COUNT_KEY = "by_training_count"  # a split's results by how many training notes carry each code
+# Each bucket and the most training notes a code of it is carried by, in order.
+TRAINING_COUNT_BUCKETS = {"0": 0, "1-5": 5, "6-50": 50, ">50": math.inf}
 # Rows per block are chosen so that one (rows, num_codes) array holds about this many cells (32 MB of int64):
 # ranking the full ICD-10-CM code set for a large test split stays within memory.
 _BLOCK_CELLS = 1 << 22
@@ -140,6 +149,15 @@ def _macro_auc(probs: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
+def _ranked(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each note's codes ranked by score: the column order, whether each ranked code is gold (`hits`) and how many gold
+    codes are among the top r (`found[:, r - 1]`)."""
+    # stable sort of the negated scores: descending, ties broken by the lower code index
+    order = np.argsort(-probs, axis=1, kind="stable")
+    hits = np.take_along_axis(targets, order, axis=1)
+    return order, hits, hits.cumsum(axis=1)
+
+
 def _ranking_sums(probs: np.ndarray, targets: np.ndarray) -> tuple[dict[str, float], int]:
     """Per-note ranking scores summed over notes with >= 1 gold code, and the number of such notes."""
     num_codes = probs.shape[1]
@@ -150,10 +168,7 @@ def _ranking_sums(probs: np.ndarray, targets: np.ndarray) -> tuple[dict[str, flo
         gold = targets[block].sum(axis=1)
         keep = gold > 0
         gold = gold[keep]
-        # stable sort of the negated scores: descending, ties broken by the lower code index
-        order = np.argsort(-probs[block][keep], axis=1, kind="stable")
-        hits = np.take_along_axis(targets[block][keep], order, axis=1)
-        found = hits.cumsum(axis=1)  # found[:, r - 1] = gold codes among the top r
+        _, hits, found = _ranked(probs[block][keep], targets[block][keep])
         for k in TOP_K:
             sums[f"precision_at_{k}"] += found[:, min(k, num_codes) - 1].sum() / min(k, num_codes)
         sums["recall_at_8"] += (found[:, min(8, num_codes) - 1] / gold).sum()
@@ -202,6 +217,74 @@ def compute_metrics_by_group(
     return {
         name: compute_metrics(probs[:, list(columns)], targets[:, list(columns)], threshold, unseen.get(name, 0))
         for name, columns in groups.items()
+    }
+
+
+def training_count_buckets(codes: Iterable[str], train_counts: Mapping[str, int]) -> dict[str, str]:
+    """Each code's bucket of `TRAINING_COUNT_BUCKETS` ("0", "1-5", "6-50", ">50") by how many training notes carry it
+    (`train_counts`, e.g. `Notes.code_counts` of the training split; a code it lacks has 0)."""
+    return {
+        code: next(bucket for bucket, most in TRAINING_COUNT_BUCKETS.items() if train_counts.get(code, 0) <= most)
+        for code in codes
+    }
+
+
+def compute_metrics_by_training_count(
+    probs,
+    targets,
+    labels: Sequence[str],
+    note_codes: Iterable[Sequence[str]],
+    train_counts: Mapping[str, int],
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """`{bucket: {"map", "micro_f1", "share"}}` for each bucket of `training_count_buckets`, every bucket listed.
+
+    `labels` names the columns; `note_codes` are each note's gold codes, all of them: those outside `labels` join their
+    bucket as misses. `map` is each note's average precision over its gold codes of the bucket, codes ranked over the
+    whole label space as a coder sees them (a note's MAP is the share-weighted sum of its buckets'), averaged over the
+    notes with such codes; `micro_f1` counts the bucket's (note, code) pairs at `threshold`; `share` is the bucket's
+    part of the split's gold code occurrences. A bucket without gold codes scores 0.
+    """
+    probs, targets = _check_inputs(probs, targets)
+    if len(labels) != probs.shape[1]:
+        raise ValueError(f"{len(labels)} labels for {probs.shape[1]} columns of probs")
+    buckets = list(TRAINING_COUNT_BUCKETS)
+    label_index = {code: column for column, code in enumerate(labels)}
+    outside = [[code for code in codes if code not in label_index] for codes in note_codes]
+    if len(outside) != probs.shape[0]:
+        raise ValueError(f"note_codes has {len(outside)} notes, probs {probs.shape[0]}")
+    bucket_of = training_count_buckets({*labels, *(code for codes in outside for code in codes)}, train_counts)
+    column_bucket = np.array([buckets.index(bucket_of[code]) for code in labels], dtype=np.int64)
+    unseen = np.zeros((probs.shape[0], len(buckets)), dtype=np.int64)  # gold codes outside the label space
+    for row, codes in enumerate(outside):
+        for code in codes:
+            unseen[row, buckets.index(bucket_of[code])] += 1
+    gold = unseen.sum(axis=0)  # per bucket; the label space's gold codes are added block by block
+    precision_sums, num_ranked = np.zeros(len(buckets)), np.zeros(len(buckets), dtype=np.int64)
+    true_positives, predicted = np.zeros(len(buckets), dtype=np.int64), np.zeros(len(buckets), dtype=np.int64)
+    ranks = np.arange(1, probs.shape[1] + 1)
+    for block in _row_blocks(*probs.shape):
+        order, hits, found = _ranked(probs[block], targets[block])
+        precision = hits * found / ranks  # at each gold code's rank, else 0
+        ranked_bucket = column_bucket[order]
+        predictions = probs[block] > np.float64(threshold)
+        for index in range(len(buckets)):
+            columns = column_bucket == index
+            note_gold = targets[block][:, columns].sum(axis=1) + unseen[block, index]
+            average_precision = _divide(np.where(ranked_bucket == index, precision, 0).sum(axis=1), note_gold)
+            precision_sums[index] += average_precision.sum()
+            num_ranked[index] += (note_gold > 0).sum()
+            gold[index] += targets[block][:, columns].sum()
+            true_positives[index] += (predictions[:, columns] & targets[block][:, columns]).sum()
+            predicted[index] += predictions[:, columns].sum()
+    shares = gold / max(int(gold.sum()), 1)  # no gold code at all: every share 0
+    return {
+        bucket: {
+            "map": float(_divide(precision_sums[index], num_ranked[index])),
+            "micro_f1": float(_f1(true_positives[index], predicted[index], gold[index])),
+            "share": float(shares[index]),
+        }
+        for index, bucket in enumerate(buckets)
     }
 
 
@@ -255,14 +338,16 @@ def format_table(results: dict[str, dict]) -> str:
     """A markdown table with one row per metric and one column per split or model, for scripts to print.
 
     A split's nested groups (`{"test": {..., "code_systems": {"diagnoses": {...}}}}`) become columns of their own
-    ("test diagnoses").
+    ("test diagnoses"); other nested results (`TRAINING_COUNT_KEY`) are left out: they are tables of their own.
     """
     results = {
         f"{name} {group}" if group else name: metrics
         for name, result in results.items()
         for group, metrics in [("", result), *(result.get(GROUPS_KEY) or {}).items()]
     }
-    results = {name: {k: v for k, v in metrics.items() if k != GROUPS_KEY} for name, metrics in results.items()}
+    results = {
+        name: {k: v for k, v in metrics.items() if not isinstance(v, Mapping)} for name, metrics in results.items()
+    }
     columns = list(results)
     present = dict.fromkeys(key for result in results.values() for key in result)
     keys = [key for key in METRIC_KEYS if key in present] + [key for key in present if key not in METRIC_KEYS]
@@ -276,9 +361,13 @@ __all__ = [
     "GROUPS_KEY",
     "METRIC_KEYS",
     "TOP_K",
+    "TRAINING_COUNT_BUCKETS",
+    "TRAINING_COUNT_KEY",
     "binary_cross_entropy",
     "compute_metrics",
     "compute_metrics_by_group",
+    "compute_metrics_by_training_count",
     "format_table",
+    "training_count_buckets",
     "tune_threshold",
 ]

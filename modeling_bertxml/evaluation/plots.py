@@ -139,9 +139,12 @@ def training_curves_figure(history: Sequence[dict]) -> Figure:
     return figure
 
 
-def comparison_figure(scores: dict[str, dict[str, float]], perplexities: dict[str, float] | None = None) -> Figure:
-    """Models side by side on each metric (`scores`: model -> metric -> value, as benchmarks/quality.py collects
-    them), and optionally the MLM's perplexity beside the unigram baseline's (`perplexities`: name -> value)."""
+def comparison_figure(
+    scores: dict[str, dict[str, float]], perplexities: dict[str, float] | None = None, split: str = "test"
+) -> Figure:
+    """Models side by side on each metric of `split` (`scores`: model -> metric -> value, as benchmarks/quality.py
+    collects them), and optionally the MLM's perplexity beside the unigram baseline's (`perplexities`: name ->
+    value)."""
     figure = _figure(9.0 if perplexities else 7.0, 4.0)
     grid = figure.add_gridspec(1, 4) if perplexities else figure.add_gridspec(1, 1)
     axes = figure.add_subplot(grid[0, :3] if perplexities else grid[0, 0])
@@ -152,7 +155,7 @@ def comparison_figure(scores: dict[str, dict[str, float]], perplexities: dict[st
         bars = axes.bar(x, [values.get(metric, np.nan) for metric in metrics], width=width, label=model)
         axes.bar_label(bars, fmt="%.2f", fontsize=7)
     axes.set_xticks(np.arange(len(metrics)), [metric.replace("_", " ") for metric in metrics])
-    axes.set(ylim=(0, 1.2), title="ICD-10 coding, test split")
+    axes.set(ylim=(0, 1.2), title=f"ICD-10 coding, {split} split")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="upper center", ncols=len(scores), fontsize=8)
     if perplexities:

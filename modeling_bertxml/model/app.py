@@ -31,9 +31,11 @@ os.environ["GRADIO_SSR_MODE"] = "False"
 
 try:
     import gradio as gr  # noqa: E402
-except ImportError as error:  # the package's optional extra
-    raise ImportError("The coder's web app needs gradio: pip install 'bert-xml[app]' (or gradio)") from error
+except ImportError:  # the package's optional extra: `main` says how to install it, `build_app` raises
+    gr = None
 from transformers import pipeline  # noqa: E402
+
+GRADIO_MISSING = "the coder's web app needs gradio: pip install 'bert-xml[app]' (or gradio)"
 
 NUM_CANDIDATES = 30  # codes scored once per note; the slider then only filters them, without re-running the model
 NUM_EVIDENCE_SPANS = 3
@@ -283,8 +285,10 @@ def code_views(result: dict, threshold: float, selected: str | None = None) -> t
     )
 
 
-def build_app(coder, title: str = "BERT-XML ICD-10 coder") -> gr.Blocks:
+def build_app(coder, title: str = "BERT-XML ICD-10 coder") -> "gr.Blocks":
     """The page: note input, threshold slider, codes above it, candidates below it, the note with its evidence."""
+    if gr is None:
+        raise ImportError(GRADIO_MISSING)
     # Shown to 3 decimals (the tuned value comes from a grid of 100 points in [0, 1]: 0.7070...).
     threshold = round(float(getattr(coder.model.config, "threshold", 0.5)), 3)
 
@@ -381,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if gr is None:  # before the model loads
+        raise SystemExit(f"error: {GRADIO_MISSING}")
     try:
         coder = load_coder(args.model, token=os.environ.get("HF_TOKEN"))
     except (OSError, ValueError, KeyError) as error:  # no such folder or repo, no access, not an icd-coding model

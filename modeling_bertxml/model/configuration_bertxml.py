@@ -3,6 +3,9 @@
 BERT-XML configuration: BERT's arguments plus note chunking and the label-attention head, and optionally the config
 of another transformers encoder (RoBERTa, ModernBERT, ...) to use instead of the built-in BERT."""
 
+import hashlib
+import json
+
 from transformers import AutoConfig, BertConfig, PretrainedConfig
 
 AUTO_MAP = {
@@ -28,6 +31,13 @@ BACKBONE_VALUES = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "pad_token_id",
     "max_position_embeddings",
 )  # fmt: skip
+
+
+def vocab_fingerprint(vocab: dict[str, int]) -> str:
+    """A short hash of a vocabulary's tokens in id order (`tokenizer.get_vocab()`): the same for a tokenizer saved and
+    reloaded, another for another run's tokenizer of the same size, whose ids name other tokens."""
+    tokens = sorted(vocab, key=vocab.get)
+    return hashlib.sha256(json.dumps(tokens, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def check_encoder(backbone_config: PretrainedConfig) -> None:
@@ -85,6 +95,19 @@ class BertXMLConfig(BertConfig):
         code_system (`str`, defaults to `"icd10"`):
             What the labels are: `"icd10cm"` (ICD-10-CM diagnoses), `"icd10pcs"` (ICD-10-PCS procedures), `"icd10"`
             (both), `"icd9cm"` (ICD-9-CM diagnoses and procedures, dotted) or `"any"` (a local code set).
+        vocab_fingerprint (`str`, *optional*):
+            `vocab_fingerprint(tokenizer.get_vocab())` of the tokenizer the model was trained with, recorded by
+            pretrain.py and train.py; a tokenizer given separately (the pipeline's, train.py's `--tokenizer_name`) must
+            have it. `None` (a model saved before it was recorded): not checked.
+        num_attention_labels (`int`, *optional*):
+            How many codes, the first of `id2label`, have label-attention rows. The others (e.g. every code of the
+            code system that no training note carries) are scored by the description match alone. `None`: all.
+        description_terms (`int`, defaults to 0):
+            Above 0 the coding model adds a description match to every code's logit: the cosine between the note's
+            TF-IDF vector over the vocabulary and the code's TF-IDF vector over its official texts, of which the
+            `description_terms` heaviest tokens are kept (`BertXMLDescriptionMatch`). 0: label attention alone.
+        description_scale (`float`, defaults to 20.0):
+            The description match's starting weight in the logit (learnt with the rest).
         mlm_loss_weight (`float`, defaults to 0.0):
             Above 0 the coding model keeps BERT's masked-LM head (`cls`, tied to the word embeddings, loaded from a
             `pretrain.py` checkpoint) and, when given `mlm_labels`, adds this weight times the masked-LM loss to the
@@ -110,6 +133,10 @@ class BertXMLConfig(BertConfig):
     position_embedding_type: str = "absolute"
     label_descriptions: dict[str, str] | None = None
     code_system: str = "icd10"
+    vocab_fingerprint: str | None = None
+    num_attention_labels: int | None = None
+    description_terms: int = 0
+    description_scale: float = 20.0
     mlm_loss_weight: float = 0.0
     backbone_config: dict | PretrainedConfig | None = None
 
@@ -161,6 +188,16 @@ class BertXMLConfig(BertConfig):
             )
         if self.max_chunks < 1 or self.label_block_size < 1:
             raise ValueError("max_chunks and label_block_size must be positive")
+        if self.num_attention_labels is not None and not 0 < self.num_attention_labels <= self.num_labels:
+            raise ValueError(
+                f"num_attention_labels must be between 1 and num_labels ({self.num_labels}), got "
+                f"{self.num_attention_labels}"
+            )
+        if self.description_terms < 0:
+            raise ValueError(f"description_terms must be 0 (no description match) or positive, got "
+                             f"{self.description_terms}")  # fmt: skip
+        if self.num_attention_labels not in (None, self.num_labels) and not self.description_terms:
+            raise ValueError("codes without attention rows are scored by the description match: set description_terms")
         if self.mlm_loss_weight < 0:
             raise ValueError(f"mlm_loss_weight must be 0 (off) or positive, got {self.mlm_loss_weight}")
         if self.backbone_config is not None:
@@ -193,5 +230,10 @@ class BertXMLConfig(BertConfig):
         """The longest note, in tokens, that the model codes without truncation."""
         return self.max_chunks * self.max_position_embeddings
 
+    @property
+    def attention_labels(self) -> int:
+        """How many codes (the first of `id2label`) have label-attention rows."""
+        return self.num_labels if self.num_attention_labels is None else self.num_attention_labels
 
-__all__ = ["CODE_SYSTEMS", "BertXMLConfig", "backbone_chunk_length"]
+
+__all__ = ["CODE_SYSTEMS", "BertXMLConfig", "backbone_chunk_length", "vocab_fingerprint"]

@@ -24,6 +24,7 @@ MLM head), so BERT checkpoints and BERT-XML checkpoints share weight names. What
    chunking and label attention; chunks hold as many tokens as its position table allows.
 6. `from_pretrained` also loads a LoRA adapter folder of `train.py` (base named by Hub id, the folder's own config and
    head), which transformers' adapter detection alone would build with the base's config and number of codes.
+7. The masked-LM loss of a batch with no masked token is 0 (`masked_lm_loss`), not BERT's NaN (a mean over nothing).
 """
 
 import inspect
@@ -67,6 +68,14 @@ class MultiLabelCodingOutput(SequenceClassifierOutput):
 
     label_attentions: torch.FloatTensor | None = None
     mlm_loss: torch.FloatTensor | None = None
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the masked tokens (`labels` -100 elsewhere); 0, with no gradient, when none is: a
+    short block or a batch of one can draw no mask, and a NaN there would read as a diverged run."""
+    labels = labels.view(-1)
+    total = CrossEntropyLoss(reduction="sum")(logits.view(-1, logits.shape[-1]), labels)
+    return total / (labels != -100).sum().clamp(min=1)
 
 
 def _to_chunks(tensor: torch.Tensor | None, chunk_length: int, fill: float) -> torch.Tensor | None:
@@ -147,9 +156,9 @@ class BertXMLLabelWiseHead(nn.Module):
         self.implementation = config.label_attention_implementation
         query_size = config.label_attention_dim or config.hidden_size
         self.projection = nn.Linear(config.hidden_size, query_size) if config.label_attention_dim else None
-        self.queries = nn.Parameter(torch.empty(config.num_labels, query_size))
-        self.output_weight = nn.Parameter(torch.empty(config.num_labels, config.hidden_size))
-        self.output_bias = nn.Parameter(torch.empty(config.num_labels))
+        self.queries = nn.Parameter(torch.empty(config.attention_labels, query_size))
+        self.output_weight = nn.Parameter(torch.empty(config.attention_labels, config.hidden_size))
+        self.output_bias = nn.Parameter(torch.empty(config.attention_labels))
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
@@ -281,6 +290,74 @@ class BertXMLLabelWiseHead(nn.Module):
         return zip(*(parameter.split(self.block_size) for parameter in parameters))
 
 
+class BertXMLDescriptionMatch(nn.Module):
+    """A lexical channel beside label attention: how much the note reads like each code's official texts.
+
+    Label attention learns where to look from the notes that carry a code; a code seen in a handful of notes, or in
+    none, has little or nothing to learn from, yet its description and inclusion terms still name it. Each code's
+    logit gains `scale` x the cosine between the note's TF-IDF vector over the vocabulary (sublinear counts of its
+    tokens, times `idf`) and the code's (its texts' tokens, same weighting), and a code without attention rows (the
+    last `num_labels - num_attention_labels`) is scored by `bias` plus that alone. On CodiEsp's real reports it raised
+    validation MAP and scored codes no training note carries (docs/learning.md). Fixed tables, set by
+    `set_tables` from the training notes and the code texts (`training/label_init.py`):
+    - `idf` (vocab,): smoothed inverse document frequency of each token in the training notes, 0 for special tokens;
+    - `term_ids`, `term_weights` (codes, `description_terms`): each code's heaviest tokens and their weights in its
+      unit-norm TF-IDF vector (zero-padded): a gather, dense and exportable, instead of a sparse product.
+    """
+
+    def __init__(self, config: BertXMLConfig):
+        super().__init__()
+        self.block_size = config.label_block_size
+        terms = config.description_terms
+        self.register_buffer("idf", torch.zeros(config.vocab_size))
+        self.register_buffer("term_ids", torch.zeros(config.num_labels, terms, dtype=torch.int32))  # 4 bytes: 75k codes
+        self.register_buffer("term_weights", torch.zeros(config.num_labels, terms))
+        self.register_buffer("bias", torch.zeros(config.num_labels - config.attention_labels))
+        self.scale = nn.Parameter(torch.tensor(float(config.description_scale)))
+
+    def forward(self, attention_logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(batch, attention codes) logits of label attention -> (batch, all codes) logits with the match added."""
+        notes = self.note_vectors(input_ids, attention_mask)
+        bias = self.bias.to(attention_logits.dtype).expand(attention_logits.shape[0], -1)
+        logits = torch.cat([attention_logits, bias], dim=-1)
+        matches = [
+            (notes[:, term_ids] * term_weights).sum(-1)  # (batch, block, terms) -> (batch, block)
+            for term_ids, term_weights in zip(self.term_ids.split(self.block_size), self.term_weights.split(self.block_size))
+        ]
+        return logits + self.scale * torch.cat(matches, dim=-1).to(logits.dtype)
+
+    def note_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens) -> (batch, vocab) unit-norm TF-IDF vectors, sublinear counts (1 + log n) of kept tokens."""
+        counts = torch.zeros(input_ids.shape[0], self.idf.shape[0], device=input_ids.device)
+        counts.scatter_add_(1, input_ids, attention_mask.float())
+        weights = torch.where(counts > 0, 1 + counts.clamp(min=1).log(), 0.0) * self.idf
+        return nn.functional.normalize(weights, dim=-1)
+
+    def evidence(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Each token's share of the match of `codes` (batch, k): (batch, k, tokens), each row summing to 1 (or 0
+        where the note shares no token with the code), the counterpart of label attention for the pipeline."""
+        notes = self.note_vectors(input_ids, attention_mask)
+        weights = torch.zeros(*codes.shape, notes.shape[1], device=notes.device)
+        weights.scatter_(2, self.term_ids[codes], self.term_weights[codes])  # the code's vector, dense
+        per_token = notes[:, None, :] * weights  # (batch, k, vocab): each shared token's part of the cosine
+        tokens = per_token.gather(2, input_ids[:, None, :].expand(-1, codes.shape[1], -1)) * attention_mask[:, None]
+        # A term repeated in the note shares its product among its occurrences.
+        repeats = torch.zeros_like(notes).scatter_add_(1, input_ids, attention_mask.float())
+        tokens = tokens / repeats.gather(1, input_ids).clamp(min=1)[:, None, :]
+        return tokens / tokens.sum(-1, keepdim=True).clamp(min=torch.finfo(tokens.dtype).tiny)
+
+    @torch.no_grad()
+    def set_tables(
+        self, idf: torch.Tensor, term_ids: torch.Tensor, term_weights: torch.Tensor, bias: torch.Tensor
+    ) -> None:
+        """The fixed tables, in the shapes the config gives (see the class docstring)."""
+        for name, values in (("idf", idf), ("term_ids", term_ids), ("term_weights", term_weights), ("bias", bias)):
+            buffer = getattr(self, name)
+            if values.shape != buffer.shape:
+                raise ValueError(f"{name} must have shape {tuple(buffer.shape)}, got {tuple(values.shape)}")
+            buffer.copy_(values)
+
+
 class BertXMLPreTrainedModel(BertPreTrainedModel):
     config: BertXMLConfig
     config_class = BertXMLConfig
@@ -330,6 +407,8 @@ class BertXMLPreTrainedModel(BertPreTrainedModel):
             init.zeros_(module.position_embeddings.weight)  # rotary attention has the positions; this learns extras
         if isinstance(module, BertXMLLabelWiseHead):
             module.init_code_rows(module.queries, module.output_weight, module.output_bias)
+        if isinstance(module, BertXMLDescriptionMatch):
+            init.constant_(module.scale, self.config.description_scale)
 
 
 class BertXMLModel(BertXMLPreTrainedModel):
@@ -510,7 +589,7 @@ class BertXMLForMaskedLM(BertXMLPreTrainedModel):
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = masked_lm_loss(logits, labels)
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -534,6 +613,7 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.label_head = BertXMLLabelWiseHead(config)
+        self.description_match = BertXMLDescriptionMatch(config) if config.description_terms else None
         # The masked-LM loss kept while coding (`config.mlm_loss_weight`): the pretraining model's head, same names,
         # so a pretrain.py checkpoint's `cls.*` weights load into it.
         self.cls = BertOnlyMLMHead(config) if config.mlm_loss_weight else None
@@ -577,14 +657,18 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
         logits, label_attentions = self.label_head(
             self.dropout(hidden_states), attention_mask, output_attentions=output_label_attentions
         )
+        logits = self._with_description_match(logits, input_ids, attention_mask)
         loss = mlm_loss = None
         if labels is not None:
-            loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+            # Codes without attention rows learn nothing from the notes (no training note carries them): the loss
+            # is label attention's, as without them.
+            attention_codes = self.config.attention_labels
+            loss = BCEWithLogitsLoss()(logits[:, :attention_codes], labels[:, :attention_codes].to(logits.dtype))
         if mlm_labels is not None:
             if self.cls is None:
                 raise ValueError("mlm_labels need a model built with config.mlm_loss_weight > 0 (it has no MLM head)")
             mlm_logits = self.cls(hidden_states)
-            mlm_loss = CrossEntropyLoss()(mlm_logits.view(-1, self.config.vocab_size), mlm_labels.view(-1))
+            mlm_loss = masked_lm_loss(mlm_logits, mlm_labels)
             loss = self.config.mlm_loss_weight * mlm_loss + (loss if loss is not None else 0.0)
         return MultiLabelCodingOutput(
             loss=loss,
@@ -595,24 +679,73 @@ class BertXMLForMultiLabelCoding(BertXMLPreTrainedModel):
             label_attentions=label_attentions,
         )
 
+    def code_logits(
+        self, hidden_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(batch, codes) logits of the encoder's token states, as `forward` computes them (the pipeline's scores)."""
+        logits, _ = self.label_head(hidden_states, attention_mask)
+        return self._with_description_match(logits, input_ids, attention_mask)
+
+    def code_evidence(
+        self, hidden_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
+        """(batch, k, tokens) weights of the tokens that make the case for `codes` (batch, k): a code's label
+        attention, or for a code without attention rows its share of the description match."""
+        attention_codes = self.config.attention_labels
+        weights = self.label_head.attention(hidden_states, attention_mask, codes.clamp(max=attention_codes - 1))
+        if self.description_match is None or (codes < attention_codes).all():
+            return weights
+        matched = self.description_match.evidence(input_ids, attention_mask, codes)
+        return torch.where((codes >= attention_codes)[..., None], matched, weights)
+
+    def _with_description_match(
+        self, logits: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self.description_match is None:
+            return logits
+        if input_ids is None:
+            raise ValueError("the description match reads the note's tokens: pass input_ids, not inputs_embeds")
+        return self.description_match(logits, input_ids, attention_mask)
+
     def set_codes(self, codes: list[str]) -> list[str]:
-        """Make the model code `codes` (its `id2label` in that order): each code it already knows keeps its learnt head
-        row, matched by code rather than by position; every other code starts a fresh row. Returns the codes that
-        kept a row. `from_pretrained` with other `id2label` matches rows by position, which is wrong as soon as the
-        codes are another set or order: load a coder with its own codes, then set the new ones."""
-        row = {code: i for i, code in self.config.id2label.items()}
-        if list(codes) == [self.config.id2label[i] for i in range(self.num_labels)]:
+        """Make the model code `codes` (its `id2label` in that order), each with label-attention rows: each code it
+        already knows keeps its learnt head row, matched by code rather than by position; every other code starts a
+        fresh row. Returns the codes that kept a row. `from_pretrained` with other `id2label` matches rows by
+        position, which is wrong as soon as the codes are another set or order: load a coder with its own codes, then
+        set the new ones. A description match is removed (its tables are the old codes'; `add_description_match`)."""
+        attention_codes = [self.config.id2label[i] for i in range(self.config.attention_labels)]
+        if self.description_match is None and list(codes) == attention_codes:
             return list(codes)  # every row is where it belongs
+        row = {code: i for i, code in enumerate(attention_codes)}
         self.label_head.reindex_codes([row.get(code) for code in codes])
+        self.description_match = None
+        self.config.num_attention_labels, self.config.description_terms = None, 0
+        self._set_labels(codes)
+        return [code for code in codes if code in row]
+
+    def add_description_match(
+        self, codes: list[str], idf: torch.Tensor, term_ids: torch.Tensor, term_weights: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> None:
+        """Add the description match (`BertXMLDescriptionMatch`) to every code's logit, and code `codes` too, after
+        the codes with attention rows and scored by the match alone (`bias`: their logit on a note that matches
+        nothing). `term_ids` and `term_weights` hold every code's terms, attention codes first."""
+        attention_codes = [self.config.id2label[i] for i in range(self.config.attention_labels)]
+        self.config.num_attention_labels = len(attention_codes)
+        self.config.description_terms = term_ids.shape[1]
+        self._set_labels(attention_codes + list(codes))
+        self.description_match = BertXMLDescriptionMatch(self.config).to(self.device)
+        self.description_match.set_tables(idf, term_ids, term_weights, bias)
+
+    def _set_labels(self, codes: list[str]) -> None:
         self.config.id2label = dict(enumerate(codes))
         self.config.label2id = {code: i for i, code in enumerate(codes)}
         self.num_labels = len(codes)
-        return [code for code in codes if code in row]
-
 
 __all__ = [
     "backbone_init_kwargs",
     "BertXMLForMaskedLM",
+    "BertXMLDescriptionMatch",
     "BertXMLForMultiLabelCoding",
     "BertXMLLabelWiseHead",
     "BertXMLModel",

@@ -3,20 +3,23 @@
 The `icd-coding` pipeline: the codes of a clinical note, each with its description, score and evidence.
 
 A coder does not trust a bare list of codes, so every predicted code comes with its official description and the
-spans of the note its label attention rests on, as exact character offsets into the original text:
+spans of the note its label attention rests on (for a code scored by the description match alone, the words it
+shares with the code's texts), as exact character offsets into the original text:
 
     [{"code": "E11.9", "description": "Type 2 diabetes mellitus without complications", "score": 0.97,
       "evidence": [{"start": 18, "end": 42, "text": "type 2 diabetes mellitus", "attention": 0.81}]}]
 
 It is saved next to the model with `custom_pipelines` in config.json, so
 `pipeline("icd-coding", model=repo, trust_remote_code=True)` works for a user who never installed bert-xml. The model
-must be a `BertXMLForMultiLabelCoding` (it reads `model.bert` and `model.label_head`, so that attention is computed
-only for the predicted codes, never for the whole code set).
+must be a `BertXMLForMultiLabelCoding` (it reads `model.bert`, `model.code_logits` and `model.code_evidence`, so that
+attention is computed only for the predicted codes, never for the whole code set).
 """
 
 import torch
 from transformers import Pipeline
 from transformers.utils import logging
+
+from .configuration_bertxml import vocab_fingerprint
 
 logger = logging.get_logger(__name__)
 
@@ -49,9 +52,9 @@ def evidence_spans(
             words[word][2] += weight
         else:
             words[word] = [start, end, weight]
-    if not words:
-        return []
-    peak = max(weight for _, _, weight in words.values())
+    peak = max((weight for _, _, weight in words.values()), default=0.0)
+    if peak <= 0:
+        return []  # nothing of the note makes the case (a description-matched code that shares no word with it)
     phrases, previous = [], None
     for word in sorted(words):
         start, end, weight = words[word]
@@ -115,6 +118,14 @@ class ICDCodingPipeline(Pipeline):
                 f"The tokenizer has {len(self.tokenizer):,} tokens but the model only {self.model.config.vocab_size:,} "
                 "(config.vocab_size): they were not trained together. Use the tokenizer saved with the model."
             )
+        # Another run's tokenizer of the same size: ids that name other tokens (a model saved before it: unchecked).
+        expected = getattr(self.model.config, "vocab_fingerprint", None)
+        found = vocab_fingerprint(self.tokenizer.get_vocab()) if self.tokenizer is not None and expected else expected
+        if found != expected:
+            raise ValueError(
+                f"This is not the tokenizer the model was trained with: its {len(self.tokenizer):,} tokens are another "
+                f"vocabulary (fingerprint {found}, the model's {expected}). Use the tokenizer saved with the model."
+            )
 
     def _sanitize_parameters(
         self,
@@ -174,10 +185,11 @@ class ICDCodingPipeline(Pipeline):
             states = self.model.bert(
                 input_ids=model_inputs["input_ids"], attention_mask=attention_mask
             ).last_hidden_state
-            logits, _ = self.model.label_head(states, attention_mask)
+            input_ids = model_inputs["input_ids"]
+            logits = self.model.code_logits(states, input_ids, attention_mask)
             codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
             # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
-            attentions = self.model.label_head.attention(states, attention_mask, codes.clamp(min=0))
+            attentions = self.model.code_evidence(states, input_ids, attention_mask, codes.clamp(min=0))
         return {
             "codes": codes,
             "scores": scores,

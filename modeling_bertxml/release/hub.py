@@ -2,11 +2,12 @@
 
 A model trained on clinical notes can leak them through what travels with the weights: a model card with an example
 note, a tokenizer vocabulary that memorised an MRN, a results file, a checkpoint's optimizer state. `push_folder`
-therefore uploads only what a model repo holds (`MODEL_REPO_FILES`), scans every one of those files (decoded from
-UTF-8, UTF-16 or UTF-32; a safetensors file's header) for strings that look like MRNs, phone numbers or dates of birth
-(and for the access token itself), refuses when it finds any (an override exists for checked false positives; the
-token, and a file that cannot be read as text, never pass), creates or re-privatises the repo, then uploads. A network
-failure becomes one `HubPushError` saying the local folder is intact.
+therefore uploads only what a model repo holds (`MODEL_REPO_FILES`; of a run's output dir, only the model the run
+saved there), scans every one of those files (decoded from UTF-8, UTF-16 or UTF-32; a safetensors file's header) for
+strings that look like MRNs, phone numbers or dates of birth (and for the access token itself), refuses when it finds
+any (an override exists for checked false positives; the token, and a file that cannot be read as text, never pass),
+creates or re-privatises the repo, then uploads. A network failure becomes one `HubPushError` saying the local folder
+is intact.
 
 `train.py` calls `add_hub_args(parser)` and `push_from_args(args, folder)`; `bert-xml-push FOLDER --hub_model_id
 org/name` (`python -m modeling_bertxml.release.hub`) pushes (or re-pushes) an existing folder the same way.
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+from ..training.checkpointing import MANIFEST_FILE, RUN_ARGS_FILE, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,14 @@ class HubPushError(RuntimeError):
     """The Hub could not be reached or refused the push; the local folder was not touched."""
 
 
+class PushRefusedError(HubPushError):
+    """Why a push to `url` cannot succeed (`check_push_access`), found before anything was uploaded."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"cannot push to {url}: {reason}")
+        self.reason = reason
+
+
 class Secret:
     """An access token that prints as *** so `logger.info(args)` or a saved copy of the arguments cannot leak it.
     Not a `str` subclass on purpose: `json.dump(vars(args))` fails loudly instead of writing the token."""
@@ -155,11 +166,16 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def files_to_upload(folder: str | Path) -> tuple[list[Path], list[str]]:
-    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`."""
+    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`. In a run's
+    output dir (a manifest, or an older run's run_args.json), only the model files the run saved there: its user's
+    files stay local whatever their names (an analysis.py, a figure of theirs)."""
     folder = Path(folder)
+    is_run_dir = (folder / MANIFEST_FILE).is_file() or (folder / RUN_ARGS_FILE).is_file()
+    saved = set(Manifest.read(folder).model) if is_run_dir else None
     kept, left = [], []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.is_symlink() and any(fnmatch.fnmatch(path.name, p) for p in MODEL_REPO_FILES):
+        repo_file = any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_REPO_FILES)
+        if path.is_file() and not path.is_symlink() and repo_file and (saved is None or path.name in saved):
             kept.append(path)
         else:
             left.append(path.name + ("/" if path.is_dir() else ""))
@@ -256,6 +272,57 @@ def scan_for_identifiers(folder: str | Path, secrets: Sequence[str] = ()) -> lis
     return findings
 
 
+def check_push_access(repo_id: str, token: str | None = None) -> str:
+    """The full id of `repo_id` ("org/name", or "name" under the token's account) when a push there can succeed, else
+    `PushRefusedError` saying why: offline mode, no token, the Hub unreachable or refusing the token, a read-only
+    token, a token that may not write the repo (or, for a repo not made yet, create one in its namespace). Asks the Hub
+    (whoami, auth-check), nothing else: call it on one process, before hours of training rather than after them."""
+    endpoint = constants.ENDPOINT
+
+    def refuse(reason: str) -> PushRefusedError:
+        return PushRefusedError(f"{endpoint}/{repo_id}", reason.replace(token, "***") if token else reason)
+
+    if constants.HF_HUB_OFFLINE:
+        raise refuse("offline mode is on (HF_HUB_OFFLINE=1)")
+    token = token or get_token()
+    if not token:
+        raise refuse("no Hub token: pass --hub_token, set HF_TOKEN or run `hf auth login`")
+    api = HfApi(token=token)
+    try:
+        me = api.whoami()
+        access = (me.get("auth") or {}).get("accessToken") or {}
+        if access.get("role") == "read":
+            raise refuse("the token is read-only (role read); use one that may write")
+        full_id = repo_id if "/" in repo_id else f"{me['name']}/{repo_id}"
+        try:
+            api.auth_check(full_id, write=True)
+            return full_id
+        except RepositoryNotFoundError:  # not made yet (or not visible to the token): the push would create it
+            pass
+    except HfHubHTTPError as error:  # 401 from whoami, 403 from the write check of an existing repo
+        status = error.response.status_code
+        reason = "the Hub refused the token" if status == 401 else "the token may not write to it"
+        raise refuse(f"{reason} ({status}: {str(error).splitlines()[0]})") from None
+    except httpx2.HTTPError as error:
+        raise refuse(f"{endpoint} cannot be reached ({type(error).__name__}: {error})") from None
+    namespace = full_id.split("/")[0]
+    if not _may_create_in(me, access, namespace):
+        raise refuse(f"{full_id} does not exist and {me['name']} may not create repos in {namespace}")
+    return full_id
+
+
+def _may_create_in(me: dict, access: dict, namespace: str) -> bool:
+    """Whether whoami's account and token (`access`) may create a repo in `namespace`: its own, or an org where it
+    writes; a fine-grained token only where it was granted `repo.write`."""
+    if access.get("role") == "fineGrained":
+        scoped = (access.get("fineGrained") or {}).get("scoped") or []
+        granted = {scope["entity"]["name"] for scope in scoped if "repo.write" in scope.get("permissions", [])}
+        if namespace not in granted:
+            return False
+    roles = {org["name"]: org.get("roleInOrg") for org in me.get("orgs") or []}
+    return namespace == me["name"] or (namespace in roles and roles[namespace] != "read")
+
+
 def push_folder(
     folder: str | Path,
     repo_id: str,
@@ -293,6 +360,7 @@ def push_folder(
 
     api = HfApi(token=token)
     try:
+        check_push_access(repo_id, secret)
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         # create_repo leaves an existing repo as it is, whatever `private` says.
         if private and not api.model_info(repo_url.repo_id).private:
@@ -305,8 +373,11 @@ def push_folder(
         commit = api.create_commit(
             repo_url.repo_id, operations, commit_message=commit_message, revision=revision, create_pr=create_pr
         )
-    except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
+    except (httpx2.HTTPError, OfflineModeIsEnabled, PushRefusedError) as err:
+        if isinstance(err, PushRefusedError):
+            reason = err.reason
+        else:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
         if secret:
             reason = reason.replace(secret, "***")
         # `from None`: the chained HTTP error would print request details that this message deliberately leaves out.
@@ -352,14 +423,31 @@ def add_hub_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--commit_message", default=DEFAULT_COMMIT_MESSAGE, help="Message of the Hub commit.")
 
 
+def _repo_and_token(args: argparse.Namespace, folder: str | Path) -> tuple[str, str | None]:
+    """The repo --push_to_hub pushes `folder` to (--hub_model_id, else the folder's name) and --hub_token's value."""
+    return args.hub_model_id or Path(folder).resolve().name, args.hub_token.value if args.hub_token else None
+
+
+def check_push_from_args(args: argparse.Namespace, folder: str | Path) -> None:
+    """What `train.py` and `pretrain.py` check before their first step (on the main process only): that the push
+    `push_from_args` will make at the end can succeed (`check_push_access`); nothing unless --push_to_hub."""
+    if not args.push_to_hub:
+        return
+    try:
+        check_push_access(*_repo_and_token(args, folder))
+    except HubPushError as error:
+        raise HubPushError(f"--push_to_hub: {error}; checked before training, so nothing was trained") from None
+
+
 def push_from_args(args: argparse.Namespace, folder: str | Path) -> str | None:
     """The push `train.py` does at the end (on the main process only): nothing unless --push_to_hub."""
     if not args.push_to_hub:
         return None
+    repo_id, token = _repo_and_token(args, folder)
     return push_folder(
         folder,
-        args.hub_model_id or Path(folder).resolve().name,
-        token=args.hub_token.value if args.hub_token else None,
+        repo_id,
+        token=token,
         private=not args.hub_public,
         allow_phi=args.hub_allow_phi,
         revision=args.hub_revision,

@@ -14,6 +14,8 @@ import json
 
 import torch
 from accelerate import DataLoaderConfiguration
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import SchedulerType
 
@@ -30,6 +32,8 @@ PRETRAIN_DESCRIPTION = (
 TRAIN_DESCRIPTION = (
     "Fine-tune BERT-XML for multi-label ICD coding, evaluate it as Edin et al. (2023) do, and push it to the Hub."
 )
+# What installs a tracker that --report_to names: TensorBoard comes with the package's `tracking` extra.
+TRACKER_INSTALL = {"tensorboard": "pip install 'bert-xml[tracking]' (or tensorboard)"}
 # Reading the loss makes the host wait for the device, so pretraining (thousands of short steps) reads it every 10
 # steps; fine-tuning reads it every step anyway (its divergence guard), so it logs every step.
 LOGGING_STEPS = {"pretrain": 10, "train": 1}
@@ -163,7 +167,10 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         "--resume_from_checkpoint", help='Continue from a checkpoint folder, or "latest" in --output_dir/checkpoints.'
     )
     group.add_argument("--with_tracking", action="store_true", help="Log metrics to --report_to.")
-    group.add_argument("--report_to", default="tensorboard", help='Accelerate tracker(s): "tensorboard", "all", ...')
+    group.add_argument(
+        "--report_to", default="tensorboard", choices=[tracker.value for tracker in LoggerType],
+        help="Accelerate's tracker (all: every one installed); tensorboard comes with the `tracking` extra.",
+    )  # fmt: skip
     group.add_argument(
         "--logging_steps", type=positive_int,
         help="Log the mean training loss and the throughput every N optimizer steps (default %(default)s for this "
@@ -212,6 +219,26 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
     coding.add_argument("--id_column", default="id", help="Optional column of note ids (checked for duplicates).")
     coding.add_argument("--label_file", help="File of codes to predict, one per line (default: the training codes).")
     coding.add_argument("--min_code_count", type=int, default=1, help="Keep training codes seen at least this often.")
+    coding.add_argument(
+        "--label_space", choices=["training", "code_system"], default="training",
+        help="training: the codes of the training notes (or --label_file), each with label-attention rows. "
+        "code_system: those, plus every other billable code of --code_system (icd10cm, icd10pcs or icd10), scored by "
+        "the description match alone, so that codes no training note carries can be predicted (zero-shot).",
+    )
+    coding.add_argument(
+        "--description_match", action=argparse.BooleanOptionalAction,
+        help="Add to each code's score how much the note reads like the code's official texts (TF-IDF cosine over "
+        "the vocabulary: BertXMLDescriptionMatch). Default: on with --label_space code_system, else off.",
+    )
+    coding.add_argument(
+        "--description_terms", type=int, default=32, help="Tokens of each code's texts that the match keeps."
+    )
+    coding.add_argument(
+        "--code_descriptions",
+        help="Your own texts of codes, one line per code: code<TAB>text[<TAB>another text...] (e.g. descriptions in "
+        "the notes' language, CodiEsp's codes file). They replace the official (English) texts of the codes they "
+        "list wherever texts are read: description-initialised queries, the description match, the pipeline.",
+    )
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
     coding.add_argument("--head_learning_rate", type=float, default=3e-3, help="Learning rate of the label head.")
@@ -266,6 +293,19 @@ def check_shared_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--tokenizer_name is required when training from scratch")
     if args.torch_compile and args.torch_compile not in torch.compiler.list_backends(exclude_tags=()):
         parser.error(f"--torch_compile {args.torch_compile}: not a torch.compile backend; e.g. inductor, eager")
+    if args.with_tracking:
+        check_tracker_installed(parser, args.report_to)
+
+
+def check_tracker_installed(parser: argparse.ArgumentParser, report_to: str) -> None:
+    """Accelerate only warns when the tracker --report_to names is not installed, then logs nothing for the whole run
+    (a wheel install has no tensorboard): refuse, with the line that installs it."""
+    available = {str(tracker) for tracker in get_available_trackers()}
+    if report_to == "all" and not available:
+        parser.error(f"--with_tracking --report_to all: no tracker is installed; {TRACKER_INSTALL['tensorboard']}")
+    if report_to != "all" and report_to not in available:
+        install = TRACKER_INSTALL.get(report_to, f"pip install {report_to}")
+        parser.error(f"--with_tracking --report_to {report_to}: {report_to} is not installed; {install}")
 
 
 def parse_pretrain_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,9 +1,9 @@
 """Everything a training run writes to disk: its output dir, its progress record, checkpoints, the best model so far
 and the final model folder.
 
-One rule for all of them: write into a hidden temporary folder, then rename into place. A kill, a full disk or a
-second run at any moment leaves what was saved before complete and loadable, and never a half-written folder that a
-resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save through this module only.
+One rule for all of them (`atomic`'s): write into a hidden temporary folder, then rename into place. A kill, a full
+disk or a second run at any moment leaves what was saved before complete and loadable, and never a half-written folder
+that a resume or `from_pretrained` would accept. `pretrain.py` and `train.py` both save through this module only.
 """
 
 import fcntl
@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -23,9 +22,20 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedType, PartialState
 from accelerate.utils import parse_flag_from_env
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from .atomic import (
+    OutputDirError,
+    OutputWriteError,
+    check_writable,
+    fsync_dir,
+    recover,
+    set_default_modes,
+    swap_in,
+    write_json_atomic,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +82,6 @@ RESUMABLE_ARG_CHANGES = frozenset(
         "commit_message",
     }
 )
-# What a failed write raises: OSError from Python, RuntimeError ("unexpected pos") from torch's writer, and
-# SafetensorError from safetensors, all for the same full disk.
-WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 # What a saved folder's remote code needs (no bert-xml): an Inference Endpoint installs it, Hub users read it. An
 # adapter folder needs peft too.
 REQUIREMENTS_FILE = "requirements.txt"
@@ -83,10 +90,6 @@ ADAPTER_REQUIREMENTS = ("peft>=0.17",)
 
 
 # --------------------------------------------------------------------------------------------------- the output dir
-class OutputDirError(RuntimeError):
-    """The output dir cannot take this run (another run's files, a live writer, not writable)."""
-
-
 @contextmanager
 def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool, overwrite: bool) -> Iterator[None]:
     """Hold `output_dir` for one run: locked, checked, cleared of another run's outputs, its arguments recorded.
@@ -184,16 +187,12 @@ def check_synchronised(state: PartialState) -> None:
 
 
 def _check_writable(output_dir: Path) -> None:
-    # A name of its own per process: two runs (or ranks) probing at once must not delete each other's probe.
-    probe = output_dir / f".write_test_{uuid.uuid4().hex}"
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise OutputDirError(
-            f"--output_dir {output_dir} is not writable: {error.strerror} ({error.filename})"
-        ) from error
+    """The output dir and every folder of an earlier run in it (checkpoints, logs: what this run writes into or
+    deletes from) must be writable, found now rather than at the first checkpoint, hours into the run."""
+    check_writable(output_dir)
+    for name in RUN_FOLDERS:
+        for folder, _, _ in os.walk(output_dir / name):  # nothing for a folder that does not exist
+            check_writable(Path(folder), f"{folder}, a folder of --output_dir {output_dir} that runs write into,")
 
 
 def _lock(output_dir: Path):
@@ -364,75 +363,6 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-# ----------------------------------------------------------------------------------------------------- atomic writes
-class OutputWriteError(RuntimeError):
-    """Writing a checkpoint or model failed (disk full, permissions): what is already on disk is left as it was."""
-
-
-@contextmanager
-def writing(target: Path, temporary: Path) -> Iterator[None]:
-    """Turn any failure to write `temporary` (meant to become `target`) into one clear `OutputWriteError`, with the
-    temporary files removed."""
-    try:
-        yield
-    except WRITE_ERRORS as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-        free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
-        raise OutputWriteError(
-            f"{target}: could not be written ({reason}; {free / 2**20:,.0f} MiB free on that disk); nothing "
-            "already saved there was changed"
-        ) from None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write then rename, so a reader (or a crash) never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable: without it a power cut may forget the rename even though the files were written."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _aside(final: Path) -> Path:
-    return final.with_name(f".{final.name}.old")
-
-
-def recover(final: Path) -> None:
-    """Finish a swap that a kill interrupted: the old folder set aside is the complete one when `final` is missing."""
-    old = _aside(final)
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old)
-        else:
-            os.replace(old, final)
-
-
-def swap_in(temporary: Path, final: Path) -> None:
-    """Replace folder `final` by the complete folder `temporary`: old aside, new in, old deleted. A kill between any
-    two renames leaves a complete folder at `final` or at its aside name, which `recover` puts back."""
-    recover(final)
-    if final.exists():
-        os.replace(final, _aside(final))
-    os.replace(temporary, final)
-    shutil.rmtree(_aside(final), ignore_errors=True)
-    fsync_dir(final.parent)
-
-
 # ------------------------------------------------------------------------------------------------ progress record
 @dataclass
 class Progress:
@@ -536,6 +466,7 @@ class CheckpointManager:
             with writing(final, temporary):
                 if state is not None:
                     write_json_atomic(temporary / self.state_file, state)
+                set_default_modes(temporary)
             swap_in(temporary, final)
         accelerator.wait_for_everyone()
 
@@ -626,6 +557,7 @@ def save_model_folder(
                 config.save_pretrained(temporary)
             if add_files is not None:
                 add_files(temporary)
+            set_default_modes(temporary)
         replace_model_files(output, temporary)
         logger.info(f"Saved model and tokenizer to {output}")
     accelerator.wait_for_everyone()

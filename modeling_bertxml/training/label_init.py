@@ -1,18 +1,23 @@
-"""Description-initialised label queries (as HiLAT and CoLa): each code starts out attending to text like its own
-official description and inclusion terms, instead of a random direction.
+"""What the code system's own texts give a coder before training: description-initialised label queries (as HiLAT and
+CoLa: each code starts out attending to text like its official description and inclusion terms, instead of a random
+direction), and the tables of the description match (`BertXMLDescriptionMatch`).
 
-A code seen in a handful of notes cannot learn where to look from them alone; starting from its description gives it
-the right words before training. Used by `train.py --init_label_queries_from_descriptions`.
+A code seen in a handful of notes cannot learn where to look from them alone, and one seen in none cannot learn at
+all; its description still names it. Used by `train.py --init_label_queries_from_descriptions` and
+`--description_match`.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ..data.code_systems import code_descriptions
+from ..data.notes import Notes
 from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
 logger = logging.get_logger(__name__)
@@ -49,7 +54,7 @@ def init_label_queries_from_descriptions(
     init_output_weights: bool = True,
     batch_size: int = 64,
 ) -> list[str]:
-    """Set each code's attention query (and output weight) from the model's own embedding of its description(s).
+    """Set each attention code's query (and output weight) from the model's own embedding of its description(s).
 
     A code's vector is the mean over its texts of `embed_texts`; the head starts the code's row from it
     (`BertXMLLabelWiseHead.set_rows_from_vectors`), with `init_output_weights` the output weight too, at the norm of
@@ -57,7 +62,7 @@ def init_label_queries_from_descriptions(
 
     Returns the codes that were initialised.
     """
-    codes = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    codes = [model.config.id2label[i] for i in range(model.config.attention_labels)]
     known = [i for i, code in enumerate(codes) if descriptions.get(code)]
     if len(known) < len(codes):
         missing = [code for i, code in enumerate(codes) if not descriptions.get(code)]
@@ -82,3 +87,69 @@ def init_label_queries_from_descriptions(
     norm = model.config.initializer_range * math.sqrt(model.config.hidden_size) if init_output_weights else None
     model.label_head.set_rows_from_vectors(torch.tensor(known, device=embeddings.device), vectors, output_norm=norm)
     return [codes[i] for i in known]
+
+
+def smoothed_idf(token_lists: Iterable[Sequence[int]], vocab_size: int, special_ids: Iterable[int]) -> torch.Tensor:
+    """(vocab_size,) inverse document frequency over `token_lists` (one per note), smoothed as scikit-learn's
+    `TfidfVectorizer` smooths it, log((1 + n) / (1 + df)) + 1; special tokens get 0 (they name no code)."""
+    document_frequency, notes = np.zeros(vocab_size), 0
+    for ids in token_lists:
+        document_frequency[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+        notes += 1
+    idf = np.log((1 + notes) / (1 + document_frequency)) + 1
+    idf[list(special_ids)] = 0
+    return torch.tensor(idf, dtype=torch.float32)
+
+
+def description_terms(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], idf: torch.Tensor, terms: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each text's `terms` heaviest tokens by TF-IDF (sublinear counts times `idf`, as the match weighs notes) and
+    their weights, at unit norm over the kept terms; zero-padded, (len(texts), terms) each. A text of only
+    special or unknown-to-the-notes tokens matches nothing (all zero)."""
+    term_ids = torch.zeros(len(texts), terms, dtype=torch.int32)
+    term_weights = torch.zeros(len(texts), terms)
+    idf = idf.numpy()
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    for row, ids in enumerate(encoded):
+        tokens, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        weights = (1 + np.log(counts)) * idf[tokens]
+        heaviest = np.argsort(-weights, kind="stable")[:terms]
+        heaviest = heaviest[weights[heaviest] > 0]
+        if len(heaviest):
+            term_ids[row, : len(heaviest)] = torch.from_numpy(tokens[heaviest])
+            term_weights[row, : len(heaviest)] = torch.from_numpy(weights[heaviest] / np.linalg.norm(weights[heaviest]))
+    return term_ids, term_weights
+
+
+def add_description_match(
+    model: BertXMLForMultiLabelCoding,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Notes,
+    extra_codes: list[str],
+    label_frequencies: dict[str, float],
+    code_system: str,
+    terms: int,
+    max_length: int,
+    code_texts: dict[str, list[str]] | None = None,
+) -> None:
+    """Give `model` the description match over its codes and `extra_codes` (codes without attention rows, after
+    them): idf from the training notes (tokenised as training reads them, up to `max_length` tokens), each code's
+    terms from its official texts (or `code_texts`, a user's), and each extra code's bias at its prior (`label_frequencies`, smoothed: a code
+    no note carries still gets a finite one)."""
+    token_lists = (
+        ids
+        for batch in tqdm(train.batches("text"), desc="Token document frequencies", leave=False)
+        for ids in tokenizer(batch["text"], truncation=True, max_length=max_length)["input_ids"]
+    )
+    idf = smoothed_idf(token_lists, len(tokenizer), tokenizer.all_special_ids)
+    codes = [model.config.id2label[i] for i in range(model.config.num_labels)] + list(extra_codes)
+    texts = code_descriptions(codes, code_system=code_system, own=code_texts)
+    term_ids, term_weights = description_terms(tokenizer, [" ; ".join(texts.get(code, [])) for code in codes], idf, terms)
+    bias = torch.logit(torch.tensor([label_frequencies[code] for code in extra_codes], dtype=torch.float32))
+    model.add_description_match(extra_codes, idf, term_ids, term_weights, bias)
+    matched = int((term_weights[:, 0] > 0).sum())
+    logger.info(
+        f"Description match: {matched:,} of {len(codes):,} codes have terms ({len(extra_codes):,} of them scored by "
+        f"it alone), up to {terms} terms each"
+    )

@@ -9,14 +9,14 @@ optimizer and schedule, one optimizer step with its epoch iterator and divergenc
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
@@ -107,6 +107,21 @@ def setup_accelerator(
         scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (hparams or {}).items()}
         accelerator.init_trackers(project_name, config=scalars)
     return accelerator
+
+
+def check_on_main_process(accelerator: Accelerator, check: Callable[[], None], error: type[Exception]) -> None:
+    """Run `check` (one that asks the Hub, say) on the main process only, and raise the `error` it raised on every
+    process: the others would otherwise wait for the main one in their next collective, forever."""
+    found = [None]
+    if accelerator.is_main_process:
+        try:
+            check()
+        except error as failure:
+            found = [str(failure)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(found)
+    if found[0] is not None:
+        raise error(found[0])
 
 
 def finish_trackers(accelerator: Accelerator) -> None:
@@ -386,6 +401,7 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingLog",
     "check_loss",
+    "check_on_main_process",
     "check_parameters",
     "check_weights",
     "checkpoint_due",

@@ -28,7 +28,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from ..data.code_systems import code_descriptions
 from ..model import MODEL_FILES, source_file
-from ..model.configuration_bertxml import BertXMLConfig
+from ..model.configuration_bertxml import BertXMLConfig, vocab_fingerprint
 from ..model.modeling_bertxml import BertXMLForMultiLabelCoding, backbone_init_kwargs
 from .checkpointing import save_model_folder
 from .label_init import init_label_queries_from_descriptions
@@ -100,8 +100,9 @@ def load_config(
 
     A config made from scratch (no `name`) has rotary positions (learned absolute ones keep MLM at the unigram
     plateau, see `BertXMLRotarySelfAttention`) and takes its vocabulary size and padding id from `tokenizer`; any
-    other config must already agree with it (checked, with a clear error). The config of another encoder
-    (`Checkpoint.is_backbone`) becomes the `backbone_config` of a BERT-XML config.
+    other config must already agree with it (checked, with a clear error). The config then records the tokenizer's
+    vocabulary (`vocab_fingerprint`), which a saved one must already have when it recorded one. The config of another
+    encoder (`Checkpoint.is_backbone`) becomes the `backbone_config` of a BERT-XML config.
     """
     if name is None:
         config = BertXMLConfig(position_embedding_type="rotary")
@@ -124,6 +125,7 @@ def load_config(
         raise ConfigError(f"{where}{error}") from error
     if tokenizer is not None:
         check_tokenizer_matches_config(tokenizer, config, tokenizer.name_or_path)
+        config.vocab_fingerprint = vocab_fingerprint(tokenizer.get_vocab())
     return config
 
 
@@ -133,7 +135,13 @@ def load_tokenizer(
     """The tokenizer of `name` (a folder from tokenizer_training, a model folder or a Hub id), checked against
     `config` when given."""
     # Our own model dirs carry an auto_map; the tokenizer itself is a plain tokenizers backend, no remote code.
-    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:  # no such folder or repo; a file cut short (JSONDecodeError)
+        raise ConfigError(
+            f"tokenizer {name} cannot be read ({str(error).splitlines()[0]}): train it again, or give the folder "
+            "the model was trained with"
+        ) from None
     if config is not None:
         check_tokenizer_matches_config(tokenizer, config, str(name))
     return tokenizer
@@ -144,7 +152,8 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: B
 
     More tokens than embeddings fail later and opaquely (an index error on some batch); fewer mean another tokenizer
     whose ids name other words than the ones the model learnt (silently wrong), except in a backbone, whose table
-    may be padded for speed (ModernBERT: 50,368 rows for 50,280 tokens); another padding id is not masked.
+    may be padded for speed (ModernBERT: 50,368 rows for 50,280 tokens); so does the same number of other tokens,
+    which only the config's `vocab_fingerprint` tells (when it has one); another padding id is not masked.
     """
     padded_table = config.backbone_config is not None and len(tokenizer) < config.vocab_size
     if len(tokenizer) != config.vocab_size and not padded_table:
@@ -152,6 +161,13 @@ def check_tokenizer_matches_config(tokenizer: PreTrainedTokenizerBase, config: B
             f"tokenizer {name} has {len(tokenizer)} tokens but the config's vocab_size is {config.vocab_size}: "
             "use the tokenizer the model was trained with (a new model from scratch takes its vocab_size from the "
             "tokenizer)"
+        )
+    fingerprint = vocab_fingerprint(tokenizer.get_vocab())
+    if config.vocab_fingerprint is not None and fingerprint != config.vocab_fingerprint:
+        raise ConfigError(
+            f"tokenizer {name} has the model's {len(tokenizer)} tokens but not its vocabulary (fingerprint "
+            f"{fingerprint}, the model's {config.vocab_fingerprint}): its ids name other tokens than the model learnt; "
+            "use the tokenizer the model was trained with"
         )
     if tokenizer.pad_token_id is not None and config.pad_token_id is not None:
         if tokenizer.pad_token_id != config.pad_token_id:
@@ -173,6 +189,7 @@ def build_coding_model(
     code_system: str = "icd10",
     allow_random_encoder: bool = False,
     mlm_loss_weight: float = 0.0,
+    code_texts: dict[str, list[str]] | None = None,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, any BERT checkpoint, or a checkpoint of
     another transformers encoder, which becomes the backbone) with a head for `labels`.
@@ -186,7 +203,8 @@ def build_coding_model(
     code) start new codes at their prior. A checkpoint whose encoder weights do not all load (weights named for
     another model than its config.json says) is refused with `EncoderMismatchError` unless `allow_random_encoder`:
     fine-tuning would silently start from random weights. `mlm_loss_weight` keeps the masked-LM loss (and the
-    checkpoint's MLM head, `cls`) while coding: `BertXMLConfig.mlm_loss_weight`.
+    checkpoint's MLM head, `cls`) while coding: `BertXMLConfig.mlm_loss_weight`. `code_texts` (a user's texts of
+    codes) replace the official ones of the codes they list.
     """
     checkpoint = Checkpoint.read(model_name_or_path) if model_name_or_path is not None else None
     # A coder is built with its own codes, so that every head row loads where it was saved; set_codes moves them.
@@ -211,7 +229,7 @@ def build_coding_model(
         rows = torch.tensor([model.config.label2id[code] for code in new], dtype=torch.long)
         model.label_head.set_prior_bias(rows, torch.tensor([label_frequencies[code] for code in new]))
     if init_from_descriptions:
-        descriptions = code_descriptions(new, code_system=code_system)
+        descriptions = code_descriptions(new, code_system=code_system, own=code_texts)
         initialised = init_label_queries_from_descriptions(model, tokenizer, descriptions)
         logger.info(f"{len(initialised)} of {len(new)} new label queries start from their official descriptions")
     return model

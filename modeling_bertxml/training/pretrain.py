@@ -35,7 +35,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 from ..data.readers import DatasetSource, NotesError, describe, load_text_dataset
 from ..model.configuration_bertxml import BertXMLConfig
 from ..model.modeling_bertxml import BertXMLForMaskedLM
-from ..release.hub import HubPushError, IdentifiersFoundError, push_from_args
+from ..release.hub import HubPushError, IdentifiersFoundError, check_push_from_args, push_from_args
 from ..release.model_card import hub_id, render_encoder_card
 from .arguments import accelerator_settings, data_source, run_args
 from .arguments import parse_pretrain_args as parse_args
@@ -51,6 +51,7 @@ from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
     TrainingLog,
+    check_on_main_process,
     check_parameters,
     checkpoint_due,
     create_optimizer,
@@ -232,19 +233,25 @@ def build_model(args: argparse.Namespace, config: BertXMLConfig) -> BertXMLForMa
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, eval_loader: DataLoader, unigram: torch.Tensor) -> dict[str, float]:
-    """Validation MLM loss and perplexity, and the unigram baseline's on the same masked tokens (gathered over ranks,
-    without the padding batches of uneven shards)."""
+    """Validation MLM loss and perplexity, and the unigram baseline's on the same masked tokens: means over the masked
+    tokens of all batches (a batch that drew no mask weighs nothing), gathered over ranks without the padding rows
+    of uneven shards."""
     model.eval()
-    losses, unigram_losses = [], []
+    sums: dict[str, list[torch.Tensor]] = {"loss": [], "unigram": [], "tokens": []}
     for batch in eval_loader:
         loss = model(**batch).loss
         labels = batch["labels"][batch["labels"] != -100]
-        unigram_loss = -unigram.to(labels.device)[labels].mean()
+        batch_sums = {
+            "loss": loss.detach().float() * len(labels), "unigram": -unigram.to(labels.device)[labels].sum(),
+            "tokens": torch.tensor(float(len(labels)), device=labels.device),
+        }  # fmt: skip
         rows = batch["input_ids"].shape[0]
-        losses.append(accelerator.gather_for_metrics(loss.detach().float().repeat(rows)))
-        unigram_losses.append(accelerator.gather_for_metrics(unigram_loss.repeat(rows)))
+        for name, value in batch_sums.items():  # shared out over the rows, so that dropped padding rows take theirs
+            sums[name].append(accelerator.gather_for_metrics((value / rows).repeat(rows)))
     model.train()
-    eval_loss, unigram_loss = torch.cat(losses).mean().item(), torch.cat(unigram_losses).mean().item()
+    total = {name: torch.cat(values).sum().item() for name, values in sums.items()}
+    tokens = max(total["tokens"], 1)
+    eval_loss, unigram_loss = total["loss"] / tokens, total["unigram"] / tokens
     return {
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss < 700 else math.inf,
@@ -395,6 +402,8 @@ def encoder_card(args, accelerator: Accelerator, tokenizer, config: BertXMLConfi
 
 def run(args: argparse.Namespace) -> None:
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-pretrain"))
+    # A push that would fail at the end is refused now, by the main process (the only one that talks to the Hub).
+    check_on_main_process(accelerator, lambda: check_push_from_args(args, args.output_dir), HubPushError)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     config = load_config(args.config_name or args.model_name_or_path, args.config_overrides, tokenizer)
     if args.learning_rate is None:

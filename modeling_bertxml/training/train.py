@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
-from ..data.code_systems import code_groups, get_code_system, warn_local_codes
+from ..data.code_systems import code_descriptions, code_groups, get_code_system, warn_local_codes
 from ..data.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -40,21 +40,24 @@ from ..data.notes import (
     build_label_space,
     check_disjoint,
     log_report,
+    read_code_texts,
     read_notes,
     tokenize_notes,
 )
 from ..data.sampling import LengthGroupedSampler, padding_share
 from ..evaluation.metrics import (
     GROUPS_KEY,
+    TRAINING_COUNT_KEY,
     binary_cross_entropy,
     compute_metrics,
     compute_metrics_by_group,
+    compute_metrics_by_training_count,
     format_table,
     tune_threshold,
 )
 from ..evaluation.plots import write_figures
 from ..model import source_file
-from ..release.hub import HubPushError, IdentifiersFoundError, push_from_args
+from ..release.hub import HubPushError, IdentifiersFoundError, check_push_from_args, push_from_args
 from ..release.model_card import hub_id, render_model_card
 from ..release.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from ..release.space import save_space_app
@@ -67,10 +70,12 @@ from .checkpointing import (
     Progress,
     claim_output_dir,
 )
+from .label_init import add_description_match
 from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
     TrainingLog,
+    check_on_main_process,
     checkpoint_due,
     create_optimizer,
     create_scheduler,
@@ -115,7 +120,8 @@ class Splits:
     train: Notes
     validation: Notes
     test: Notes | None
-    labels: list[str]
+    labels: list[str]  # the model's codes in order: those with attention rows first
+    attention_labels: int  # how many of them have attention rows (the others: the description match alone)
 
 
 def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
@@ -134,12 +140,25 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> Splits:
                 )
     check_disjoint(*read.values())
     labels = build_label_space(read["train"], args.min_code_count, args.label_file, args.code_system)
+    attention_labels = len(labels)
+    if args.label_space == "code_system":
+        if args.description_match is False:
+            raise ConfigError("--label_space code_system scores codes without training notes by the description "
+                              "match: drop --no-description_match")  # fmt: skip
+        try:
+            listed = get_code_system(args.code_system).codes()
+        except ValueError as error:
+            raise ConfigError(f"--label_space code_system with --code_system {args.code_system}: {error}") from None
+        known = set(labels)
+        labels += [code for code in listed if code not in known]
+        logger.info(f"{len(labels) - attention_labels:,} codes of the code system beside the {attention_labels:,} of "
+                    "the label space are scored by the description match alone")  # fmt: skip
     if accelerator.is_main_process:
         groups = code_groups(args.code_system, labels)
         kinds = ", ".join(f"{len(indices):,} {kind}" for kind, indices in groups.items())
         logger.info(f"Label space: {len(labels):,} {get_code_system(args.code_system).title} codes ({kinds})")
         warn_local_codes(args.code_system, {code for notes in read.values() for code in notes.code_counts})
-    return Splits(read["train"], read["validation"], read.get("test"), labels)
+    return Splits(read["train"], read["validation"], read.get("test"), labels, attention_labels)
 
 
 def label_frequencies(notes: Notes, labels: list[str]) -> dict[str, float]:
@@ -203,12 +222,13 @@ def predict(model, loader: DataLoader, accelerator: Accelerator) -> tuple[np.nda
 
 def score(
     probs: np.ndarray, targets: np.ndarray, notes: Notes, threshold: float | None = None,
-    labels: list[str] | None = None, code_system: str = "icd10",
+    labels: list[str] | None = None, code_system: str = "icd10", train_counts: Counter | None = None,
 ) -> dict:
     """All metrics of a split; the threshold is tuned here when not given (pass it for test: never tune on test).
 
     With `labels`, a label space of several kinds (diagnoses and procedures) is also scored per kind, at the same
-    threshold, under `GROUPS_KEY`.
+    threshold, under `GROUPS_KEY`; with `train_counts` too, by how many training notes carry each code (0, 1-5,
+    6-50, >50) under `TRAINING_COUNT_KEY`: where a coder is weak is where codes are rare.
     """
     unseen = sum(notes.report.outside_label_space.values())
     if threshold is None:
@@ -221,6 +241,10 @@ def score(
         for code, count in notes.report.outside_label_space.items():
             unseen_by_kind[kind(code)] += count
         metrics[GROUPS_KEY] = compute_metrics_by_group(probs, targets, groups, threshold, unseen_by_kind)
+    if labels is not None and train_counts is not None:
+        metrics[TRAINING_COUNT_KEY] = compute_metrics_by_training_count(
+            probs, targets, labels, notes.note_codes(), train_counts, metrics["threshold"]
+        )
     return metrics
 
 
@@ -341,7 +365,7 @@ def final_evaluation(args, accelerator, model, loaders, splits: Splits) -> tuple
     """Best weights back; threshold tuned on validation only, then the same threshold on test. Returns each split's
     metrics and its (probs, targets), which the model card's figures are drawn from."""
     CheckpointManager(args.output_dir).restore_best(accelerator, model)
-    per_kind = {"labels": splits.labels, "code_system": args.code_system}
+    per_kind = {"labels": splits.labels, "code_system": args.code_system, "train_counts": splits.train.code_counts}
     predictions = {"validation": predict(model, loaders["validation"], accelerator)}
     results = {"validation": score(*predictions["validation"], splits.validation, **per_kind)}
     if "test" in loaders:
@@ -364,13 +388,14 @@ def card_figures(folder: Path, splits: Splits, results: dict, predictions: dict,
 
 def write_outputs(
     args, accelerator, model, tokenizer, splits: Splits, results: dict, predictions: dict, progress: Progress,
-    speed: dict,
+    speed: dict, code_texts: dict[str, list[str]] | None = None,
 ) -> None:
-    """The Hub-ready folder, written once: model, config with the codes' descriptions and the `icd-coding` pipeline,
-    results (train_results.json: steps and the steady state's note tokens/s and MFU), model card with its figures,
-    the Endpoint handler and the Space app."""
+    """The Hub-ready folder, written once: model, config with the codes' descriptions (`code_texts` first, a user's)
+    and the `icd-coding` pipeline, results (train_results.json: steps and the steady state's note tokens/s and MFU),
+    model card with its figures, the Endpoint handler and the Space app."""
     config = coding_config(accelerator.unwrap_model(model))
-    add_pipeline_to_config(config)
+    texts = code_descriptions(splits.labels, inclusion_terms=False, code_system=args.code_system, own=code_texts)
+    add_pipeline_to_config(config, {code: code_texts[0] for code, code_texts in texts.items()})
 
     def add_files(folder: Path) -> None:
         for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
@@ -401,8 +426,10 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
         num_labels=f"{len(splits.labels):,}",
         code_system=args.code_system,
         code_system_title=get_code_system(args.code_system).title,
-        label_space=f"codes of --label_file {Path(args.label_file).name}" if args.label_file
-        else f"training codes seen at least {args.min_code_count} time(s)",
+        label_space=(f"codes of --label_file {Path(args.label_file).name}" if args.label_file
+                     else f"training codes seen at least {args.min_code_count} time(s)")
+        + (f", and {len(splits.labels) - splits.attention_labels:,} other codes of the code system scored by their "
+           "description match alone" if len(splits.labels) > splits.attention_labels else ""),
         num_unseen=sum(sum(getattr(splits, split).report.outside_label_space.values()) for split in results),
         threshold=f"{config.threshold:.2f}",
         max_note_length=f"{config.max_note_length:,}",
@@ -421,36 +448,55 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
     )
 
 
+def uses_description_match(args: argparse.Namespace) -> bool:
+    return args.description_match if args.description_match is not None else args.label_space == "code_system"
+
+
 def check_adapter_base(args: argparse.Namespace) -> None:
-    """An adapter folder is loaded with its base repo's code: a RoBERTa or ModernBERT checkpoint has none of ours, so
-    its adapter would load into transformers' own model, without the label attention. Refused before any work."""
-    if args.use_lora and not args.merge_lora and is_backbone_checkpoint(args.model_name_or_path):
+    """An adapter folder is loaded with its base repo's code and weights: a RoBERTa or ModernBERT checkpoint has none
+    of ours, so its adapter would load into transformers' own model, without the label attention; and the base has no
+    description-match tables, which the adapter (LoRA weights and the head) does not hold. Refused before any work."""
+    if not args.use_lora or args.merge_lora:
+        return
+    if is_backbone_checkpoint(args.model_name_or_path):
         raise ConfigError(
             f"--use_lora on {args.model_name_or_path}, another encoder than BERT-XML's, needs --merge_lora: an adapter "
             "folder loads with its base repo's code, which that checkpoint does not have"
         )
+    if uses_description_match(args):
+        raise ConfigError("--use_lora with the description match needs --merge_lora: an adapter folder holds the LoRA "
+                          "weights and the head, not the match's tables")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
     check_adapter_base(args)
     accelerator = setup_accelerator(args.output_dir, **accelerator_settings(args, "bert-xml-train"))
+    # A push that would fail at the end is refused now, by the main process (the only one that talks to the Hub).
+    check_on_main_process(accelerator, lambda: check_push_from_args(args, args.output_dir), HubPushError)
     splits = load_splits(args, accelerator)
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    code_texts = read_code_texts(args.code_descriptions, args.code_system) if args.code_descriptions else None
+    frequencies = label_frequencies(splits.train, splits.labels)
     model = build_coding_model(
-        splits.labels, tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
+        splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
         init_from_descriptions=(
             args.model_name_or_path is None
             if args.init_label_queries_from_descriptions is None
             else args.init_label_queries_from_descriptions
         ),
-        label_frequencies=label_frequencies(splits.train, splits.labels), code_system=args.code_system,
-        allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight,
+        label_frequencies=frequencies, code_system=args.code_system,
+        allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight, code_texts=code_texts,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)
         logger.info(f"Encoder learning rate {args.learning_rate:.2g}, the default for width {model.config.hidden_size}")
     max_length = min(args.max_seq_length or model.config.max_note_length, model.config.max_note_length)
     tokenizer.model_max_length = max_length  # pipelines called with truncation=True cut notes where training did
+    if uses_description_match(args):
+        add_description_match(
+            model, tokenizer, splits.train, splits.labels[splits.attention_labels :], frequencies, args.code_system,
+            args.description_terms, max_length, code_texts,
+        )  # fmt: skip
     loaders = build_dataloaders(args, splits, tokenizer, max_length, tokenizer.pad_token_id)
     if accelerator.is_main_process:
         for notes in (splits.train, splits.validation, splits.test):
@@ -473,7 +519,7 @@ def run(args: argparse.Namespace) -> None:
         f"{speed['tokens_per_second']:,.0f} note tokens/s, MFU {speed['mfu']:.1%}"
     )
     results, predictions = final_evaluation(args, accelerator, model, loaders, splits)
-    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress, speed)
+    write_outputs(args, accelerator, model, tokenizer, splits, results, predictions, progress, speed, code_texts)
     if accelerator.is_main_process:
         push_from_args(args, args.output_dir)
     finish_trackers(accelerator)
