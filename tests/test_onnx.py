@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_bertxml import ICDCodingPipeline
+from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
 from modeling_bertxml.model.handler import EndpointHandler
 from modeling_bertxml.release.onnx_export import export_onnx
 from modeling_bertxml.release.predict import main as predict_main
-from tests.conftest import run_in_fresh_interpreter
+from tests.conftest import run_in_fresh_interpreter, tiny_config
 from tests.test_pipeline import assert_same_coding
 from tests.test_predict import predict_command, read_output, write_notes
 
@@ -43,6 +43,15 @@ def test_onnx_scores_notes_of_one_and_several_chunks_as_pytorch(untrained_coder:
     assert_same_coding(untrained_coder(NOTES, top_k=2, backend="onnx-fp32"), expected)
     with pytest.raises(ValueError, match="backend must be one of"):
         untrained_coder(NOTES, backend="onnx")
+
+
+def test_the_export_of_a_model_trained_with_dropout_runs_without_it(tmp_path: Path) -> None:
+    """The tracer runs the wrapper in its own mode: a wrapper left in training mode would export dropout, and
+    `check_export` refuses a graph that does not score as the model does."""
+    BertXMLForMultiLabelCoding(tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)).save_pretrained(
+        tmp_path / "model"
+    )
+    assert sorted(path.name for path in export_onnx(tmp_path / "model").iterdir()) == ["model.onnx", "model_int8.onnx"]
 
 
 FRESH_INTERPRETER = textwrap.dedent(

@@ -50,8 +50,9 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
         # The indices it warns may be negative are a boolean mask's (which chunks to encode).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+        scorer = NoteScorer(model).eval()  # traced in the wrapper's own mode, which it sets on the model: dropout off
         torch.onnx.export(
-            NoteScorer(model), example_inputs(model.config, trace_length(model.config)), str(path), dynamo=False,
+            scorer, example_inputs(model.config, trace_length(model.config)), str(path), dynamo=False,
             input_names=list(SCORER_INPUTS), output_names=list(SCORER_OUTPUTS), dynamic_axes=axes, opset_version=OPSET,
         )  # fmt: skip
 
