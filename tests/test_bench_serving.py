@@ -21,7 +21,8 @@ def test_bench_serving_prints_the_table_and_writes_every_backend(untrained_coder
     rows = write_notes(notes, 6)
     rows = [{**row, "labels": ["C00.0"] if i % 2 else ["C01.1", "C05.5"]} for i, row in enumerate(rows)]
     notes.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tiny = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=64,max_chunks=64"
+    tiny = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
+    tiny += ",max_position_embeddings=64,max_chunks=64"  # 4,096 tokens
     command = [sys.executable, "benchmarks/bench_serving.py", "--model", str(untrained_coder_folder), "--notes",
                str(notes), "--output", str(output), "--bert_base", "--base_codes", "10", "--base_overrides", tiny]
     done = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
