@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,23 +74,32 @@ def all_scores(coder: ICDCodingPipeline, texts: list[str], backend: str, onnx_di
     return np.stack(rows)
 
 
-def time_backend(coder: ICDCodingPipeline, texts: list[str], backend: str, onnx_dir: str, batch_size: int) -> dict:
-    """Latency per note (one per call) and notes/s in length-sorted batches, after a few untimed notes."""
-    coder(texts[:batch_size], batch_size=batch_size, backend=backend, onnx_dir=onnx_dir)  # warm-up
-    latencies = []
+def time_backends(coder: ICDCodingPipeline, texts: list[str], onnx_dir: str, batch_size: int) -> dict[str, dict]:
+    """Per backend: latency per note (one per call) and notes/s in length-sorted batches. The backends take turns on
+    each note and each batch, so that other jobs on shared cores slow them alike, after an untimed warm-up."""
+    calls = {name: partial(coder, backend=backend, onnx_dir=onnx_dir) for name, backend in BACKENDS.items()}
+    latencies, seconds = {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
+    for call in calls.values():
+        call(texts[:batch_size], batch_size=batch_size)
     for text in texts:
-        start = time.perf_counter()
-        coder(text, backend=backend, onnx_dir=onnx_dir)
-        latencies.append(1e3 * (time.perf_counter() - start))
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(text)
+            latencies[name].append(1e3 * (time.perf_counter() - start))
     ordered = sorted(texts, key=len, reverse=True)
-    start = time.perf_counter()
-    coder(ordered, batch_size=batch_size, backend=backend, onnx_dir=onnx_dir)
-    seconds = time.perf_counter() - start
+    for first in range(0, len(ordered), batch_size):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(ordered[first : first + batch_size], batch_size=batch_size)
+            seconds[name] += time.perf_counter() - start
     return {
-        "notes_per_s": len(texts) / seconds,
-        "ms_per_note_p50": float(np.percentile(latencies, 50)),
-        "ms_per_note_p95": float(np.percentile(latencies, 95)),
-        "batched_seconds": seconds,
+        name: {
+            "notes_per_s": len(texts) / seconds[name],
+            "ms_per_note_p50": float(np.percentile(latencies[name], 50)),
+            "ms_per_note_p95": float(np.percentile(latencies[name], 95)),
+            "batched_seconds": seconds[name],
+        }
+        for name in calls
     }
 
 
@@ -103,8 +113,9 @@ def serving_rows(args: argparse.Namespace, onnx_dir: str, peak: float) -> list[d
     tokens = sum(len(coder.preprocess(text)["input_ids"][0]) for text in texts)
     flops = forward_flops(coder.model, tokens)
     rows, reference = [], None
+    timings = time_backends(coder, texts, onnx_dir, args.batch_size)
     for name, backend in BACKENDS.items():
-        timing = time_backend(coder, texts, backend, onnx_dir, args.batch_size)
+        timing = timings[name]
         scores = all_scores(coder, texts, backend, onnx_dir)
         metric = compute_metrics(scores, targets, threshold=coder.model.config.threshold)["map"]
         reference = reference or (scores, metric)
@@ -129,24 +140,26 @@ def bert_base_rows(args: argparse.Namespace, workdir: Path, peak: float) -> list
     coder = ICDCodingPipeline(model=BertXMLForMultiLabelCoding.from_pretrained(folder).eval(), tokenizer=None)
     input_ids = torch.randint(5, config.vocab_size, (1, BASE_NOTE_TOKENS), generator=torch.Generator().manual_seed(0))
     flops = forward_flops(coder.model, BASE_NOTE_TOKENS)
-    rows, reference = [], None
+    score = {name: partial(coder.score, input_ids, torch.ones_like(input_ids), backend, onnx_dir)
+             for name, backend in BACKENDS.items()}  # fmt: skip
+    seconds, scores = {name: [] for name in score}, {}
     with torch.no_grad():
-        for name, backend in BACKENDS.items():
-            coder.score(input_ids, torch.ones_like(input_ids), backend, onnx_dir)  # warm-up
-            seconds = []
-            for _ in range(3):
+        for name, run in score.items():  # warm-up
+            scores[name] = run()[0].sigmoid()
+        for _ in range(3):  # in turns, so that other jobs on shared cores slow every backend alike
+            for name, run in score.items():
                 start = time.perf_counter()
-                logits, _ = coder.score(input_ids, torch.ones_like(input_ids), backend, onnx_dir)
-                seconds.append(time.perf_counter() - start)
-            scores = logits.sigmoid()
-            reference = reference if reference is not None else scores
-            median = statistics.median(seconds)
-            rows.append({
-                "backend": name, "model": "bert-base", "codes": args.base_codes, "tokens": BASE_NOTE_TOKENS,
-                "notes_per_s": 1 / median, "ms_per_note_p50": 1e3 * median, "ms_per_note_p95": 1e3 * max(seconds),
-                "max_score_diff": (scores - reference).abs().max().item(), "map_change": None,
-                "gflop_per_s": flops / median / 1e9, "peak_share": flops / median / peak,
-            })  # fmt: skip
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    rows = []
+    for name in score:
+        median = statistics.median(seconds[name])
+        rows.append({
+            "backend": name, "model": "bert-base", "codes": args.base_codes, "tokens": BASE_NOTE_TOKENS,
+            "notes_per_s": 1 / median, "ms_per_note_p50": 1e3 * median, "ms_per_note_p95": 1e3 * max(seconds[name]),
+            "max_score_diff": (scores[name] - scores["pytorch-fp32"]).abs().max().item(), "map_change": None,
+            "gflop_per_s": flops / median / 1e9, "peak_share": flops / median / peak,
+        })  # fmt: skip
     return rows
 
 
