@@ -211,8 +211,8 @@ def predict(args: argparse.Namespace) -> None:
     state.wait_for_everyone()
     num_shards = -(-total // args.shard_size)
     finished = read_finished(shards)
-    mine = [s for s in range(state.process_index, num_shards, state.num_processes)
-            if shard_name(s, args.format) not in finished]  # fmt: skip
+    mine = {s for s in range(state.process_index, num_shards, state.num_processes)
+            if shard_name(s, args.format) not in finished}  # fmt: skip
     todo = sum(min(args.shard_size, total - s * args.shard_size) for s in mine)
     coder, parameters = make_coder(args, state.device)
     progress = tqdm(total=todo, desc="Coding notes", unit="note", disable=not state.is_local_main_process)
