@@ -13,6 +13,7 @@ renamed into place, so a kill leaves the previous folder or none.
 """
 
 import argparse
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -90,7 +91,13 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
         fp32, int8 = staging / ONNX_FILES["onnx-fp32"], staging / ONNX_FILES["onnx-int8"]
         export_fp32(model, fp32)
         check_export(model, fp32)
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        # quantize_dynamic warns on the root logger, with whole protobuf dumps, about every tensor it leaves in fp32
+        # (the chunk-selection indices): expected, and pages of noise in a predict log.
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
         swap_in(staging, onnx_dir)
     return onnx_dir
 
