@@ -18,7 +18,7 @@ $(RUNNABLE): pyproject.toml
 
 # What `make test` needs besides: the test tools and transformers' common model tests (from its sdist).
 $(INSTALLED): $(RUNNABLE)
-	$(BIN)/pip install -q -e ".[dev,app]"
+	$(BIN)/pip install -q -e ".[dev,app,serve]"
 	$(BIN)/python tests/fetch_transformers_tests.py
 	touch $(INSTALLED)
 

@@ -94,7 +94,7 @@ def fine_tune(args: argparse.Namespace, workdir: Path, grouped: bool) -> tuple[d
 def predict(args: argparse.Namespace, workdir: Path, precision: str) -> dict:
     command = [
         sys.executable, "-m", "modeling_bertxml.release.predict", "--model", str(workdir / "coder"),
-        "--input", str(workdir / "predict.jsonl"), "--output", str(workdir / f"codes_{precision}.jsonl"),
+        "--input", str(workdir / "predict.jsonl"), "--output_dir", str(workdir / f"codes_{precision}"),
         "--precision", precision, "--batch_size", str(args.batch_size),
     ]  # fmt: skip
     log = run(command, workdir, args.quiet)

@@ -21,9 +21,11 @@ from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
+    pipeline,
 )
 
-from modeling_bertxml import BertXMLConfig
+from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodingPipeline
+from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 
 # What any subprocess of a test may take: a guard against hangs, not a speed limit. The longest one takes about a
 # minute on 2 cores beside two busy loops; a CPU 3-4x slower beside another job (CI) needs several. pytest.ini's
@@ -208,3 +210,19 @@ def config(request) -> BertXMLConfig:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def untrained_coder_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained coder, saved as train.py saves one (its scores are arbitrary but fixed)."""
+    folder = tmp_path_factory.mktemp("coder")
+    tokenizer = tiny_tokenizer(model_max_length=64)
+    BertXMLForMultiLabelCoding(tiny_config(vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    make_pipeline_ready(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def untrained_coder(untrained_coder_folder: Path) -> ICDCodingPipeline:
+    return pipeline("icd-coding", model=str(untrained_coder_folder), pipeline_class=ICDCodingPipeline, device=-1)

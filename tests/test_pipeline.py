@@ -17,8 +17,6 @@ from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
 from modeling_bertxml.model import pipeline_bertxml
 from modeling_bertxml.model.pipeline_bertxml import evidence_spans, select_codes
 from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
-from modeling_bertxml.release import predict
-from modeling_bertxml.release.predict import main as predict_main
 from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
 from tests.conftest import run_in_fresh_interpreter, shuffled_tokenizer, tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, DESCRIPTIONS, synthetic_note, trained_coder
@@ -251,24 +249,6 @@ def test_pipeline_runs_from_the_saved_folder_without_the_package(
     assert_same_coding(remote, coder(notes, batch_size=2))
 
 
-def test_predict_cli_writes_one_line_per_note_keeping_ids(
-    coder: ICDCodingPipeline, model_folder: Path, test_notes: list, tmp_path: Path
-) -> None:
-    notes = tmp_path / "notes.jsonl"
-    rows = [{"id": f"n{i}", "text": text, "labels": codes} for i, (text, codes, *_) in enumerate(test_notes[:5])]
-    notes.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    output = tmp_path / "out" / "codes.jsonl"
-    predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(output), "--top_k", "2"])
-    written = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [(row["id"], row["labels"]) for row in written] == [(row["id"], row["labels"]) for row in rows]
-    assert all("text" not in row for row in written)
-    assert_same_coding([row["codes"] for row in written], coder([row["text"] for row in rows], top_k=2))
-
-    notes.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "n9", "note": "chest pain"}) + "\n")
-    with pytest.raises(SystemExit, match=r"notes\.jsonl:2: no field 'text'"):
-        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(output)])
-
-
 def test_bf16_runs_only_when_asked_on_cpu_and_codes_the_same(coder: ICDCodingPipeline, test_notes: list) -> None:
     """bf16 autocast is the default on a CUDA GPU only: on CPU the pipeline runs float32 unless asked, and bf16
     changes scores by rounding, not the codes of clear-cut notes."""
@@ -289,64 +269,6 @@ def test_bf16_runs_only_when_asked_on_cpu_and_codes_the_same(coder: ICDCodingPip
     assert [set(note) for note in bf16_codes] == [set(note) for note in codes]  # the order of near ties may swap
     for note, expected in zip(bf16_codes, codes):
         assert note == pytest.approx(expected, abs=0.05)
-
-
-def test_predict_reports_notes_per_second_and_its_precision(model_folder: Path, tmp_path: Path, capsys) -> None:
-    notes = tmp_path / "notes.jsonl"
-    notes.write_text("".join(json.dumps({"text": "chest pain"}) + "\n" for _ in range(3)))
-    predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(tmp_path / "codes.jsonl"),
-                  "--precision", "bf16"])  # fmt: skip
-    assert re.search(r"Coded 3 notes in \S+ s: \S+ notes/s on cpu \(bf16, batch size 8\)", capsys.readouterr().err)
-
-
-@pytest.mark.parametrize("make_output", [
-    lambda notes: notes,
-    lambda notes: notes.parent / "." / notes.name,
-    lambda notes: os.link(notes, notes.parent / "hard.jsonl") or notes.parent / "hard.jsonl",
-    lambda notes: os.symlink(notes, notes.parent / "soft.jsonl") or notes.parent / "soft.jsonl",
-])
-def test_predict_refuses_to_write_over_its_input(model_folder: Path, tmp_path: Path, make_output) -> None:
-    notes = tmp_path / "notes.jsonl"
-    notes.write_text(json.dumps({"id": "n1", "text": "chest pain"}) + "\n")
-    before = notes.read_bytes()
-    with pytest.raises(SystemExit, match="is the input file"):
-        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(make_output(notes))])
-    assert notes.read_bytes() == before
-
-
-def test_predict_killed_midway_leaves_the_previous_output_and_no_partial_file(
-    model_folder: Path, tmp_path: Path, monkeypatch
-) -> None:
-    notes = tmp_path / "notes.jsonl"
-    notes.write_text("".join(json.dumps({"id": f"n{i}", "text": "chest pain"}) + "\n" for i in range(3)))
-    output = tmp_path / "codes.jsonl"
-    output.write_text("previous run\n")
-
-    def dies_after_one(pairs, **_):
-        yield next(iter(pairs))
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(predict, "tqdm", dies_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(output)])
-    assert output.read_text() == "previous run\n" and sorted(os.listdir(tmp_path)) == ["codes.jsonl", "notes.jsonl"]
-
-
-@pytest.mark.parametrize("content, message", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00", r"notes\.jsonl:1: not UTF-8 text"),
-    ('{"text": ["Mr. John Smith"]}\n'.encode(), r"notes\.jsonl:1: field 'text': the note is a list"),
-    (b"", r"notes\.jsonl: holds no notes"),
-])
-def test_predict_bad_input_is_one_line_naming_file_and_line(
-    model_folder: Path, tmp_path: Path, content: bytes, message: str
-) -> None:
-    notes = tmp_path / "notes.jsonl"
-    notes.write_bytes(content)
-    with pytest.raises(SystemExit, match=message) as error:
-        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(tmp_path / "out.jsonl")])
-    assert "John" not in str(error.value)
-    with pytest.raises(SystemExit, match="is a folder"):
-        predict_main(["--model", str(model_folder), "--input", str(notes), "--output", str(tmp_path)])
 
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_at_load(tmp_path: Path) -> None:

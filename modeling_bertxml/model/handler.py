@@ -12,8 +12,13 @@ Request:  {"inputs": "note text" or ["note", ...], "parameters": {"threshold": 0
 Response: for each note, the codes scored above the threshold (the model's tuned `config.threshold` by default), best
 first: [{"code": "E11.9", "description": "...", "score": 0.93, "evidence": [{"start", "end", "text", "attention"}]}].
 A single note gets a single list; an empty note gets no codes.
+
+On a CPU endpoint, the environment variable `BERTXML_BACKEND=onnx-int8` (or `onnx-fp32`) scores with ONNX Runtime from
+the folder's `onnx/` files (`python -m modeling_bertxml.release.onnx_export FOLDER`; add `onnxruntime` to
+requirements.txt), several times faster than PyTorch there.
 """
 
+import os
 from typing import Any
 
 import torch
@@ -23,7 +28,8 @@ from transformers import pipeline
 class EndpointHandler:
     def __init__(self, path: str = ""):
         device = 0 if torch.cuda.is_available() else -1
-        self.pipeline = pipeline("icd-coding", model=path, trust_remote_code=True, device=device)
+        backend = os.environ.get("BERTXML_BACKEND", "pytorch")
+        self.pipeline = pipeline("icd-coding", model=path, trust_remote_code=True, device=device, backend=backend)
 
     def __call__(self, data: dict[str, Any]) -> list:
         return self.pipeline.handle_request(data)

@@ -1,23 +1,36 @@
-"""Code a file of notes in batch.
+"""Code a backlog of notes: streamed, in shards, resumable, on one process or many.
 
-    python -m modeling_bertxml.release.predict --model DIR --input notes.jsonl --output codes.jsonl
+    bert-xml-predict --model DIR --input notes.jsonl --output_dir codes/
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m modeling_bertxml.release.predict ...
 
-The input is any notes file the training scripts read (JSON Lines, CSV, Parquet, `.txt`, a saved dataset), the note
-in `text` (`--text_column`). Each output line (JSON Lines) keeps the input's other fields (an `id`, gold `labels`, ...)
-and adds `codes`: the `icd-coding` pipeline's answer for the note (codes with descriptions, scores and evidence spans).
-The model's own code is used, never the folder's remote code.
+The input is any notes file the training scripts read (JSON Lines, CSV, Parquet, a folder of `.txt` files, a saved
+`datasets` dataset), the note in `text` (`--text_column`), read as a stream, never whole in memory: a first pass
+counts and checks the rows (a bad row fails with its file and line before the model loads), the second codes them.
+Each output row keeps the input's other fields (an `id`, gold `labels`, ...) and adds `codes`: the `icd-coding`
+pipeline's answer (codes with descriptions, scores and, unless `--num_evidence_spans 0`, evidence spans).
 
-The output is written to a temporary file beside it and renamed into place once complete, so a killed run never
-leaves a truncated file that looks finished, and it may not be the input (a hard link or symlink to it included).
+Shards: rows [i * S, (i + 1) * S) of the input (S = `--shard_size`) are shard i. Process r of N codes the shards
+i = r (mod N), each sorted by note length so that a batch pads little, and writes it whole, in input order, to
+`shards/codes-0000i.jsonl` (or `.parquet`) through a temporary file and a rename, then records it in
+`shards/finished.json`. Started again with the same arguments, a killed run skips the finished shards; a shard
+written but not yet recorded is coded again and replaced by the same rows. So the output is the same, note for note,
+whatever the number of processes and of kills, and no note is coded twice or skipped.
+
+The output dir is claimed as `train.py`'s is (`claim_output_dir`): one run at a time, another run's folder refused,
+`--overwrite_output_dir` deletes only what runs wrote there. The model's own code is used, never the folder's remote
+code.
 """
 
 import argparse
+import fcntl
+import itertools
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,102 +38,223 @@ from tqdm.auto import tqdm
 from transformers import pipeline
 
 from ..data.readers import NotesError, iter_notes
-from ..model.pipeline_bertxml import ICDCodingPipeline
+from ..model.pipeline_bertxml import BACKENDS, ONNX_FILES, ICDCodingPipeline
+from ..training.arguments import run_args
+from ..training.atomic import OutputDirError, OutputWriteError, fsync_dir, write_json_atomic
+from ..training.checkpointing import RUN_ARGS_FILE, claim_output_dir, record_output
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
+SHARDS_DIR, FINISHED_FILE = "shards", "finished.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Predict ICD-10 codes, with evidence, for a file of notes.")
+    parser = argparse.ArgumentParser(description="Predict ICD-10 codes, with evidence, for any number of notes.")
     parser.add_argument("--model", required=True, help="A folder saved by train.py, or a Hub model id.")
     parser.add_argument("--input", required=True, type=Path,
-                        help="Notes: JSON Lines, CSV, Parquet, .txt (one note per line) or a saved dataset.")
-    parser.add_argument("--output", required=True, type=Path,
-                        help="JSON Lines written here, one line per note (never the input file).")
+                        help="Notes: JSON Lines, CSV, Parquet, .txt, a folder of .txt files or a saved dataset.")
+    parser.add_argument("--output_dir", required=True, type=Path,
+                        help="Shards of results are written under it; a killed run started again continues there.")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="Delete the results of an earlier run in --output_dir (only what runs wrote) first.")
+    parser.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="The shards' file format.")
+    parser.add_argument("--shard_size", type=int, default=10_000, help="Notes per shard: the unit of resumption.")
     parser.add_argument("--text_column", default="text", help="The field that holds the note.")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threshold", type=float, default=None, help="Defaults to the model's tuned threshold.")
     parser.add_argument("--top_k", type=int, default=None, help="Keep at most this many codes per note.")
-    parser.add_argument("--num_evidence_spans", type=int, default=3)
-    parser.add_argument("--device", default=None, help='e.g. "cpu", "cuda:1"; defaults to the first GPU if any.')
+    parser.add_argument("--num_evidence_spans", type=int, default=3, help="0 writes codes and scores only.")
+    parser.add_argument("--device", default=None,
+                        help='e.g. "cpu", "cuda:1"; defaults to the process\'s device (the first GPU, or its own).')
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="pytorch",
+        help="onnx-fp32 / onnx-int8: ONNX Runtime on the CPU, several times faster than PyTorch there; the model "
+        "folder's onnx/ files, else exported into --output_dir/onnx first (needs bert-xml[serve]).",
+    )
     parser.add_argument(
         "--precision", choices=list(PRECISIONS), default="auto",
         help="auto: bf16 autocast on a GPU that supports it, float32 elsewhere (the scores are float32 either way).",
     )  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.shard_size < 1:
+        parser.error("--shard_size must be at least 1")
+    return args
 
 
-def read_rows(path: Path, text_column: str) -> list[tuple[dict, str]]:
-    """(the row's other fields, its note) for every row; an empty cell is an empty note (coded as no codes)."""
-    rows = [(fields, text or "") for _, fields, text in iter_notes([path], text_column)]
-    if not rows:
-        raise NotesError(f"{path}: holds no notes")
-    return rows
+def count_rows(args: argparse.Namespace) -> int:
+    """The number of notes, every row checked (file:line errors) before the model loads."""
+    total = sum(1 for _ in iter_notes([args.input], args.text_column))
+    if not total:
+        raise NotesError(f"{args.input}: holds no notes")
+    return total
 
 
-def prepare_output(input_path: Path, output: Path) -> None:
-    """Refuse an output that is the input (same file, a link to it) or a folder, and create its folder, all before
-    the model loads: the notes must survive, and a typo must not cost a whole run."""
-    if output.is_dir():
-        raise ValueError(f"--output {output}: is a folder; give a file name such as codes.jsonl")
-    if output.exists() and input_path.exists() and os.path.samefile(input_path, output):
-        raise ValueError(f"--output {output}: is the input file (or a link to it); writing would destroy the notes")
+def iter_shards(args: argparse.Namespace) -> Iterator[tuple[int, list[tuple[dict, str]]]]:
+    """(shard index, [(the row's other fields, its note)]) in input order; an empty cell is an empty note."""
+    rows = ((fields, text or "") for _, fields, text in iter_notes([args.input], args.text_column))
+    for shard, group in itertools.groupby(enumerate(rows), key=lambda item: item[0] // args.shard_size):
+        yield shard, [row for _, row in group]
+
+
+def shard_name(shard: int, file_format: str) -> str:
+    return f"codes-{shard:05d}.{file_format}"
+
+
+def read_finished(shards: Path) -> dict[str, int]:
+    """Shard file name -> its number of notes, for every shard written whole."""
+    path = shards / FINISHED_FILE
+    return json.loads(path.read_text())["finished"] if path.is_file() else {}
+
+
+def record_finished(shards: Path, name: str, notes: int) -> None:
+    """Add a shard to `finished.json`; processes take turns (a lock file), each rewriting it atomically."""
+    with open(shards / ".finished.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        finished = read_finished(shards)
+        finished[name] = notes
+        write_json_atomic(shards / FINISHED_FILE, {"finished": dict(sorted(finished.items()))})
+
+
+def code_shard(coder: ICDCodingPipeline, rows: list[tuple[dict, str]], batch_size: int, parameters: dict,
+               progress: tqdm) -> list[list[dict]]:  # fmt: skip
+    """The codes of each note, in input order; notes go to the model longest first, so a batch's notes are of
+    similar length (the character count stands for the token count: tokenizing twice costs more than it saves)."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][1]))
+    codes: list[list[dict]] = [[] for _ in rows]
+    results = coder((rows[i][1] for i in order), batch_size=batch_size, **parameters)  # a generator: streamed
+    for i, result in zip(order, results):
+        codes[i] = result
+        progress.update()
+    return codes
+
+
+def write_shard(path: Path, fields: list[dict], codes: list[list[dict]], file_format: str) -> None:
+    """Write a shard into a temporary file beside `path` (mode 0600: codes of patients), renamed into place whole."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file where a folder should be, no permission
-        raise ValueError(f"--output {output}: cannot create its folder ({error.strerror})") from None
-    if not os.access(output.parent, os.W_OK):
-        raise ValueError(f"--output {output}: its folder is not writable")
+        with os.fdopen(handle, "wb") as file:
+            if file_format == "parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-
-def write_lines_atomically(path: Path, lines: Iterable[str]) -> None:
-    """Write into a temporary file beside `path` (mode 0600: codes of patients) and rename it over `path` at the end."""
-    file = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                       suffix=".tmp", delete=False)
-    try:
-        with file:
-            file.writelines(lines)
+                others = pa.Table.from_pylist(fields)  # no columns at all for a .txt input
+                columns, names = [*others.columns, pa.array(codes, codes_type())], [*others.column_names, "codes"]
+                pq.write_table(pa.table(columns, names=names), file)
+            else:
+                # default=str: a Parquet or dataset field (a date, bytes) that JSON has no type for is kept as text.
+                file.writelines(
+                    (json.dumps({**row, "codes": row_codes}, ensure_ascii=False, default=str) + "\n").encode()
+                    for row, row_codes in zip(fields, codes)
+                )
             file.flush()
             os.fsync(file.fileno())
-        os.replace(file.name, path)
+        os.replace(temporary, path)
     except BaseException:
-        Path(file.name).unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def predict(args: argparse.Namespace) -> None:
-    prepare_output(args.input, args.output)
-    rows = read_rows(args.input, args.text_column)  # all of them: a bad row fails before the model loads
-    device = args.device or (0 if torch.cuda.is_available() else -1)
-    coder = pipeline("icd-coding", model=args.model, pipeline_class=ICDCodingPipeline, device=device)
+def codes_type():
+    """The Arrow type of the `codes` column (pyarrow is imported by a Parquet run only)."""
+    import pyarrow as pa
+
+    span = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("attention", pa.float64())])
+    code = pa.struct([("code", pa.string()), ("description", pa.string()), ("score", pa.float64()),
+                      ("evidence", pa.list_(span))])  # fmt: skip
+    return pa.list_(code)
+
+
+def make_coder(args: argparse.Namespace, device: torch.device) -> tuple[ICDCodingPipeline, dict]:
+    """The pipeline on `device` (or `--device`), and the call parameters the flags set."""
+    coder = pipeline("icd-coding", model=args.model, pipeline_class=ICDCodingPipeline, device=args.device or device)
     parameters = {
         "threshold": args.threshold, "top_k": args.top_k, "num_evidence_spans": args.num_evidence_spans,
-        "bf16": PRECISIONS[args.precision],
+        "bf16": PRECISIONS[args.precision], "backend": args.backend, "onnx_dir": onnx_dir(args),
     }  # fmt: skip
-    parameters = {name: value for name, value in parameters.items() if value is not None}
-    notes = (text for _, text in rows)  # a generator makes the pipeline stream, so progress is live
-    results = coder(notes, batch_size=args.batch_size, **parameters)
-    progress = tqdm(zip(rows, results), total=len(rows), desc="Coding notes", unit="note")
+    return coder, {name: value for name, value in parameters.items() if value is not None}
+
+
+def onnx_dir(args: argparse.Namespace) -> str | None:
+    """Where an ONNX backend's files are: the model folder's `onnx/`, else the run's own export."""
+    if args.backend == "pytorch":
+        return None
+    exported = Path(args.model) / "onnx" / ONNX_FILES[args.backend]
+    return str(exported.parent if exported.is_file() else args.output_dir / "onnx")
+
+
+def export_if_needed(args: argparse.Namespace) -> None:
+    """Export the model to ONNX into the output dir when the model folder has no export (main process only)."""
+    folder = onnx_dir(args)
+    if folder is None or Path(folder, ONNX_FILES[args.backend]).is_file():
+        return
+    from .onnx_export import export_onnx
+
+    record_output(args.output_dir, "onnx")
+    logger.info(f"Exporting {args.model} to ONNX into {folder}")
+    export_onnx(args.model, folder)
+
+
+def predict(args: argparse.Namespace) -> None:
+    from accelerate import PartialState  # claim_output_dir has made it: the launch's process group
+
+    state = PartialState()
+    logger.info(state)
+    total = count_rows(args)
+    shards = args.output_dir / SHARDS_DIR
+    if state.is_main_process:
+        record_output(args.output_dir, SHARDS_DIR)
+        shards.mkdir(exist_ok=True)
+        for leftover in shards.glob(".codes-*.tmp"):  # a killed run's half shard (the dir is locked: no live writer)
+            leftover.unlink()
+        export_if_needed(args)
+    state.wait_for_everyone()
+    num_shards = -(-total // args.shard_size)
+    finished = read_finished(shards)
+    mine = {s for s in range(state.process_index, num_shards, state.num_processes)
+            if shard_name(s, args.format) not in finished}  # fmt: skip
+    todo = sum(min(args.shard_size, total - s * args.shard_size) for s in mine)
+    coder, parameters = make_coder(args, state.device)
+    progress = tqdm(total=todo, desc="Coding notes", unit="note", disable=not state.is_local_main_process)
     start = time.perf_counter()
-    # default=str: a Parquet or saved-dataset field (a date, bytes) that JSON has no type for is kept as text.
-    write_lines_atomically(
-        args.output, (json.dumps({**fields, "codes": codes}, ensure_ascii=False, default=str) + "\n"
-                      for (fields, _), codes in progress)
-    )
+    for shard, rows in iter_shards(args):
+        if shard in mine:
+            codes = code_shard(coder, rows, args.batch_size, parameters, progress)
+            name = shard_name(shard, args.format)
+            write_shard(shards / name, [fields for fields, _ in rows], codes, args.format)
+            fsync_dir(shards)
+            record_finished(shards, name, len(rows))
+    progress.close()
     seconds = time.perf_counter() - start
+    state.wait_for_everyone()
+    if state.is_main_process:
+        report(args, state, coder, total, todo, seconds)
+
+
+def report(args: argparse.Namespace, state, coder: ICDCodingPipeline, total: int, coded: int, seconds: float) -> None:
+    """Check that the finished shards hold every note once, and say how fast this process coded."""
+    finished = read_finished(args.output_dir / SHARDS_DIR)
+    if sum(finished.values()) != total:
+        raise OutputWriteError(f"{args.output_dir}: the shards hold {sum(finished.values())} notes, the input {total}")
     precision = "bf16" if coder.runs_bf16(PRECISIONS[args.precision]) else "fp32"
     print(
-        f"Coded {len(rows):,} notes in {seconds:.1f} s: {len(rows) / seconds:,.1f} notes/s on {coder.device} "
-        f"({precision}, batch size {args.batch_size}) -> {args.output}",
+        f"Coded {coded:,} notes in {seconds:.1f} s: {coded / max(seconds, 1e-9):,.1f} notes/s on {coder.device} "
+        f"({precision}, batch size {args.batch_size}, process 1 of {state.num_processes}); {total:,} notes in "
+        f"{len(finished)} shards -> {args.output_dir / SHARDS_DIR}",
         file=sys.stderr,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # A folder that holds this run's arguments is this run, resumed; any other run there is refused.
+    resume = (args.output_dir / RUN_ARGS_FILE).is_file() and not args.overwrite_output_dir
+    recorded = {key: value for key, value in run_args(args).items() if key != "overwrite_output_dir"}
     try:
-        predict(args)
-    except ValueError as error:  # NotesError (file:line, field), a bad --output, a tokenizer that does not fit
+        with claim_output_dir(args.output_dir, recorded, resume, args.overwrite_output_dir):
+            predict(args)
+    except (ValueError, OutputDirError, OutputWriteError) as error:  # NotesError (file:line, field), a bad flag
         raise SystemExit(f"error: {error}") from None
     except OSError as error:  # an unwritable folder, a model folder that is not there, a full disk
         where = f"{error.filename}: " if error.filename else ""

@@ -1,0 +1,195 @@
+"""Serving on a CPU: PyTorch fp32 against ONNX Runtime fp32 and dynamic int8, on the same model and notes, in one run.
+
+    python benchmarks/bench_serving.py --model runs/coder --notes test.jsonl --output results.json [--bert_base]
+
+For each backend, through the `icd-coding` pipeline (tokenising, scoring, evidence: what a user runs):
+- `notes_per_s`: the notes coded in batches of `--batch_size`, longest first (as `bert-xml-predict` batches them);
+- `ms_per_note_p50`/`_p95`: one note per call, the latency a single request sees;
+- `max_score_diff`: the largest |score| difference to PyTorch fp32 over every code of every note;
+- `map_change`: MAP (every code's score against the notes' `labels`) minus PyTorch fp32's;
+- `gflop_per_s` and `peak_share`: the model's forward FLOPs (encoder and label attention) per second of the batched
+  run, and their share of the machine's fp32 matmul peak (one large square matmul; int8 kernels have a higher one).
+`--bert_base` adds the time of one 4,096-token note on a randomly initialised BERT-base-sized coder (12 x 768,
+512-token chunks, `--base_codes` codes) for each backend. Threads: `--threads` for PyTorch; ONNX Runtime uses one per
+physical core (2 here). The model folder is only read: the ONNX files are exported into a temporary folder.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodingPipeline  # noqa: E402
+from modeling_bertxml.data.readers import iter_notes  # noqa: E402
+from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
+from modeling_bertxml.release.onnx_export import export_onnx  # noqa: E402
+from modeling_bertxml.training.throughput import encoder_flops, matmul_peak_flops  # noqa: E402
+
+BACKENDS = {"pytorch-fp32": "pytorch", "onnx-fp32": "onnx-fp32", "onnx-int8": "onnx-int8"}  # row -> pipeline's
+BASE_NOTE_TOKENS = 4096
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="A coding model folder (read only).")
+    parser.add_argument("--notes", required=True, type=Path, help="Notes with `text` and gold `labels`.")
+    parser.add_argument("--output", required=True, type=Path, help="The rows, as a JSON list.")
+    parser.add_argument("--max_notes", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads (the cores a hospital CPU gives).")
+    parser.add_argument("--bert_base", action="store_true", help="Also time a 4,096-token note on a BERT-base coder.")
+    parser.add_argument("--base_codes", type=int, default=8922, help="Codes of that coder (MIMIC-III full: 8,922).")
+    parser.add_argument("--base_overrides", default=None,
+                        help='Changes to that coder\'s config, e.g. "hidden_size=32,num_hidden_layers=1" (tests).')
+    return parser.parse_args(argv)
+
+
+def read_notes(path: Path, max_notes: int | None) -> tuple[list[str], list[list[str]]]:
+    rows = [(text or "", fields.get("labels") or []) for _, fields, text in iter_notes([path])][:max_notes]
+    return [text for text, _ in rows], [labels for _, labels in rows]
+
+
+def forward_flops(model: BertXMLForMultiLabelCoding, tokens: int) -> int:
+    return encoder_flops(model.config, tokens) + model.label_head.flops_per_token * tokens
+
+
+def all_scores(coder: ICDCodingPipeline, texts: list[str], backend: str, onnx_dir: str) -> np.ndarray:
+    """(notes, codes) scores of every code, one note at a time (no padding: the scores are the note's own)."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            encoded = coder.preprocess(text)
+            logits, _ = coder.score(encoded["input_ids"], encoded["attention_mask"], backend, onnx_dir)
+            rows.append(logits.float().sigmoid()[0].numpy())
+    return np.stack(rows)
+
+
+def time_backends(coder: ICDCodingPipeline, texts: list[str], onnx_dir: str, batch_size: int) -> dict[str, dict]:
+    """Per backend: latency per note (one per call) and notes/s in length-sorted batches. The backends take turns on
+    each note and each batch, so that other jobs on shared cores slow them alike, after an untimed warm-up."""
+    calls = {name: partial(coder, backend=backend, onnx_dir=onnx_dir) for name, backend in BACKENDS.items()}
+    latencies, seconds = {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
+    for call in calls.values():
+        call(texts[:batch_size], batch_size=batch_size)
+    for text in texts:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(text)
+            latencies[name].append(1e3 * (time.perf_counter() - start))
+    ordered = sorted(texts, key=len, reverse=True)
+    for first in range(0, len(ordered), batch_size):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(ordered[first : first + batch_size], batch_size=batch_size)
+            seconds[name] += time.perf_counter() - start
+    return {
+        name: {
+            "notes_per_s": len(texts) / seconds[name],
+            "ms_per_note_p50": float(np.percentile(latencies[name], 50)),
+            "ms_per_note_p95": float(np.percentile(latencies[name], 95)),
+            "batched_seconds": seconds[name],
+        }
+        for name in calls
+    }
+
+
+def serving_rows(args: argparse.Namespace, onnx_dir: str, peak: float) -> list[dict]:
+    texts, labels = read_notes(args.notes, args.max_notes)
+    coder = pipeline("icd-coding", model=str(args.model), pipeline_class=ICDCodingPipeline, device=-1)
+    label2id = {code: i for i, code in coder.model.config.id2label.items()}
+    targets = np.zeros((len(texts), len(label2id)))
+    for row, codes in enumerate(labels):
+        targets[row, [label2id[code] for code in codes if code in label2id]] = 1
+    tokens = sum(len(coder.preprocess(text)["input_ids"][0]) for text in texts)
+    flops = forward_flops(coder.model, tokens)
+    rows, reference = [], None
+    timings = time_backends(coder, texts, onnx_dir, args.batch_size)
+    for name, backend in BACKENDS.items():
+        timing = timings[name]
+        scores = all_scores(coder, texts, backend, onnx_dir)
+        metric = compute_metrics(scores, targets, threshold=coder.model.config.threshold)["map"]
+        reference = reference or (scores, metric)
+        rows.append({
+            "backend": name, "model": args.model.name, "notes": len(texts), "tokens": tokens, **timing,
+            "max_score_diff": float(np.abs(scores - reference[0]).max()), "map": metric,
+            "map_change": metric - reference[1], "gflop_per_s": flops / timing.pop("batched_seconds") / 1e9,
+        })  # fmt: skip
+        rows[-1]["peak_share"] = rows[-1]["gflop_per_s"] * 1e9 / peak
+    return rows
+
+
+def bert_base_rows(args: argparse.Namespace, workdir: Path, peak: float) -> list[dict]:
+    """Seconds for one 4,096-token note on a randomly initialised BERT-base-sized coder, per backend (median of 3)."""
+    config = BertXMLConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                           max_position_embeddings=512, max_chunks=8, num_labels=args.base_codes)  # fmt: skip
+    if args.base_overrides:
+        config.update_from_string(args.base_overrides)
+    folder = workdir / "bert-base"
+    BertXMLForMultiLabelCoding(config).save_pretrained(folder)
+    onnx_dir = str(export_onnx(folder, workdir / "bert-base-onnx"))
+    coder = ICDCodingPipeline(model=BertXMLForMultiLabelCoding.from_pretrained(folder).eval(), tokenizer=None)
+    input_ids = torch.randint(5, config.vocab_size, (1, BASE_NOTE_TOKENS), generator=torch.Generator().manual_seed(0))
+    flops = forward_flops(coder.model, BASE_NOTE_TOKENS)
+    score = {name: partial(coder.score, input_ids, torch.ones_like(input_ids), backend, onnx_dir)
+             for name, backend in BACKENDS.items()}  # fmt: skip
+    seconds, scores = {name: [] for name in score}, {}
+    with torch.no_grad():
+        for name, run in score.items():  # warm-up
+            scores[name] = run()[0].sigmoid()
+        for _ in range(3):  # in turns, so that other jobs on shared cores slow every backend alike
+            for name, run in score.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    rows = []
+    for name in score:
+        median = statistics.median(seconds[name])
+        rows.append({
+            "backend": name, "model": "bert-base", "codes": args.base_codes, "tokens": BASE_NOTE_TOKENS,
+            "notes_per_s": 1 / median, "ms_per_note_p50": 1e3 * median, "ms_per_note_p95": 1e3 * max(seconds[name]),
+            "max_score_diff": (scores[name] - scores["pytorch-fp32"]).abs().max().item(), "map_change": None,
+            "gflop_per_s": flops / median / 1e9, "peak_share": flops / median / peak,
+        })  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict], base: list[dict], peak: float) -> None:
+    print(f"\nfp32 matmul peak of this machine: {peak / 1e9:,.1f} GFLOP/s ({torch.get_num_threads()} threads)\n")
+    print("| backend | notes/s | ms/note p50 | ms/note p95 | max score diff | MAP change | GFLOP/s | of peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['backend']} | {row['notes_per_s']:.1f} | {row['ms_per_note_p50']:.1f} | "
+              f"{row['ms_per_note_p95']:.1f} | {row['max_score_diff']:.4f} | {row['map_change']:+.4f} | "
+              f"{row['gflop_per_s']:.1f} | {row['peak_share']:.0%} |")  # fmt: skip
+    if base:
+        print(f"\nOne {BASE_NOTE_TOKENS:,}-token note, BERT-base-sized coder ({base[0]['codes']:,} codes):\n")
+        print("| backend | s/note (median of 3) | max score diff | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
+        for row in base:
+            print(f"| {row['backend']} | {row['ms_per_note_p50'] / 1e3:.2f} | {row['max_score_diff']:.4f} | "
+                  f"{row['gflop_per_s']:.1f} | {row['peak_share']:.0%} |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    peak, _ = matmul_peak_flops(torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = str(export_onnx(args.model, Path(tmp) / "onnx"))
+        rows = serving_rows(args, onnx_dir, peak)
+        base = bert_base_rows(args, Path(tmp), peak) if args.bert_base else []
+    print_table(rows, base, peak)
+    args.output.write_text(json.dumps(rows + base, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

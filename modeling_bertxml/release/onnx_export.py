@@ -1,0 +1,114 @@
+"""Export a coding model to ONNX for ONNX Runtime on a CPU, in fp32 and dynamically quantized to int8.
+
+    python -m modeling_bertxml.release.onnx_export runs/coder            # writes runs/coder/onnx/
+    python -m modeling_bertxml.release.onnx_export runs/coder --onnx_dir elsewhere/
+
+The graph is `NoteScorer` (the pipeline's scoring: the encoder, then the scores of every code), traced by
+`torch.onnx`'s TorchScript exporter on a note of several chunks, so that chunking, the skipped all-padding chunks and
+the label blocks are in the graph; batch and length are dynamic axes. `optimum`'s exporters know stock architectures,
+not this custom model, so they do not fit here. The fp32 graph is checked against PyTorch on a note of several
+chunks and a short one before it is kept; int8 is `onnxruntime.quantization.quantize_dynamic` (int8 weights of the
+linear layers, activations quantized per batch at run time). Both files are written into a temporary folder that is
+renamed into place, so a kill leaves the previous folder or none.
+"""
+
+import argparse
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..model.pipeline_bertxml import ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, NoteScorer
+from ..training.atomic import swap_in
+
+OPSET = 17
+CHECK_TOLERANCE = 1e-3  # fp32 ONNX Runtime vs PyTorch logits: float noise only (1e-6 measured on the tiny model)
+
+
+def example_inputs(config, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 2 notes of `length` tokens, the second half padding (a padded chunk or more)."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, config.vocab_size, (2, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, length // 2 + 1 :] = 0
+    return input_ids, attention_mask
+
+
+def trace_length(config) -> int:
+    """Several chunks where the model reads several (the chunking must be traced, not a single-chunk shortcut)."""
+    chunk = config.max_position_embeddings
+    return min(config.max_note_length, 2 * chunk + 3) if config.max_chunks > 1 else chunk
+
+
+def export_fp32(model: torch.nn.Module, path: Path) -> None:
+    axes = {name: {0: "batch", 1: "length"} for name in (*SCORER_INPUTS, "last_hidden_state")}
+    axes["logits"] = {0: "batch"}
+    with warnings.catch_warnings():
+        # The tracer warns at each Python branch on a shape; traced on several chunks, each takes the branch that holds
+        # for any length (pad to whole chunks, skip all-padding chunks), which `check_export` confirms on two lengths.
+        # The indices it warns may be negative are a boolean mask's (which chunks to encode).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+        scorer = NoteScorer(model).eval()  # traced in the wrapper's own mode, which it sets on the model: dropout off
+        torch.onnx.export(
+            scorer, example_inputs(model.config, trace_length(model.config)), str(path), dynamo=False,
+            input_names=list(SCORER_INPUTS), output_names=list(SCORER_OUTPUTS), dynamic_axes=axes, opset_version=OPSET,
+        )  # fmt: skip
+
+
+def check_export(model: torch.nn.Module, path: Path) -> float:
+    """The largest |logit| difference between ONNX Runtime and PyTorch on a long and a short batch; raises above
+    `CHECK_TOLERANCE`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for length in (trace_length(model.config) + model.config.max_position_embeddings // 2, 5):
+        input_ids, attention_mask = example_inputs(model.config, min(length, model.config.max_note_length))
+        with torch.no_grad():
+            expected, _ = NoteScorer(model)(input_ids, attention_mask)
+        (logits,) = session.run(["logits"], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        worst = max(worst, (torch.from_numpy(logits) - expected).abs().max().item())
+    if worst > CHECK_TOLERANCE:
+        raise RuntimeError(f"{path}: ONNX Runtime's logits differ from PyTorch's by {worst:.2g}; the export is wrong")
+    return worst
+
+
+def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) -> Path:
+    """Write `ONNX_FILES` (fp32 and int8) for the model in `model_folder` into `onnx_dir` (default its `onnx/`)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
+
+    onnx_dir = Path(onnx_dir) if onnx_dir is not None else Path(model_folder) / "onnx"
+    model = BertXMLForMultiLabelCoding.from_pretrained(model_folder).eval()
+    onnx_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=onnx_dir.parent, prefix=f".{onnx_dir.name}.") as temporary:
+        staging = Path(temporary) / "onnx"
+        staging.mkdir()
+        fp32, int8 = staging / ONNX_FILES["onnx-fp32"], staging / ONNX_FILES["onnx-int8"]
+        export_fp32(model, fp32)
+        check_export(model, fp32)
+        # quantize_dynamic warns on the root logger, with whole protobuf dumps, about every tensor it leaves in fp32
+        # (the chunk-selection indices): expected, and pages of noise in a predict log.
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        swap_in(staging, onnx_dir)
+    return onnx_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Export a coding model to ONNX (fp32 and int8) for CPU serving.")
+    parser.add_argument("model_folder", help="A folder saved by train.py.")
+    parser.add_argument("--onnx_dir", default=None, help="Where to write the files (default: MODEL_FOLDER/onnx).")
+    args = parser.parse_args(argv)
+    print(f"Wrote {', '.join(ONNX_FILES.values())} -> {export_onnx(args.model_folder, args.onnx_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The ONNX Runtime backends: an export of the coding model that scores notes of one chunk or several as PyTorch does
+(fp32: float noise; int8: close), used by the pipeline (with and without the package), the Endpoint handler and
+`bert-xml-predict`."""
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
+from modeling_bertxml.model.handler import EndpointHandler
+from modeling_bertxml.release.onnx_export import export_onnx
+from modeling_bertxml.release.predict import main as predict_main
+from tests.conftest import run_in_fresh_interpreter, tiny_config
+from tests.test_pipeline import assert_same_coding
+from tests.test_predict import predict_command, read_output, write_notes
+
+pytest.importorskip("onnxruntime")
+
+NOTES = ["patient denies chest pain", " ".join(["history of type 2 diabetes mellitus hypertension"] * 6), ""]
+INT8_SCORE_TOLERANCE = 0.05  # dynamic int8 rounds weights and activations: scores move, a little
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(untrained_coder_folder: Path) -> Path:
+    return export_onnx(untrained_coder_folder)
+
+
+def test_onnx_scores_notes_of_one_and_several_chunks_as_pytorch(untrained_coder: ICDCodingPipeline,
+                                                                onnx_folder: Path) -> None:  # fmt: skip
+    encoded = untrained_coder.tokenizer(NOTES, padding=True, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] > 2 * untrained_coder.model.config.max_position_embeddings
+    with torch.no_grad():
+        logits, states = untrained_coder.score(encoded["input_ids"], encoded["attention_mask"])
+        for backend, tolerance in (("onnx-fp32", 1e-5), ("onnx-int8", INT8_SCORE_TOLERANCE)):
+            onnx_logits, onnx_states = untrained_coder.score(encoded["input_ids"], encoded["attention_mask"], backend)
+            assert onnx_states.shape == states.shape
+            assert (onnx_logits.sigmoid() - logits.sigmoid()).abs().max() < tolerance
+    expected = untrained_coder(NOTES, top_k=2)
+    assert_same_coding(untrained_coder(NOTES, top_k=2, backend="onnx-fp32"), expected)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        untrained_coder(NOTES, backend="onnx")
+
+
+def test_the_export_of_a_model_trained_with_dropout_runs_without_it(tmp_path: Path) -> None:
+    """The tracer runs the wrapper in its own mode: a wrapper left in training mode would export dropout, and
+    `check_export` refuses a graph that does not score as the model does."""
+    BertXMLForMultiLabelCoding(tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)).save_pretrained(
+        tmp_path / "model"
+    )
+    assert sorted(path.name for path in export_onnx(tmp_path / "model").iterdir()) == ["model.onnx", "model_int8.onnx"]
+
+
+FRESH_INTERPRETER = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_bertxml"] = None  # the package must not be importable: remote code only
+    from transformers import pipeline
+    coder = pipeline("icd-coding", model=sys.argv[1], trust_remote_code=True, backend="onnx-int8")
+    print(json.dumps(coder(json.loads(sys.argv[2]), top_k=2)))
+    """
+)
+
+
+def test_int8_codes_from_the_saved_folder_without_the_package_and_in_the_handler(
+    untrained_coder: ICDCodingPipeline, untrained_coder_folder: Path, onnx_folder: Path, monkeypatch
+) -> None:
+    remote = run_in_fresh_interpreter(FRESH_INTERPRETER, str(untrained_coder_folder), json.dumps(NOTES),
+                                      cwd=untrained_coder_folder.parent)  # fmt: skip
+    monkeypatch.setenv("BERTXML_BACKEND", "onnx-int8")
+    handled = EndpointHandler(str(untrained_coder_folder))({"inputs": NOTES, "parameters": {"top_k": 2}})
+    assert json.loads(json.dumps(handled)) == remote
+    expected = untrained_coder(NOTES, top_k=2)
+    for note, expected_note in zip(remote, expected):
+        scores = {item["code"]: item["score"] for item in note}
+        assert len(scores) == len(expected_note)
+        for item in expected_note:  # a near tie may swap the second code; a code kept scores within the tolerance
+            if item["code"] in scores:
+                assert scores[item["code"]] == pytest.approx(item["score"], abs=INT8_SCORE_TOLERANCE)
+
+
+def test_predict_exports_into_its_output_dir_when_the_model_folder_has_no_export(
+    untrained_coder_folder: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "read-only-model"
+    os.symlink(untrained_coder_folder, model)  # the same model, without its onnx/ ...
+    notes = tmp_path / "notes.jsonl"
+    write_notes(notes, 9)
+    hidden = untrained_coder_folder / "onnx"
+    os.rename(hidden, tmp_path / "aside")
+    try:
+        predict_main(predict_command(model, notes, tmp_path / "fp32", "--backend", "onnx-fp32"))
+        predict_main(predict_command(model, notes, tmp_path / "torch"))
+    finally:
+        os.rename(tmp_path / "aside", hidden)
+    assert (tmp_path / "fp32" / "onnx" / "model_int8.onnx").is_file()
+    assert_same_coding([row["codes"] for row in read_output(tmp_path / "fp32")],
+                       [row["codes"] for row in read_output(tmp_path / "torch")])  # fmt: skip
