@@ -196,12 +196,22 @@ def test_label_file_is_read_in_the_code_system(tmp_path):
 def test_a_users_code_texts_replace_the_official_ones_of_the_codes_they_list(tmp_path):
     """CodiEsp's codes file: lower-case dotted codes, Spanish then English description, a header."""
     path = tmp_path / "codes.tsv"
-    path.write_text("code\tes\ten\nr52\tDolor, no clasificado bajo otro concepto\tPain, unspecified\nn44.8\tOtras torsiones\t\n")
+    pain = ["Dolor, no clasificado bajo otro concepto", "Pain, unspecified"]
+    path.write_text(f"code\tes\ten\nr52\t{pain[0]}\t{pain[1]}\nn44.8\tOtras torsiones\t\n")
     texts = read_code_texts(path, "icd10cm")
-    assert texts == {"R52": ["Dolor, no clasificado bajo otro concepto", "Pain, unspecified"], "N44.8": ["Otras torsiones"]}
+    assert texts == {"R52": pain, "N44.8": ["Otras torsiones"]}
     described = code_descriptions(["R52", "I10"], code_system="icd10cm", own=texts)
     assert described["R52"] == texts["R52"]
     assert described["I10"][0] == "Essential (primary) hypertension"  # not listed: the official text
     path.write_text("R52\tDolor\nnot a code\tx\n")
     with pytest.raises(NotesError, match=rf"{path}:2: 'not a code' is not a code of --code_system icd10cm"):
         read_code_texts(path, "icd10cm")
+
+
+@pytest.mark.parametrize("read", [read_label_file, read_code_texts])
+def test_a_code_file_that_cannot_be_read_is_one_error_naming_it(tmp_path, read):
+    with pytest.raises(NotesError, match=rf"{tmp_path / 'missing.tsv'}: cannot be read \(No such file or directory\)"):
+        read(tmp_path / "missing.tsv", "icd10cm")
+    (tmp_path / "latin1.tsv").write_bytes("I10\tHipertensi\xf3n\n".encode("latin-1"))
+    with pytest.raises(NotesError, match="latin1.tsv: cannot be read"):
+        read(tmp_path / "latin1.tsv", "icd10cm")

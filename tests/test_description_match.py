@@ -107,7 +107,8 @@ def test_the_loss_is_label_attentions_alone(model) -> None:
     torch.testing.assert_close(model(**batch, labels=with_zero_shot_target).loss, loss)
     attention = model.config.attention_labels
     logits = model(**batch).logits[:, :attention]
-    torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[:, :attention]))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[:, :attention])
+    torch.testing.assert_close(loss, expected)
 
 
 def test_a_saved_model_reloads_with_equal_logits_and_new_codes_drop_the_old_tables(model, tmp_path: Path) -> None:

@@ -659,7 +659,8 @@ def test_two_ranks_gather_every_validation_note_once(data: Path, tmp_path: Path)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "Num processes: 2" in out.stdout + out.stderr
     results = json.loads((output_dir / "eval_results.json").read_text())
-    assert list(results) == [*METRIC_KEYS, TRAINING_COUNT_KEY] and results["num_notes"] == 15  # padding duplicates dropped
+    assert list(results) == [*METRIC_KEYS, TRAINING_COUNT_KEY]
+    assert results["num_notes"] == 15  # padding duplicates dropped
     model, tokenizer, labels = load_folder(output_dir)
     probs, targets, _ = probabilities(model, tokenizer, data / "validation.jsonl", labels)
     assert compute_metrics(probs, targets, results["threshold"]) == pytest.approx(scores_of(results), abs=1e-6)
@@ -872,7 +873,8 @@ def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carr
     own_texts = tmp_path / "codes.tsv"  # a user's texts (here one, in Spanish) replace the official ones they list
     own_texts.write_text("code\tdescription\ni10\tHipertension esencial\n")
     args = train_args(data, output_dir, "--test_file", str(data / "test.jsonl"), "--num_train_epochs", "1",
-                      "--code_system", "icd10cm", "--label_space", "code_system", "--code_descriptions", str(own_texts))  # fmt: skip
+                      "--code_system", "icd10cm", "--label_space", "code_system",
+                      "--code_descriptions", str(own_texts))  # fmt: skip
     lines = run_train(args)
     config = json.loads((output_dir / "config.json").read_text())
     assert config["label_descriptions"]["I10"] == "Hipertension esencial"
@@ -896,7 +898,8 @@ def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carr
     [
         (["--code_system", "any"], "--label_space code_system with --code_system any: local or mixed codes are not "),
         (["--code_system", "icd10cm", "--no-description_match"], "drop --no-description_match"),
-        (["--code_system", "icd10cm", "--use_lora", "--base_model_id", "org/base"], "needs --merge_lora: an adapter folder"),
+        (["--code_system", "icd10cm", "--use_lora", "--base_model_id", "org/base"],
+         "needs --merge_lora: an adapter folder"),
     ],
 )
 def test_a_label_space_of_the_code_system_that_cannot_be_is_refused_in_one_line(

@@ -296,20 +296,27 @@ def check_disjoint(*splits: Notes) -> None:
 # --- label space -------------------------------------------------------------------------------------------------
 
 
+def _small_file_lines(path: str | Path) -> list[str]:
+    """The lines of a small text file a flag names (codes, code texts); one error line if it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise NotesError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+
+
 def read_label_file(path: str | Path, code_system: str | CodeSystem = "icd10") -> list[str]:
     """Codes from a file of one code per line (blank lines and `#` comments skipped), normalised, in file order."""
     system = get_code_system(code_system)
     codes: dict[str, None] = {}
-    with Path(path).open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            try:
-                codes[system.normalize(line)] = None
-            except ValueError as error:
-                message = f"{line!r} is not a label of --code_system {system.name}: {error}"
-                raise NotesError(f"{path}:{number}: {message}") from None
+    for number, line in enumerate(_small_file_lines(path), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            codes[system.normalize(line)] = None
+        except ValueError as error:
+            message = f"{line!r} is not a label of --code_system {system.name}: {error}"
+            raise NotesError(f"{path}:{number}: {message}") from None
     if not codes:
         raise NotesError(f"{path}: the label file holds no codes")
     return list(codes)
@@ -321,18 +328,18 @@ def read_code_texts(path: str | Path, code_system: str | CodeSystem = "icd10") -
     first line whose code is not one is a header; any later one is an error naming the file and line."""
     system = get_code_system(code_system)
     texts: dict[str, list[str]] = {}
-    with Path(path).open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            code, *code_texts = line.rstrip("\r\n").split("\t")
-            if not code.strip():
+    for number, line in enumerate(_small_file_lines(path), start=1):
+        code, *code_texts = line.split("\t")
+        if not code.strip():
+            continue
+        try:
+            code = system.normalize(code)
+        except ValueError as error:
+            if number == 1:
                 continue
-            try:
-                code = system.normalize(code)
-            except ValueError as error:
-                if number == 1:
-                    continue
-                raise NotesError(f"{path}:{number}: {code!r} is not a code of --code_system {system.name}: {error}") from None
-            texts.setdefault(code, []).extend(text.strip() for text in code_texts if text.strip())
+            message = f"{code!r} is not a code of --code_system {system.name}: {error}"
+            raise NotesError(f"{path}:{number}: {message}") from None
+        texts.setdefault(code, []).extend(text.strip() for text in code_texts if text.strip())
     if not any(texts.values()):
         raise NotesError(f"{path}: no line holds a code and its text (code<TAB>text)")
     return texts

@@ -322,7 +322,9 @@ class BertXMLDescriptionMatch(nn.Module):
         logits = torch.cat([attention_logits, bias], dim=-1)
         matches = [
             (notes[:, term_ids] * term_weights).sum(-1)  # (batch, block, terms) -> (batch, block)
-            for term_ids, term_weights in zip(self.term_ids.split(self.block_size), self.term_weights.split(self.block_size))
+            for term_ids, term_weights in zip(
+                self.term_ids.split(self.block_size), self.term_weights.split(self.block_size)
+            )
         ]
         return logits + self.scale * torch.cat(matches, dim=-1).to(logits.dtype)
 

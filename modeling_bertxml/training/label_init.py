@@ -135,8 +135,8 @@ def add_description_match(
 ) -> None:
     """Give `model` the description match over its codes and `extra_codes` (codes without attention rows, after
     them): idf from the training notes (tokenised as training reads them, up to `max_length` tokens), each code's
-    terms from its official texts (or `code_texts`, a user's), and each extra code's bias at its prior (`label_frequencies`, smoothed: a code
-    no note carries still gets a finite one)."""
+    terms from its official texts (or `code_texts`, a user's), and each extra code's bias at its prior
+    (`label_frequencies`, smoothed: a code no note carries still gets a finite one)."""
     token_lists = (
         ids
         for batch in tqdm(train.batches("text"), desc="Token document frequencies", leave=False)
@@ -145,7 +145,8 @@ def add_description_match(
     idf = smoothed_idf(token_lists, len(tokenizer), tokenizer.all_special_ids)
     codes = [model.config.id2label[i] for i in range(model.config.num_labels)] + list(extra_codes)
     texts = code_descriptions(codes, code_system=code_system, own=code_texts)
-    term_ids, term_weights = description_terms(tokenizer, [" ; ".join(texts.get(code, [])) for code in codes], idf, terms)
+    joined = [" ; ".join(texts.get(code, [])) for code in codes]
+    term_ids, term_weights = description_terms(tokenizer, joined, idf, terms)
     bias = torch.logit(torch.tensor([label_frequencies[code] for code in extra_codes], dtype=torch.float32))
     model.add_description_match(extra_codes, idf, term_ids, term_weights, bias)
     matched = int((term_weights[:, 0] > 0).sum())

@@ -478,7 +478,8 @@ def run(args: argparse.Namespace) -> None:
     code_texts = read_code_texts(args.code_descriptions, args.code_system) if args.code_descriptions else None
     frequencies = label_frequencies(splits.train, splits.labels)
     model = build_coding_model(
-        splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name, args.config_overrides,
+        splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name,
+        args.config_overrides,
         init_from_descriptions=(
             args.model_name_or_path is None
             if args.init_label_queries_from_descriptions is None
