@@ -330,22 +330,28 @@ class BertXMLDescriptionMatch(nn.Module):
 
     def note_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, tokens) -> (batch, vocab) unit-norm TF-IDF vectors, sublinear counts (1 + log n) of kept tokens."""
+        return self._vectors(self._counts(input_ids, attention_mask))
+
+    def _counts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, vocab): how often each token occurs among the kept tokens of each note."""
         counts = torch.zeros(input_ids.shape[0], self.idf.shape[0], device=input_ids.device)
-        counts.scatter_add_(1, input_ids, attention_mask.float())
+        return counts.scatter_add_(1, input_ids, attention_mask.float())
+
+    def _vectors(self, counts: torch.Tensor) -> torch.Tensor:
         weights = torch.where(counts > 0, 1 + counts.clamp(min=1).log(), 0.0) * self.idf
         return nn.functional.normalize(weights, dim=-1)
 
     def evidence(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Each token's share of the match of `codes` (batch, k): (batch, k, tokens), each row summing to 1 (or 0
         where the note shares no token with the code), the counterpart of label attention for the pipeline."""
-        notes = self.note_vectors(input_ids, attention_mask)
+        counts = self._counts(input_ids, attention_mask)
+        notes = self._vectors(counts)
         weights = torch.zeros(*codes.shape, notes.shape[1], device=notes.device)
         weights.scatter_(2, self.term_ids[codes], self.term_weights[codes])  # the code's vector, dense
         per_token = notes[:, None, :] * weights  # (batch, k, vocab): each shared token's part of the cosine
         tokens = per_token.gather(2, input_ids[:, None, :].expand(-1, codes.shape[1], -1)) * attention_mask[:, None]
         # A term repeated in the note shares its product among its occurrences.
-        repeats = torch.zeros_like(notes).scatter_add_(1, input_ids, attention_mask.float())
-        tokens = tokens / repeats.gather(1, input_ids).clamp(min=1)[:, None, :]
+        tokens = tokens / counts.gather(1, input_ids).clamp(min=1)[:, None, :]
         return tokens / tokens.sum(-1, keepdim=True).clamp(min=torch.finfo(tokens.dtype).tiny)
 
     @torch.no_grad()
