@@ -28,16 +28,18 @@ def custom_pipelines_entry() -> dict:
     return {TASK: entry}
 
 
-def add_pipeline_to_config(config: BertXMLConfig, descriptions: dict[str, str] | None = None) -> None:
+def add_pipeline_to_config(
+    config: BertXMLConfig, descriptions: dict[str, str] | None = None, code_texts: dict[str, list[str]] | None = None
+) -> None:
     """Set `custom_pipelines` (the `icd-coding` pipeline) and `label_descriptions` on a coding model's config, to be
     saved with its weights, so users without bert-xml (or the code lists it reads) get codes with descriptions.
 
     `descriptions` maps codes to text; by default the official descriptions of the codes in the config's
-    `code_system` (`code_systems`), for every code that its list has.
+    `code_system` (`code_systems`), for every code that its list has, or the first of a user's `code_texts`.
     """
     codes = [config.id2label[i] for i in range(config.num_labels)]
     if descriptions is None:
-        official = code_descriptions(codes, inclusion_terms=False, code_system=config.code_system)
+        official = code_descriptions(codes, inclusion_terms=False, code_system=config.code_system, own=code_texts)
         descriptions = {code: texts[0] for code, texts in official.items()}
     config.label_descriptions = {code: descriptions[code] for code in codes if code in descriptions}
     if len(config.label_descriptions) < len(codes):

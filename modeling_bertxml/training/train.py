@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
-from ..data.code_systems import code_descriptions, code_groups, get_code_system, warn_local_codes
+from ..data.code_systems import code_groups, get_code_system, warn_local_codes
 from ..data.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -394,8 +394,7 @@ def write_outputs(
     and the `icd-coding` pipeline, results (train_results.json: steps and the steady state's note tokens/s and MFU),
     model card with its figures, the Endpoint handler and the Space app."""
     config = coding_config(accelerator.unwrap_model(model))
-    texts = code_descriptions(splits.labels, inclusion_terms=False, code_system=args.code_system, own=code_texts)
-    add_pipeline_to_config(config, {code: code_texts[0] for code, code_texts in texts.items()})
+    add_pipeline_to_config(config, code_texts=code_texts)
 
     def add_files(folder: Path) -> None:
         for split, name in (("validation", "eval_results.json"), ("test", "test_results.json")):
