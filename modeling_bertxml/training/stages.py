@@ -11,12 +11,14 @@ adds unlabelled text to the training notes it learns the vocabulary from (its --
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
+STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "baseline")
 RESULTS_FILES = {"validation": "eval_results.json", "test": "test_results.json"}  # what train.py writes per split
 
 
@@ -100,6 +102,18 @@ def run_stage(name: str, command: list[str], done: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def clear_stages(out: Path) -> list[str]:
+    """Delete what the stages wrote into `out` (each stage's output and stamp, the report files), nothing else; returns
+    the names deleted. A run's `--fresh` on a folder the user chose must not take the user's files with it."""
+    written = [*(f".{name}.done" for name in STAGES), "data", "tokenizer", "pretrained", "model",
+               "baseline_results.json", "quality.json", "quality.png"]  # fmt: skip
+    deleted = [name for name in written if (out / name).exists()]
+    for name in deleted:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return deleted
+
+
 def run_stages(config: dict, corpus: Path | None = None) -> tuple[Path, dict[str, float]]:
     """Every stage with the flags of its section of `config` (a YAML file's contents), into `config["output_dir"]`, on
     the synthetic corpus or on the split files in `corpus`; returns that folder and each stage's seconds (0 when
@@ -112,4 +126,4 @@ def run_stages(config: dict, corpus: Path | None = None) -> tuple[Path, dict[str
     return out, timings
 
 
-__all__ = ["RESULTS_FILES", "SPLITS", "as_flags", "corpus_splits", "run_stage", "run_stages", "stage_commands"]
+__all__ = ["RESULTS_FILES", "SPLITS", "STAGES", "as_flags", "clear_stages", "corpus_splits", "run_stage", "run_stages", "stage_commands"]
