@@ -77,8 +77,10 @@ def test_quality_on_a_corpus_folder_with_and_without_test_and_pretraining(corpus
     report = json.loads((out / "tokenizer" / "tokenizer_report.json").read_text())
     assert report["train_notes"] + report["eval_notes"] == 12 + 3  # the training notes and the descriptions
 
-    # The held-back test split left out, and no pretraining: the tokenizer is reused, the coder built from scratch.
+    # The held-back test split left out, no pretraining, and the corpus's own code texts (another language than the
+    # code system's tables): the tokenizer is reused, the coder built from scratch, the codes described by the corpus.
     (corpus / "test.jsonl").unlink()
+    (corpus / "code_descriptions.tsv").write_text("code\tdescription\nJ18.9\tNeumonía, organismo no especificado\n")
     finetune = {"config_overrides": SIZES, "max_train_steps": 2}
     config = _config(tmp_path, tokenizer=tokenizer, pretrain=False, finetune=finetune)
     quality.main(["--config", config, "--corpus", str(corpus), "--output_dir", str(out)])
@@ -90,6 +92,7 @@ def test_quality_on_a_corpus_folder_with_and_without_test_and_pretraining(corpus
     assert "no pretraining" in printed and "Validation split (threshold tuned on validation; no test split):" in printed
     coder = json.loads((out / "model" / "config.json").read_text())
     assert (coder["hidden_size"], coder["num_hidden_layers"]) == (32, 1)  # the finetune section's sizes
+    assert coder["label_descriptions"]["J18.9"] == "Neumonía, organismo no especificado"
 
 
 def test_quality_refuses_a_corpus_without_its_splits(corpus, tmp_path, capsys):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
+DESCRIPTIONS_FILE = "code_descriptions.tsv"  # a corpus's own texts of its codes, in its notes' language
 STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "baseline")
 RESULTS_FILES = {"validation": "eval_results.json", "test": "test_results.json"}  # what train.py writes per split
 
@@ -33,7 +34,8 @@ def stage_commands(out: Path, corpus: Path | None = None, pretrain: bool = True)
     """Each stage's command line (without its YAML section's flags) and the file whose existence means it finished.
 
     With `corpus` (a folder of train/validation(/test).jsonl, only read) there is no corpus stage; a corpus without
-    test.jsonl is scored on validation. Without `pretrain` fine-tuning starts from the tokenizer alone.
+    test.jsonl is scored on validation, and its `DESCRIPTIONS_FILE` (data/prepare_codiesp.py --codes_file), when it has
+    one, gives fine-tuning the texts of its codes. Without `pretrain` fine-tuning starts from the tokenizer alone.
     """
     splits = {split: str(path) for split, path in corpus_splits(out, corpus).items()}
     split_flags = [flag for split, path in splits.items() for flag in (f"--{split}_file", path)]
@@ -59,6 +61,8 @@ def stage_commands(out: Path, corpus: Path | None = None, pretrain: bool = True)
     start = ["--model_name_or_path", str(out / "pretrained")]
     if not pretrain:  # a new model: the finetune section's config_overrides sizes it
         start = ["--tokenizer_name", str(out / "tokenizer")]
+    if corpus is not None and (corpus / DESCRIPTIONS_FILE).is_file():
+        start += ["--code_descriptions", str(corpus / DESCRIPTIONS_FILE)]
     commands["finetune"] = (
         python + ["modeling_bertxml.training.train", *start, *split_flags, "--output_dir", str(out / "model"),
                   "--overwrite_output_dir"],
@@ -126,4 +130,4 @@ def run_stages(config: dict, corpus: Path | None = None) -> tuple[Path, dict[str
     return out, timings
 
 
-__all__ = ["RESULTS_FILES", "SPLITS", "STAGES", "as_flags", "clear_stages", "corpus_splits", "run_stage", "run_stages", "stage_commands"]
+__all__ = ["DESCRIPTIONS_FILE", "RESULTS_FILES", "SPLITS", "STAGES", "as_flags", "clear_stages", "corpus_splits", "run_stage", "run_stages", "stage_commands"]
