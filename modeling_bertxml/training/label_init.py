@@ -8,6 +8,7 @@ all; its description still names it. Used by `train.py --init_label_queries_from
 """
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -87,6 +88,42 @@ def init_label_queries_from_descriptions(
     norm = model.config.initializer_range * math.sqrt(model.config.hidden_size) if init_output_weights else None
     model.label_head.set_rows_from_vectors(torch.tensor(known, device=embeddings.device), vectors, output_norm=norm)
     return [codes[i] for i in known]
+
+
+def note_keywords(
+    train: Notes, codes: Iterable[str], tokenizer: PreTrainedTokenizerBase, words: int
+) -> dict[str, str]:
+    """Each of `codes` that training notes carry -> the `words` words most particular to its notes, space-joined:
+    the centroid of binary TF-IDF over the notes that carry it (share of them holding the word x log((1 + notes) /
+    (1 + notes holding it))), ties broken alphabetically.
+
+    Why: the code system's texts name a code in their own language (ICD-10-CM's are English); notes in another
+    language share none of their words, and the queries and the match they start would read nothing. A code's own
+    notes name it in theirs. Words are the tokenizer's (its normaliser and pre-tokeniser: any language), and only
+    those with a letter (no dates, doses, numbers).
+    """
+    backend = tokenizer.backend_tokenizer
+    wanted = set(codes)
+    holding: dict[str, Counter] = {}  # code -> how many of its notes hold each word
+    carrying: Counter = Counter()  # code -> its notes
+    document_frequency, notes = Counter(), 0
+    for batch in train.batches("text", "codes"):
+        for text, note_codes in zip(batch["text"], batch["codes"]):
+            text = backend.normalizer.normalize_str(text) if backend.normalizer else text
+            pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else text.split()
+            note_words = {word if isinstance(word, str) else word[0] for word in pieces}
+            note_words = {word for word in note_words if any(character.isalpha() for character in word)}
+            document_frequency.update(note_words)
+            notes += 1
+            for code in wanted.intersection(note_codes):
+                holding.setdefault(code, Counter()).update(note_words)
+                carrying[code] += 1
+    keywords = {}
+    for code, counts in holding.items():
+        weight = {word: count / carrying[code] * math.log((1 + notes) / (1 + document_frequency[word]))
+                  for word, count in counts.items()}  # fmt: skip
+        keywords[code] = " ".join(sorted(weight, key=lambda word: (-weight[word], word))[:words])
+    return keywords
 
 
 def smoothed_idf(token_lists: Iterable[Sequence[int]], vocab_size: int, special_ids: Iterable[int]) -> torch.Tensor:
