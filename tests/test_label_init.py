@@ -150,3 +150,6 @@ def test_note_keywords_are_the_words_particular_to_each_codes_notes_in_the_notes
     assert keywords["I10"] == "hipertension arterial"  # the tokenizer's words: BERT's normaliser drops accents
     assert keywords["R51.9"] == "cefalea hipertension"  # "y" as often but in more notes; "paciente" is in every one
     assert not any(character.isdigit() for words in keywords.values() for character in words)
+    # A code of fewer notes shares them with the other codes of those notes: it can be left to its texts.
+    asked = ["J18.9", "I10", "R51.9"]
+    assert label_init.note_keywords(notes, asked, tiny_tokenizer(), words=2, min_notes=2).keys() == {"J18.9", "I10"}

@@ -70,7 +70,7 @@ from .checkpointing import (
     Progress,
     claim_output_dir,
 )
-from .label_init import add_description_match, note_keywords
+from .label_init import KEYWORD_MIN_NOTES, add_description_match, note_keywords
 from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
@@ -451,9 +451,11 @@ def with_note_keywords(
     args: argparse.Namespace, splits: Splits, tokenizer: PreTrainedTokenizerBase, code_texts: dict[str, list[str]] | None
 ) -> dict[str, list[str]]:
     """The texts that start the codes' queries and the description match: each training code's own (`code_texts`,
-    else official) and the `--note_keywords` words of its training notes (`note_keywords`). Only these two read
-    them: the saved config describes codes with `code_texts` alone, and never holds words of the notes."""
-    keywords = note_keywords(splits.train, splits.labels[: splits.attention_labels], tokenizer, args.note_keywords)
+    else official) and, for a code of `KEYWORD_MIN_NOTES` training notes or more, the `--note_keywords` words of its
+    notes (`note_keywords`). Only these two read them: the saved config describes codes with `code_texts` alone,
+    and never holds words of the notes."""
+    codes = splits.labels[: splits.attention_labels]
+    keywords = note_keywords(splits.train, codes, tokenizer, args.note_keywords, KEYWORD_MIN_NOTES)
     texts = code_descriptions(keywords, code_system=args.code_system, own=code_texts)
     return {**(code_texts or {}), **{code: [*texts.get(code, []), words] for code, words in keywords.items()}}
 
