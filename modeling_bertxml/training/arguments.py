@@ -243,9 +243,9 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
     )
     coding.add_argument(
         "--note_keywords", type=int, default=NOTE_KEYWORDS,
-        help="Words of its training notes added to each training code's texts where they start its query and its "
-        "description match (the N most particular to the notes that carry it; any language): what lets codes start "
-        "well when their texts are in another language than the notes. Never saved as text. 0: off.",
+        help="Words of its training notes added to the texts of each code of 6 training notes or more, where they "
+        "start its query and its description match (the N most particular to the notes that carry it; any language): "
+        "what lets codes start well when their texts are in another language than the notes. Never saved. 0: off.",
     )
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")
