@@ -8,7 +8,9 @@ For each backend, through the `icd-coding` pipeline (tokenising, scoring, eviden
 - `max_score_diff`: the largest |score| difference to PyTorch fp32 over every code of every note;
 - `map_change`: MAP (every code's score against the notes' `labels`) minus PyTorch fp32's;
 - `gflop_per_s` and `peak_share`: the model's forward FLOPs (encoder and label attention) per second of the batched
-  run, and their share of the machine's fp32 matmul peak (one large square matmul; int8 kernels have a higher one).
+  run, and their share of that backend's matmul peak on this machine (`peak_gflop_per_s`: one large square matmul,
+  in PyTorch fp32, in ONNX Runtime fp32, and in ONNX Runtime dynamically quantized to int8, whose kernels run several
+  times faster).
 `--bert_base` adds the time of one 4,096-token note on a randomly initialised BERT-base-sized coder (12 x 768,
 512-token chunks, `--base_codes` codes) for each backend. Threads: `--threads` for PyTorch; ONNX Runtime uses one per
 physical core (2 here). The model folder is only read: the ONNX files are exported into a temporary folder.
@@ -16,6 +18,7 @@ physical core (2 here). The model folder is only read: the ONNX files are export
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -32,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodingPipeline  # noqa: E402
 from modeling_bertxml.data.readers import iter_notes  # noqa: E402
 from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
-from modeling_bertxml.release.onnx_export import export_onnx  # noqa: E402
-from modeling_bertxml.training.throughput import encoder_flops, matmul_peak_flops  # noqa: E402
+from modeling_bertxml.release.onnx_export import OPSET, export_onnx  # noqa: E402
+from benchmarks.measure import Meter, matmul_peak  # noqa: E402
+from modeling_bertxml.training.throughput import encoder_flops  # noqa: E402
 
 BACKENDS = {"pytorch-fp32": "pytorch", "onnx-fp32": "onnx-fp32", "onnx-int8": "onnx-int8"}  # row -> pipeline's
 BASE_NOTE_TOKENS = 4096
+PEAK_SIZE = 4096  # a 1,024-wide probe ran slower than the BERT-base note's own matmuls: no peak
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_notes", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads (the cores a hospital CPU gives).")
+    parser.add_argument("--peak_size", type=int, default=PEAK_SIZE,
+                        help="Side of the square matmul that measures each backend's peak.")
     parser.add_argument("--bert_base", action="store_true", help="Also time a 4,096-token note on a BERT-base coder.")
     parser.add_argument("--base_codes", type=int, default=8922, help="Codes of that coder (MIMIC-III full: 8,922).")
     parser.add_argument("--base_overrides", default=None,
@@ -57,6 +64,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def read_notes(path: Path, max_notes: int | None) -> tuple[list[str], list[list[str]]]:
     rows = [(text or "", fields.get("labels") or []) for _, fields, text in iter_notes([path])][:max_notes]
     return [text for text, _ in rows], [labels for _, labels in rows]
+
+
+def onnx_matmul_peaks(workdir: Path, size: int) -> dict[str, float]:
+    """FLOP/s of one (size x size) @ (size x size) matmul in ONNX Runtime, in fp32 and quantized as the int8 backend
+    is (`quantize_dynamic`): the peaks the ONNX rows are shares of (median of 5 after a warm-up)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((size, size), dtype=np.float32), "weight")
+    square = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"])], "peak", square[:1], square[1:],
+                              [weight])  # fmt: skip
+    fp32, int8 = workdir / "peak.onnx", workdir / "peak_int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), fp32)
+    logging.disable(logging.WARNING)  # its advice to pre-process, for a graph of one MatMul
+    try:
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    feed = {"x": rng.standard_normal((size, size), dtype=np.float32)}
+    peaks = {}
+    for backend, path in (("onnx-fp32", fp32), ("onnx-int8", int8)):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session.run(None, feed)
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            session.run(None, feed)
+            seconds.append(time.perf_counter() - start)
+        peaks[backend] = 2 * size**3 / statistics.median(seconds)
+    return peaks
 
 
 def forward_flops(model: BertXMLForMultiLabelCoding, tokens: int) -> int:
@@ -103,7 +144,7 @@ def time_backends(coder: ICDCodingPipeline, texts: list[str], onnx_dir: str, bat
     }
 
 
-def serving_rows(args: argparse.Namespace, onnx_dir: str, peak: float) -> list[dict]:
+def serving_rows(args: argparse.Namespace, onnx_dir: str, peaks: dict[str, float]) -> list[dict]:
     texts, labels = read_notes(args.notes, args.max_notes)
     coder = pipeline("icd-coding", model=str(args.model), pipeline_class=ICDCodingPipeline, device=-1)
     label2id = {code: i for i, code in coder.model.config.id2label.items()}
@@ -124,11 +165,11 @@ def serving_rows(args: argparse.Namespace, onnx_dir: str, peak: float) -> list[d
             "max_score_diff": float(np.abs(scores - reference[0]).max()), "map": metric,
             "map_change": metric - reference[1], "gflop_per_s": flops / timing.pop("batched_seconds") / 1e9,
         })  # fmt: skip
-        rows[-1]["peak_share"] = rows[-1]["gflop_per_s"] * 1e9 / peak
+        rows[-1].update(peak_gflop_per_s=peaks[name] / 1e9, peak_share=rows[-1]["gflop_per_s"] * 1e9 / peaks[name])
     return rows
 
 
-def bert_base_rows(args: argparse.Namespace, workdir: Path, peak: float) -> list[dict]:
+def bert_base_rows(args: argparse.Namespace, workdir: Path, peaks: dict[str, float]) -> list[dict]:
     """Seconds for one 4,096-token note on a randomly initialised BERT-base-sized coder, per backend (median of 3)."""
     config = BertXMLConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                            max_position_embeddings=512, max_chunks=8, num_labels=args.base_codes)  # fmt: skip
@@ -158,13 +199,15 @@ def bert_base_rows(args: argparse.Namespace, workdir: Path, peak: float) -> list
             "backend": name, "model": "bert-base", "codes": args.base_codes, "tokens": BASE_NOTE_TOKENS,
             "notes_per_s": 1 / median, "ms_per_note_p50": 1e3 * median, "ms_per_note_p95": 1e3 * max(seconds[name]),
             "max_score_diff": (scores[name] - scores["pytorch-fp32"]).abs().max().item(), "map_change": None,
-            "gflop_per_s": flops / median / 1e9, "peak_share": flops / median / peak,
+            "gflop_per_s": flops / median / 1e9, "peak_gflop_per_s": peaks[name] / 1e9,
+            "peak_share": flops / median / peaks[name],
         })  # fmt: skip
     return rows
 
 
-def print_table(rows: list[dict], base: list[dict], peak: float) -> None:
-    print(f"\nfp32 matmul peak of this machine: {peak / 1e9:,.1f} GFLOP/s ({torch.get_num_threads()} threads)\n")
+def print_table(rows: list[dict], base: list[dict], peaks: dict[str, float]) -> None:
+    print(f"\nMatmul peaks of this machine ({torch.get_num_threads()} PyTorch threads), GFLOP/s: "
+          + ", ".join(f"{name} {peak / 1e9:,.1f}" for name, peak in peaks.items()) + "\n")
     print("| backend | notes/s | ms/note p50 | ms/note p95 | max score diff | MAP change | GFLOP/s | of peak |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
@@ -182,12 +225,13 @@ def print_table(rows: list[dict], base: list[dict], peak: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    peak, _ = matmul_peak_flops(torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
+        pytorch_peak = matmul_peak(Meter(torch.device("cpu"), budget_s=60), torch.float32, args.peak_size)
+        peaks = {"pytorch-fp32": pytorch_peak, **onnx_matmul_peaks(Path(tmp), args.peak_size)}
         onnx_dir = str(export_onnx(args.model, Path(tmp) / "onnx"))
-        rows = serving_rows(args, onnx_dir, peak)
-        base = bert_base_rows(args, Path(tmp), peak) if args.bert_base else []
-    print_table(rows, base, peak)
+        rows = serving_rows(args, onnx_dir, peaks)
+        base = bert_base_rows(args, Path(tmp), peaks) if args.bert_base else []
+    print_table(rows, base, peaks)
     args.output.write_text(json.dumps(rows + base, indent=2) + "\n")
 
 

@@ -3,14 +3,15 @@ of the run.
 
     python benchmarks/quality.py --budget cpu    # 4 x 256, 512-token chunks, 2 CPU cores (configs/quality/cpu.yaml)
     python benchmarks/quality.py --budget gpu    # BERT-base sizes, one GPU (configs/quality/gpu.yaml)
-    python benchmarks/quality.py --budget cpu --corpus data/codiesp-en --output_dir runs/codiesp-cpu
+    python benchmarks/quality.py --budget cpu --corpus data/codiesp-en --output_dir runs/codiesp-cpu  # cpu_real.yaml
 
 Stages, each the CLI a user runs (`make demo`'s runner, `modeling_bertxml.training.stages`; a finished stage is
 reused, `--fresh` starts over): corpus (`python -m modeling_bertxml.data.synthetic --preset hard`) -> tokenizer ->
 pretrain.py -> train.py (the scripts' default recipe: the YAML gives only files, sizes and budgets) -> TF-IDF +
 logistic regression. `--corpus DIR` replaces the corpus stage with DIR's train.jsonl, validation.jsonl and test.jsonl
-(only read; without test.jsonl every model is scored on validation); `pretrain: false` in the YAML trains the coder
-from scratch. Prints the MLM perplexity beside the unigram perplexity of the same masked tokens, a table of BERT-XML
+(only read; without test.jsonl every model is scored on validation) and runs the recipe for real notes,
+`configs/quality/<budget>_real.yaml` (no pretraining: `pretrain: false` trains the coder from scratch; the label space
+of the whole code system). Prints the MLM perplexity beside the unigram perplexity of the same masked tokens, a table of BERT-XML
 beside code priors and TF-IDF on the test split (all three on the model's label space), a second one by how many
 training notes carry each code, and each stage's wall time; writes every number to `<output_dir>/quality.json`, and
 the first table as a figure to `<output_dir>/quality.png`.
@@ -18,7 +19,6 @@ the first table as a figure to `<output_dir>/quality.png`.
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from modeling_bertxml.data.notes import NoteColumns, read_notes  # noqa: E402
 from modeling_bertxml.evaluation.baseline_tfidf import coder_label_space, score_splits  # noqa: E402
 from modeling_bertxml.evaluation.metrics import TRAINING_COUNT_KEY, format_table  # noqa: E402
 from modeling_bertxml.evaluation.plots import comparison_figure, save_figure  # noqa: E402
-from modeling_bertxml.training.stages import RESULTS_FILES, corpus_splits, run_stages  # noqa: E402
+from modeling_bertxml.training.stages import RESULTS_FILES, clear_stages, corpus_splits, run_stages  # noqa: E402
 
 METRICS = ["micro_f1", "macro_f1", "micro_auc", "map", "precision_at_8"]
 
@@ -117,16 +117,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
     """The flags, and the YAML config they name with --output_dir applied."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--config", help="YAML with one section per stage (default: configs/quality/<budget>.yaml)")
+    parser.add_argument(
+        "--config", help="YAML with one section per stage (default: configs/quality/<budget>.yaml, and with --corpus "
+        "the recipe for real notes, configs/quality/<budget>_real.yaml)",
+    )  # fmt: skip
     parser.add_argument(
         "--corpus", type=Path,
         help="Folder with train.jsonl, validation.jsonl and (held back: leave it out) test.jsonl: run on it instead "
         "of the synthetic corpus. Only read.",
     )  # fmt: skip
     parser.add_argument("--output_dir", type=Path, help="Where every stage writes (default: the YAML's output_dir).")
-    parser.add_argument("--fresh", action="store_true", help="Delete the output dir first: time every stage.")
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help="Delete what earlier runs of the stages wrote into the output dir first (nothing else): time every stage.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    config_file = Path(args.config or ROOT / "configs" / "quality" / f"{args.budget}.yaml")
+    recipe = f"{args.budget}_real" if args.corpus is not None else args.budget
+    config_file = Path(args.config or ROOT / "configs" / "quality" / f"{recipe}.yaml")
     if not config_file.is_file():
         parser.error(f"--config {config_file}: no such file")
     config = yaml.safe_load(config_file.read_text())
@@ -145,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
 def main(argv: list[str] | None = None) -> None:
     args, config = parse_args(argv)
     if args.fresh:
-        shutil.rmtree(config["output_dir"], ignore_errors=True)
+        clear_stages(Path(config["output_dir"]))
     out, timings = run_stages(config, args.corpus)  # a reused stage takes 0 s
     results = collect(out, corpus_splits(out, args.corpus), config.get("pretrain") is not False, timings)
     (out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -19,6 +19,11 @@ one file per report: `text_files/` (Spanish) and `text_files_en/` (English machi
   gold-standard file.
 - the test split is held back: choose every setting on validation and score test once, at the end (`--splits train
   dev` builds a corpus without it; benchmarks/quality.py then reports on validation).
+- `--codes_file` (CodiEsp's code lists, `codiesp-D_codes.tsv` and/or `codiesp-P_codes.tsv` from Zenodo record 3632523:
+  lines `code<TAB>Spanish description<TAB>English description`) writes `code_descriptions.tsv`, each code's
+  description in `--language`, spelled as the labels are. train.py reads it with `--code_descriptions`, and
+  benchmarks/quality.py passes a corpus's own to it: the description match and the queries of codes then read the
+  notes' language, not the code system's English tables.
 
     python data/prepare_codiesp.py --release_dir final_dataset_v4_to_publish --language en --codes D \
         --output_dir data/codiesp-en
@@ -31,11 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeling_bertxml.data.code_systems import CodeProblem, CodeSystem, check_codes, get_code_system
+from modeling_bertxml.training.stages import DESCRIPTIONS_FILE
 
 TEXT_FOLDERS = {"es": "text_files", "en": "text_files_en"}
 CODE_FILES = {"D": ("D",), "P": ("P",), "both": ("D", "P")}  # the letter of each code file read
 CODE_SYSTEM = {"D": "icd10cm", "P": "icd10pcs", "both": "icd10"}  # train.py --code_system for each
 SPLIT_NAMES = {"train": "train", "dev": "validation", "test": "test"}
+DESCRIPTION_COLUMN = {"es": 1, "en": 2}  # the column of each language in CodiEsp's code lists
 MAX_LISTED = 20  # unknown codes listed per split
 
 
@@ -102,6 +109,31 @@ def prepare_split(split_dir: Path, language: str, codes: str, system: CodeSystem
     return SplitSummary(notes, dropped, report.problems)
 
 
+def read_descriptions(paths: list[Path], language: str, system: CodeSystem) -> dict[str, str]:
+    """Code -> its description in `language`, from CodiEsp's code lists (`code<TAB>es<TAB>en`). Left out: a code
+    without a description in that language (a few lack an English one), and one `system` cannot read (the procedure
+    list's codes cut at the 4th axis), which train.py would refuse in --code_descriptions."""
+    descriptions = {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (CodiEsp's codiesp-D_codes.tsv or codiesp-P_codes.tsv)")
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            fields = [value.strip() for value in line.split("\t")]
+            if fields == [""]:
+                continue
+            if len(fields) != 3 or not fields[0]:
+                raise ValueError(f"{path}:{number}: expected code<TAB>Spanish<TAB>English description, got {line!r}")
+            try:
+                code = system.normalize(fields[0])
+            except ValueError:
+                continue
+            if fields[DESCRIPTION_COLUMN[language]]:
+                descriptions[code] = fields[DESCRIPTION_COLUMN[language]]
+    if not descriptions:
+        raise ValueError(f"{', '.join(map(str, paths))}: no code has a description in --language {language}")
+    return descriptions
+
+
 def write_jsonl(notes: list[dict], path: Path) -> None:
     with path.open("w", encoding="utf-8") as file:
         for note in notes:
@@ -135,9 +167,15 @@ def prepare(args: argparse.Namespace) -> dict[str, SplitSummary]:
     # Every split is read before anything is written: a missing file leaves no half-written corpus.
     splits = {SPLIT_NAMES[split]: prepare_split(release / split, args.language, args.codes, system)
               for split in args.splits}  # fmt: skip
+    descriptions = None
+    if args.codes_file:
+        descriptions = read_descriptions([Path(path) for path in args.codes_file], args.language, system)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         write_jsonl(split.notes, output_dir / f"{name}.jsonl")
+    if descriptions:
+        lines = "".join(f"{code}\t{text}\n" for code, text in descriptions.items())
+        (output_dir / DESCRIPTIONS_FILE).write_text(f"code\tdescription\n{lines}", encoding="utf-8")
     return splits
 
 
@@ -152,6 +190,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="D: ICD-10-CM diagnoses; P: ICD-10-PCS procedures; both.")
     parser.add_argument("--splits", nargs="+", choices=list(SPLIT_NAMES), default=list(SPLIT_NAMES),
                         help="Release splits to write (dev is written as validation).")
+    parser.add_argument("--codes_file", nargs="+", default=None,
+                        help="CodiEsp's codiesp-D_codes.tsv / codiesp-P_codes.tsv: write each code's description in "
+                        f"--language to OUTPUT_DIR/{DESCRIPTIONS_FILE} (train.py --code_descriptions).")
     return parser.parse_args(argv)  # fmt: skip
 
 
@@ -164,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     system = CODE_SYSTEM[args.codes]
     print(summary(splits, get_code_system(system)))
     files = " ".join(f"--{name}_file {Path(args.output_dir) / name}.jsonl" for name in splits)
+    if args.codes_file:
+        files += f" --code_descriptions {Path(args.output_dir) / DESCRIPTIONS_FILE}"
     print(f"\nWrote {', '.join(splits)} to {args.output_dir}. Train with:\n"
           f"  python train.py --code_system {system} {files} ...")  # fmt: skip
 

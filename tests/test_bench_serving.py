@@ -11,7 +11,8 @@ from tests.conftest import SUBPROCESS_TIMEOUT_S
 from tests.test_predict import write_notes
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = {"backend", "notes_per_s", "ms_per_note_p50", "ms_per_note_p95", "max_score_diff", "map_change"}
+KEYS = {"backend", "notes_per_s", "ms_per_note_p50", "ms_per_note_p95", "max_score_diff", "map_change",
+        "peak_gflop_per_s", "peak_share"}
 
 pytest.importorskip("onnxruntime")
 
@@ -24,7 +25,8 @@ def test_bench_serving_prints_the_table_and_writes_every_backend(untrained_coder
     tiny = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
     tiny += ",max_position_embeddings=64,max_chunks=64"  # 4,096 tokens
     command = [sys.executable, "benchmarks/bench_serving.py", "--model", str(untrained_coder_folder), "--notes",
-               str(notes), "--output", str(output), "--bert_base", "--base_codes", "10", "--base_overrides", tiny]
+               str(notes), "--output", str(output), "--bert_base", "--base_codes", "10", "--base_overrides", tiny,
+               "--peak_size", "64"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| backend | notes/s | ms/note p50" in done.stdout and "4,096-token note" in done.stdout

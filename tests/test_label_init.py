@@ -129,3 +129,27 @@ def test_icd10_descriptions_fill_the_queries_and_the_saved_folder(tmp_path: Path
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["label_descriptions"] == {"I10": "Essential (primary) hypertension"}
     assert "icd-coding" in config["custom_pipelines"]
+
+
+def test_note_keywords_are_the_words_particular_to_each_codes_notes_in_the_notes_language(tmp_path: Path) -> None:
+    from modeling_bertxml.data.notes import read_notes
+
+    rows = [  # Spanish notes: no word of ICD-10-CM's English texts; "paciente" and "con" are in every note
+        ("Paciente con neumonía y tos, 38 grados.", ["J18.9"]),
+        ("Paciente con neumonía bilateral.", ["J18.9", "I10"]),
+        ("Paciente con hipertensión arterial, 150 mmHg.", ["I10"]),
+        ("Paciente con hipertensión y cefalea.", ["I10", "R51.9"]),
+        ("Paciente con fractura.", ["S52.501A"]),
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": text, "labels": codes}) + "\n" for text, codes in rows))
+    notes = read_notes(str(path), "train", code_system="icd10cm")
+    keywords = label_init.note_keywords(notes, ["J18.9", "I10", "R51.9", "E11.9"], tiny_tokenizer(), words=2)
+    assert set(keywords) == {"J18.9", "I10", "R51.9"}  # E11.9: no note carries it; S52.501A: not asked for
+    assert keywords["J18.9"] == "neumonia bilateral"  # in both its notes, then alphabetically among the rest
+    assert keywords["I10"] == "hipertension arterial"  # the tokenizer's words: BERT's normaliser drops accents
+    assert keywords["R51.9"] == "cefalea hipertension"  # "y" as often but in more notes; "paciente" is in every one
+    assert not any(character.isdigit() for words in keywords.values() for character in words)
+    # A code of fewer notes shares them with the other codes of those notes: it can be left to its texts.
+    asked = ["J18.9", "I10", "R51.9"]
+    assert label_init.note_keywords(notes, asked, tiny_tokenizer(), words=2, min_notes=2).keys() == {"J18.9", "I10"}

@@ -101,6 +101,10 @@ def test_padding_never_changes_logits_and_gets_zero_attention(config: BertXMLCon
     assert_close_scaled(batch.logits[1:2], model(long_note).logits)
     assert torch.all(batch.label_attentions[0, :, 21:] == 0)
     torch.testing.assert_close(batch.label_attentions.sum(-1), torch.ones(2, config.num_labels))
+    with torch.no_grad():  # the chunks that are all padding (the first note's 3rd and 4th) are skipped: zero states
+        states = model.bert(padded, attention_mask=mask).last_hidden_state
+    assert torch.all(states[0, 32:] == 0) and torch.all(states[0, :32].abs().sum(-1) > 0)
+    assert torch.all(states[1].abs().sum(-1) > 0)
 
 
 def test_attention_mask_hides_padding_tokens_whatever_their_ids(config: BertXMLConfig) -> None:

@@ -114,3 +114,38 @@ def test_a_malformed_code_line_is_named(release, tmp_path):
     (release / "train" / "trainD.tsv").write_text(f"{CASE_1}\tn44.8\n{CASE_1} r52\n")
     with pytest.raises(SystemExit, match=r"trainD\.tsv:2: expected articleID<TAB>code"):
         _run(release, tmp_path / "out")
+
+
+def _codes_file(tmp_path, lines: list[str]) -> str:
+    path = tmp_path / "codiesp-D_codes.tsv"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_code_descriptions_in_the_notes_language_read_back_as_train_py_reads_them(release, tmp_path, capsys):
+    from modeling_bertxml.data.notes import read_code_texts
+
+    codes = _codes_file(tmp_path, [
+        "n44.8\tOtras enfermedades no inflamatorias de testículo\tOther noninflammatory disorders of testis",
+        "r52\tDolor, no especificado\tPain, unspecified",
+        "z20.818\tContacto con enfermedad bacteriana transmisible\t",  # no English description in the list
+        "0dt\tResección de tracto gastrointestinal\tResection of gastrointestinal tract",  # not a diagnosis code
+    ])  # fmt: skip
+    for language, expected in (("es", {"N44.8": ["Otras enfermedades no inflamatorias de testículo"],
+                                       "R52": ["Dolor, no especificado"],
+                                       "Z20.818": ["Contacto con enfermedad bacteriana transmisible"]}),
+                               ("en", {"N44.8": ["Other noninflammatory disorders of testis"],
+                                       "R52": ["Pain, unspecified"]})):  # fmt: skip
+        out = tmp_path / language
+        _run(release, out, "--language", language, "--codes_file", codes)
+        assert read_code_texts(out / "code_descriptions.tsv", "icd10cm") == expected  # spelled as the labels
+        assert f"--code_descriptions {out / 'code_descriptions.tsv'}" in capsys.readouterr().out
+
+
+def test_a_malformed_codes_file_is_named_and_nothing_is_written(release, tmp_path):
+    codes = _codes_file(tmp_path, ["r52\tDolor, no especificado\tPain, unspecified", "n44.8 Otras enfermedades"])
+    with pytest.raises(SystemExit, match=r"codiesp-D_codes\.tsv:2: expected code<TAB>Spanish<TAB>English"):
+        _run(release, tmp_path / "out", "--codes_file", codes)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match=r"missing\.tsv: no such file \(CodiEsp's codiesp-D_codes\.tsv"):
+        _run(release, tmp_path / "out", "--codes_file", str(tmp_path / "missing.tsv"))

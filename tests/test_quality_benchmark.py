@@ -77,8 +77,10 @@ def test_quality_on_a_corpus_folder_with_and_without_test_and_pretraining(corpus
     report = json.loads((out / "tokenizer" / "tokenizer_report.json").read_text())
     assert report["train_notes"] + report["eval_notes"] == 12 + 3  # the training notes and the descriptions
 
-    # The held-back test split left out, and no pretraining: the tokenizer is reused, the coder built from scratch.
+    # The held-back test split left out, no pretraining, and the corpus's own code texts (another language than the
+    # code system's tables): the tokenizer is reused, the coder built from scratch, the codes described by the corpus.
     (corpus / "test.jsonl").unlink()
+    (corpus / "code_descriptions.tsv").write_text("code\tdescription\nJ18.9\tNeumonía, organismo no especificado\n")
     finetune = {"config_overrides": SIZES, "max_train_steps": 2}
     config = _config(tmp_path, tokenizer=tokenizer, pretrain=False, finetune=finetune)
     quality.main(["--config", config, "--corpus", str(corpus), "--output_dir", str(out)])
@@ -90,6 +92,7 @@ def test_quality_on_a_corpus_folder_with_and_without_test_and_pretraining(corpus
     assert "no pretraining" in printed and "Validation split (threshold tuned on validation; no test split):" in printed
     coder = json.loads((out / "model" / "config.json").read_text())
     assert (coder["hidden_size"], coder["num_hidden_layers"]) == (32, 1)  # the finetune section's sizes
+    assert coder["label_descriptions"]["J18.9"] == "Neumonía, organismo no especificado"
 
 
 def test_quality_refuses_a_corpus_without_its_splits(corpus, tmp_path, capsys):
@@ -102,6 +105,33 @@ def test_quality_refuses_a_corpus_without_its_splits(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         quality.main(["--corpus", str(corpus), "--output_dir", str(tmp_path)])
     assert "lies in the output dir" in capsys.readouterr().err
+
+
+def test_a_corpus_runs_the_recipe_for_real_notes_unless_a_config_is_named(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    for budget in ("cpu", "gpu"):
+        _, config = quality.parse_args(["--budget", budget, "--corpus", str(corpus), "--output_dir", out])
+        recipe = yaml.safe_load((ROOT / "configs" / "quality" / f"{budget}_real.yaml").read_text())
+        assert config == {**recipe, "output_dir": out}
+        assert config["pretrain"] is False and config["finetune"]["label_space"] == "code_system"
+    _, config = quality.parse_args(["--output_dir", out])  # no corpus: the synthetic preset
+    assert config["corpus"] == {"preset": "hard"} and config["pretrain"]["max_train_steps"] > 0
+    _, config = quality.parse_args(["--config", _config(tmp_path), "--corpus", str(corpus)])
+    assert config["finetune"] == {"max_train_steps": 2, "per_device_train_batch_size": 4}
+
+
+def test_fresh_deletes_what_the_stages_wrote_and_nothing_else(tmp_path):
+    from modeling_bertxml.training.stages import clear_stages
+
+    out = tmp_path / "run"
+    for folder in ("tokenizer", "model", "mydata"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / "file.txt").write_text("x")
+    for name in (".tokenizer.done", "quality.json", "notes.txt"):
+        (out / name).write_text("{}")
+    assert sorted(clear_stages(out)) == [".tokenizer.done", "model", "quality.json", "tokenizer"]
+    assert sorted(path.name for path in out.iterdir()) == ["mydata", "notes.txt"]
+    assert (out / "mydata" / "file.txt").read_text() == "x"
 
 
 def test_list_values_become_one_flag_with_several_values():

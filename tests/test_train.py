@@ -22,6 +22,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
+from modeling_bertxml.training.label_init import note_keywords
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
 from modeling_bertxml.evaluation.metrics import METRIC_KEYS, TRAINING_COUNT_KEY, compute_metrics, tune_threshold
 from modeling_bertxml.data.notes import MultiLabelCollator, read_notes, tokenize_notes
@@ -879,6 +880,11 @@ def test_a_label_space_of_the_whole_code_system_codes_what_no_training_note_carr
     config = json.loads((output_dir / "config.json").read_text())
     assert config["label_descriptions"]["I10"] == "Hipertension esencial"
     assert config["label_descriptions"]["R07.9"] == "Chest pain, unspecified"
+    # The words of the training notes that started the codes' queries and match (--note_keywords) are not saved.
+    notes = read_notes(str(data / "train.jsonl"), "train", code_system="icd10cm")
+    keywords = note_keywords(notes, sorted(TOPICS), PreTrainedTokenizerFast.from_pretrained(output_dir), 16)
+    assert set(keywords) == set(TOPICS) and not any(words in json.dumps(config) for words in keywords.values())
+    assert "pneumonia" in keywords["J18.9"] and "kidney" in keywords["N17.9"]  # they exist, and name their codes
     codes = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     assert codes[:5] == sorted(TOPICS) and config["num_attention_labels"] == 5
     assert sorted(codes) == sorted(get_code_system("icd10cm").codes())

@@ -506,8 +506,11 @@ class BertXMLModel(BertXMLPreTrainedModel):
         outputs = encode_chunks(position_ids=position_ids, **chunks, **kwargs)
         states = outputs.last_hidden_state
         if isinstance(encode, torch.Tensor):
-            encoded, states = states, states.new_zeros(encode.shape[0], chunk_length, states.shape[-1])
-            states[encode] = encoded
+            # Each chunk reads its row of the encoded ones, a skipped chunk the zero row after them: a gather by one
+            # index per chunk. (Writing back through the boolean mask exports to ONNX as an index per element of the
+            # states: a quarter of ONNX Runtime's time on the demo model.)
+            rows = torch.where(encode, encode.long().cumsum(0) - 1, states.shape[0])
+            states = torch.cat([states, states.new_zeros(1, *states.shape[1:])])[rows]
         return BaseModelOutput(
             last_hidden_state=states.reshape(batch_size, -1, states.shape[-1])[:, :length],
             hidden_states=outputs.hidden_states,

@@ -67,23 +67,20 @@ def evidence_spans(
         word_ids: (tokens,) word index of each token, -1 for special tokens.
         weights: (tokens,) the code's attention over the tokens.
     """
-    words: dict[int, list] = {}  # word index -> [start, end, weight]
-    for (start, end), word, weight in zip(offsets.tolist(), word_ids.tolist(), weights.tolist()):
-        if word < 0 or end <= start:
-            continue
-        if word in words:
-            words[word][1] = max(words[word][1], end)
-            words[word][2] += weight
-        else:
-            words[word] = [start, end, weight]
-    peak = max((weight for _, _, weight in words.values()), default=0.0)
+    # Per word, in tensors (a note's thousands of tokens, read once for each code): first and last character, weight.
+    kept = (word_ids >= 0) & (offsets[:, 1] > offsets[:, 0])
+    words, token_word = torch.unique(word_ids[kept], return_inverse=True)  # sorted word indices
+    if len(words) == 0:
+        return []
+    starts = torch.zeros_like(words).scatter_reduce(0, token_word, offsets[kept, 0], "amin", include_self=False)
+    ends = torch.zeros_like(words).scatter_reduce(0, token_word, offsets[kept, 1], "amax", include_self=False)
+    totals = torch.zeros(len(words), dtype=torch.float64).index_add_(0, token_word, weights[kept].double())
+    peak = totals.max().item()
     if peak <= 0:
         return []  # nothing of the note makes the case (a description-matched code that shares no word with it)
+    heavy = (totals >= EVIDENCE_RATIO * peak).nonzero().flatten()
     phrases, previous = [], None
-    for word in sorted(words):
-        start, end, weight = words[word]
-        if weight < EVIDENCE_RATIO * peak:
-            continue
+    for word, start, end, weight in zip(*(values[heavy].tolist() for values in (words, starts, ends, totals))):
         if previous is not None and word == previous + 1:
             phrases[-1][1] = end
             phrases[-1][2] += weight

@@ -20,6 +20,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import SchedulerType
 
 from ..data.code_systems import CODE_SYSTEMS
+
+NOTE_KEYWORDS = 16  # train.py --note_keywords: measured on CodiEsp (docs/learning.md, "Real notes")
 from ..data.readers import DatasetSource
 from ..release.hub import add_hub_args
 from ..release.model_card import DEFAULT_LICENSE
@@ -238,6 +240,12 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
         help="Your own texts of codes, one line per code: code<TAB>text[<TAB>another text...] (e.g. descriptions in "
         "the notes' language, CodiEsp's codes file). They replace the official (English) texts of the codes they "
         "list wherever texts are read: description-initialised queries, the description match, the pipeline.",
+    )
+    coding.add_argument(
+        "--note_keywords", type=int, default=NOTE_KEYWORDS,
+        help="Words of its training notes added to the texts of each code of 6 training notes or more, where they "
+        "start its query and its description match (the N most particular to the notes that carry it; any language): "
+        "what lets codes start well when their texts are in another language than the notes. Never saved. 0: off.",
     )
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")

@@ -1,6 +1,7 @@
 """What the code system's own texts give a coder before training: description-initialised label queries (as HiLAT and
 CoLa: each code starts out attending to text like its official description and inclusion terms, instead of a random
-direction), and the tables of the description match (`BertXMLDescriptionMatch`).
+direction), the words particular to a code's own training notes (`note_keywords`: they name it in the notes'
+language when its texts are in another), and the tables of the description match (`BertXMLDescriptionMatch`).
 
 A code seen in a handful of notes cannot learn where to look from them alone, and one seen in none cannot learn at
 all; its description still names it. Used by `train.py --init_label_queries_from_descriptions` and
@@ -8,6 +9,7 @@ all; its description still names it. Used by `train.py --init_label_queries_from
 """
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -21,6 +23,10 @@ from ..data.notes import Notes
 from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
 logger = logging.get_logger(__name__)
+
+# train.py adds note keywords to codes of this many training notes or more: those of fewer share their notes with the
+# notes' other codes (11 a note on CodiEsp), whose words then start the query (docs/learning.md, "Real notes").
+KEYWORD_MIN_NOTES = 6
 
 
 @torch.no_grad()
@@ -87,6 +93,43 @@ def init_label_queries_from_descriptions(
     norm = model.config.initializer_range * math.sqrt(model.config.hidden_size) if init_output_weights else None
     model.label_head.set_rows_from_vectors(torch.tensor(known, device=embeddings.device), vectors, output_norm=norm)
     return [codes[i] for i in known]
+
+
+def note_keywords(
+    train: Notes, codes: Iterable[str], tokenizer: PreTrainedTokenizerBase, words: int, min_notes: int = 1
+) -> dict[str, str]:
+    """Each of `codes` that at least `min_notes` training notes carry -> the `words` words most particular to its
+    notes, space-joined: the centroid of binary TF-IDF over the notes that carry it (share of them holding the word x
+    log((1 + notes) / (1 + notes holding it))), ties broken alphabetically.
+
+    Why: the code system's texts name a code in their own language (ICD-10-CM's are English); notes in another
+    language share none of their words, and the queries and the match they start would read nothing. A code's own
+    notes name it in theirs. Words are the tokenizer's (its normaliser and pre-tokeniser: any language), and only
+    those with a letter (no dates, doses, numbers).
+    """
+    backend = tokenizer.backend_tokenizer
+    wanted = set(codes)
+    holding: dict[str, Counter] = {}  # code -> how many of its notes hold each word
+    carrying: Counter = Counter()  # code -> its notes
+    document_frequency, notes = Counter(), 0
+    for batch in train.batches("text", "codes"):
+        for text, note_codes in zip(batch["text"], batch["codes"]):
+            text = backend.normalizer.normalize_str(text) if backend.normalizer else text
+            pieces = [word for word, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer else []
+            note_words = {word for word in pieces or text.split() if any(character.isalpha() for character in word)}
+            document_frequency.update(note_words)
+            notes += 1
+            for code in wanted.intersection(note_codes):
+                holding.setdefault(code, Counter()).update(note_words)
+                carrying[code] += 1
+    keywords = {}
+    for code, counts in holding.items():
+        if carrying[code] < min_notes:
+            continue
+        weight = {word: count / carrying[code] * math.log((1 + notes) / (1 + document_frequency[word]))
+                  for word, count in counts.items()}  # fmt: skip
+        keywords[code] = " ".join(sorted(weight, key=lambda word: (-weight[word], word))[:words])
+    return keywords
 
 
 def smoothed_idf(token_lists: Iterable[Sequence[int]], vocab_size: int, special_ids: Iterable[int]) -> torch.Tensor:

@@ -11,12 +11,15 @@ adds unlabelled text to the training notes it learns the vocabulary from (its --
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
+DESCRIPTIONS_FILE = "code_descriptions.tsv"  # a corpus's own texts of its codes, in its notes' language
+STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "baseline")
 RESULTS_FILES = {"validation": "eval_results.json", "test": "test_results.json"}  # what train.py writes per split
 
 
@@ -31,7 +34,8 @@ def stage_commands(out: Path, corpus: Path | None = None, pretrain: bool = True)
     """Each stage's command line (without its YAML section's flags) and the file whose existence means it finished.
 
     With `corpus` (a folder of train/validation(/test).jsonl, only read) there is no corpus stage; a corpus without
-    test.jsonl is scored on validation. Without `pretrain` fine-tuning starts from the tokenizer alone.
+    test.jsonl is scored on validation, and its `DESCRIPTIONS_FILE` (data/prepare_codiesp.py --codes_file), when it has
+    one, gives fine-tuning the texts of its codes. Without `pretrain` fine-tuning starts from the tokenizer alone.
     """
     splits = {split: str(path) for split, path in corpus_splits(out, corpus).items()}
     split_flags = [flag for split, path in splits.items() for flag in (f"--{split}_file", path)]
@@ -57,6 +61,8 @@ def stage_commands(out: Path, corpus: Path | None = None, pretrain: bool = True)
     start = ["--model_name_or_path", str(out / "pretrained")]
     if not pretrain:  # a new model: the finetune section's config_overrides sizes it
         start = ["--tokenizer_name", str(out / "tokenizer")]
+    if corpus is not None and (corpus / DESCRIPTIONS_FILE).is_file():
+        start += ["--code_descriptions", str(corpus / DESCRIPTIONS_FILE)]
     commands["finetune"] = (
         python + ["modeling_bertxml.training.train", *start, *split_flags, "--output_dir", str(out / "model"),
                   "--overwrite_output_dir"],
@@ -100,6 +106,18 @@ def run_stage(name: str, command: list[str], done: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def clear_stages(out: Path) -> list[str]:
+    """Delete what the stages wrote into `out` (each stage's output and stamp, the report files), nothing else; returns
+    the names deleted. A run's `--fresh` on a folder the user chose must not take the user's files with it."""
+    written = [*(f".{name}.done" for name in STAGES), "data", "tokenizer", "pretrained", "model",
+               "baseline_results.json", "quality.json", "quality.png"]  # fmt: skip
+    deleted = [name for name in written if (out / name).exists()]
+    for name in deleted:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return deleted
+
+
 def run_stages(config: dict, corpus: Path | None = None) -> tuple[Path, dict[str, float]]:
     """Every stage with the flags of its section of `config` (a YAML file's contents), into `config["output_dir"]`, on
     the synthetic corpus or on the split files in `corpus`; returns that folder and each stage's seconds (0 when
@@ -112,4 +130,4 @@ def run_stages(config: dict, corpus: Path | None = None) -> tuple[Path, dict[str
     return out, timings
 
 
-__all__ = ["RESULTS_FILES", "SPLITS", "as_flags", "corpus_splits", "run_stage", "run_stages", "stage_commands"]
+__all__ = ["DESCRIPTIONS_FILE", "RESULTS_FILES", "SPLITS", "STAGES", "as_flags", "clear_stages", "corpus_splits", "run_stage", "run_stages", "stage_commands"]

@@ -29,9 +29,9 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
-from ..data.code_systems import code_groups, get_code_system, warn_local_codes
+from ..data.code_systems import code_descriptions, code_groups, get_code_system, warn_local_codes
 from ..data.notes import (
     MultiLabelCollator,
     NoteColumns,
@@ -70,7 +70,7 @@ from .checkpointing import (
     Progress,
     claim_output_dir,
 )
-from .label_init import add_description_match
+from .label_init import KEYWORD_MIN_NOTES, add_description_match, note_keywords
 from .loop import (
     STREAMING_SHUFFLE_BUFFER,
     TrainingDivergedError,
@@ -447,6 +447,19 @@ def model_card(args, accelerator: Accelerator, config, splits: Splits, results: 
     )
 
 
+def with_note_keywords(
+    args: argparse.Namespace, splits: Splits, tokenizer: PreTrainedTokenizerBase, code_texts: dict[str, list[str]] | None
+) -> dict[str, list[str]]:
+    """The texts that start the codes' queries and the description match: each training code's own (`code_texts`,
+    else official) and, for a code of `KEYWORD_MIN_NOTES` training notes or more, the `--note_keywords` words of its
+    notes (`note_keywords`). Only these two read them: the saved config describes codes with `code_texts` alone,
+    and never holds words of the notes."""
+    codes = splits.labels[: splits.attention_labels]
+    keywords = note_keywords(splits.train, codes, tokenizer, args.note_keywords, KEYWORD_MIN_NOTES)
+    texts = code_descriptions(keywords, code_system=args.code_system, own=code_texts)
+    return {**(code_texts or {}), **{code: [*texts.get(code, []), words] for code, words in keywords.items()}}
+
+
 def uses_description_match(args: argparse.Namespace) -> bool:
     return args.description_match if args.description_match is not None else args.label_space == "code_system"
 
@@ -476,16 +489,17 @@ def run(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     code_texts = read_code_texts(args.code_descriptions, args.code_system) if args.code_descriptions else None
     frequencies = label_frequencies(splits.train, splits.labels)
+    init_from_descriptions = args.init_label_queries_from_descriptions
+    if init_from_descriptions is None:
+        init_from_descriptions = args.model_name_or_path is None
+    learning_texts = code_texts
+    if args.note_keywords and (init_from_descriptions or uses_description_match(args)):
+        learning_texts = with_note_keywords(args, splits, tokenizer, code_texts)
     model = build_coding_model(
         splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name,
-        args.config_overrides,
-        init_from_descriptions=(
-            args.model_name_or_path is None
-            if args.init_label_queries_from_descriptions is None
-            else args.init_label_queries_from_descriptions
-        ),
-        label_frequencies=frequencies, code_system=args.code_system,
-        allow_random_encoder=args.allow_random_encoder, mlm_loss_weight=args.mlm_loss_weight, code_texts=code_texts,
+        args.config_overrides, init_from_descriptions=init_from_descriptions, label_frequencies=frequencies,
+        code_system=args.code_system, allow_random_encoder=args.allow_random_encoder,
+        mlm_loss_weight=args.mlm_loss_weight, code_texts=learning_texts,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)
@@ -495,7 +509,7 @@ def run(args: argparse.Namespace) -> None:
     if uses_description_match(args):
         add_description_match(
             model, tokenizer, splits.train, splits.labels[splits.attention_labels :], frequencies, args.code_system,
-            args.description_terms, max_length, code_texts,
+            args.description_terms, max_length, learning_texts,
         )  # fmt: skip
     loaders = build_dataloaders(args, splits, tokenizer, max_length, tokenizer.pad_token_id)
     if accelerator.is_main_process:
