@@ -914,3 +914,10 @@ def test_a_label_space_of_the_code_system_that_cannot_be_is_refused_in_one_line(
     with pytest.raises(SystemExit, match=re.escape(message)):
         main(train_args(data, tmp_path / "coder", "--label_space", "code_system", *flags))
     assert not (tmp_path / "coder" / "model.safetensors").exists()
+
+
+def test_note_keywords_take_a_count_and_zero_turns_them_off(data: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(train_args(data, tmp_path / "out", "--note_keywords", "-1"))
+    assert "--note_keywords: expected a whole number of 0 or more, got '-1'" in capsys.readouterr().err
+    assert parse_args(train_args(data, tmp_path / "out", "--note_keywords", "0")).note_keywords == 0

@@ -242,7 +242,7 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
         "list wherever texts are read: description-initialised queries, the description match, the pipeline.",
     )
     coding.add_argument(
-        "--note_keywords", type=int, default=NOTE_KEYWORDS,
+        "--note_keywords", type=non_negative_int, default=NOTE_KEYWORDS,
         help="Words of its training notes added to the texts of each code of 6 training notes or more, where they "
         "start its query and its description match (the N most particular to the notes that carry it; any language): "
         "what lets codes start well when their texts are in another language than the notes. Never saved. 0: off.",
