@@ -19,8 +19,9 @@ one file per report: `text_files/` (Spanish) and `text_files_en/` (English machi
   gold-standard file.
 - the test split is held back: choose every setting on validation and score test once, at the end (`--splits train
   dev` builds a corpus without it; benchmarks/quality.py then reports on validation).
-- `--codes_file` (CodiEsp's code lists, `codiesp-D_codes.tsv` and/or `codiesp-P_codes.tsv` from Zenodo record 3632523:
-  lines `code<TAB>Spanish description<TAB>English description`) writes `code_descriptions.tsv`, each code's
+- `--codes_file` (CodiEsp's code lists, `codiesp-D_codes.tsv` and/or `codiesp-P_codes.tsv` from Zenodo record 3632523,
+  found by themselves in the release folder or beside it, in `codiesp_codes/` or not; lines
+  `code<TAB>Spanish description<TAB>English description`) writes `code_descriptions.tsv`, each code's
   description in `--language`, spelled as the labels are. train.py reads it with `--code_descriptions`, and
   benchmarks/quality.py passes a corpus's own to it: the description match and the queries of codes then read the
   notes' language, not the code system's English tables.
@@ -160,6 +161,17 @@ def summary(splits: dict[str, SplitSummary], system: CodeSystem) -> str:
     return "\n".join(lines)
 
 
+def found_codes_files(release: Path, codes: str) -> list[Path]:
+    """CodiEsp's code lists for `codes` where a user who unzipped both downloads keeps them: `codiesp_codes/` (or the
+    files themselves) in the release folder or beside it. All of them or none."""
+    places = [folder / sub for folder in (release, release.parent) for sub in ("codiesp_codes", ".")]
+    found = []
+    for letter in CODE_FILES[codes]:
+        candidates = [place / f"codiesp-{letter}_codes.tsv" for place in places]
+        found.append(next((path for path in candidates if path.is_file()), None))
+    return found if all(found) else []
+
+
 def prepare(args: argparse.Namespace) -> dict[str, SplitSummary]:
     """Write OUT/<split>.jsonl for each of `args.splits`; return what each holds."""
     release, output_dir = Path(args.release_dir), Path(args.output_dir)
@@ -168,6 +180,8 @@ def prepare(args: argparse.Namespace) -> dict[str, SplitSummary]:
     splits = {SPLIT_NAMES[split]: prepare_split(release / split, args.language, args.codes, system)
               for split in args.splits}  # fmt: skip
     descriptions = None
+    if args.codes_file is None:
+        args.codes_file = [str(path) for path in found_codes_files(release, args.codes)] or None
     if args.codes_file:
         descriptions = read_descriptions([Path(path) for path in args.codes_file], args.language, system)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Release splits to write (dev is written as validation).")
     parser.add_argument("--codes_file", nargs="+", default=None,
                         help="CodiEsp's codiesp-D_codes.tsv / codiesp-P_codes.tsv: write each code's description in "
-                        f"--language to OUTPUT_DIR/{DESCRIPTIONS_FILE} (train.py --code_descriptions).")
+                        f"--language to OUTPUT_DIR/{DESCRIPTIONS_FILE} (train.py --code_descriptions). Default: "
+                        "those in RELEASE_DIR or beside it (in codiesp_codes/ or not), when they are there.")
     return parser.parse_args(argv)  # fmt: skip
 
 

@@ -149,3 +149,15 @@ def test_a_malformed_codes_file_is_named_and_nothing_is_written(release, tmp_pat
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match=r"missing\.tsv: no such file \(CodiEsp's codiesp-D_codes\.tsv"):
         _run(release, tmp_path / "out", "--codes_file", str(tmp_path / "missing.tsv"))
+
+
+def test_the_code_lists_beside_the_release_are_found_without_the_flag(release, tmp_path, capsys):
+    _run(release, tmp_path / "none", "--language", "es")
+    assert not (tmp_path / "none" / "code_descriptions.tsv").exists()  # none there: no file, as before
+    (release.parent / "codiesp_codes").mkdir()
+    (release.parent / "codiesp_codes" / "codiesp-D_codes.tsv").write_text("r52\tDolor, no especificado\tPain\n")
+    _run(release, tmp_path / "es", "--language", "es")
+    assert (tmp_path / "es" / "code_descriptions.tsv").read_text() == "code\tdescription\nR52\tDolor, no especificado\n"
+    assert f"--code_descriptions {tmp_path / 'es' / 'code_descriptions.tsv'}" in capsys.readouterr().out
+    _run(release, tmp_path / "both", "--codes", "both")  # the procedure list is missing: none is used
+    assert not (tmp_path / "both" / "code_descriptions.tsv").exists()
