@@ -66,9 +66,9 @@ def read_notes(path: Path, max_notes: int | None) -> tuple[list[str], list[list[
     return [text for text, _ in rows], [labels for _, labels in rows]
 
 
-def onnx_matmul_peaks(workdir: Path, size: int) -> dict[str, float]:
+def onnx_matmul_peaks(meter: Meter, workdir: Path, size: int) -> dict[str, float]:
     """FLOP/s of one (size x size) @ (size x size) matmul in ONNX Runtime, in fp32 and quantized as the int8 backend
-    is (`quantize_dynamic`): the peaks the ONNX rows are shares of (median of 5 after a warm-up)."""
+    is (`quantize_dynamic`): the peaks the ONNX rows are shares of (`meter`'s median after its warm-up)."""
     import onnx
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
@@ -90,13 +90,8 @@ def onnx_matmul_peaks(workdir: Path, size: int) -> dict[str, float]:
     peaks = {}
     for backend, path in (("onnx-fp32", fp32), ("onnx-int8", int8)):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        session.run(None, feed)
-        seconds = []
-        for _ in range(5):
-            start = time.perf_counter()
-            session.run(None, feed)
-            seconds.append(time.perf_counter() - start)
-        peaks[backend] = 2 * size**3 / statistics.median(seconds)
+        # Wall time: ONNX Runtime's threads spin while they wait, which CPU time would count as work.
+        peaks[backend] = 2 * size**3 / meter.measure(lambda: session.run(None, feed)).wall_seconds
     return peaks
 
 
@@ -226,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        pytorch_peak = matmul_peak(Meter(torch.device("cpu"), budget_s=60), torch.float32, args.peak_size)
-        peaks = {"pytorch-fp32": pytorch_peak, **onnx_matmul_peaks(Path(tmp), args.peak_size)}
+        meter = Meter(torch.device("cpu"), budget_s=10)
+        peaks = {"pytorch-fp32": matmul_peak(meter, torch.float32, args.peak_size),
+                 **onnx_matmul_peaks(meter, Path(tmp), args.peak_size)}  # fmt: skip
         onnx_dir = str(export_onnx(args.model, Path(tmp) / "onnx"))
         rows = serving_rows(args, onnx_dir, peaks)
         base = bert_base_rows(args, Path(tmp), peaks) if args.bert_base else []

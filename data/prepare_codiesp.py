@@ -180,8 +180,6 @@ def prepare(args: argparse.Namespace) -> dict[str, SplitSummary]:
     splits = {SPLIT_NAMES[split]: prepare_split(release / split, args.language, args.codes, system)
               for split in args.splits}  # fmt: skip
     descriptions = None
-    if args.codes_file is None:
-        args.codes_file = [str(path) for path in found_codes_files(release, args.codes)] or None
     if args.codes_file:
         descriptions = read_descriptions([Path(path) for path in args.codes_file], args.language, system)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +206,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CodiEsp's codiesp-D_codes.tsv / codiesp-P_codes.tsv: write each code's description in "
                         f"--language to OUTPUT_DIR/{DESCRIPTIONS_FILE} (train.py --code_descriptions). Default: "
                         "those in RELEASE_DIR or beside it (in codiesp_codes/ or not), when they are there.")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.codes_file is None:
+        args.codes_file = [str(path) for path in found_codes_files(Path(args.release_dir), args.codes)] or None
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,7 +111,7 @@ def test_a_corpus_runs_the_recipe_for_real_notes_unless_a_config_is_named(corpus
     out = str(tmp_path / "run")
     for budget in ("cpu", "gpu"):
         _, config = quality.parse_args(["--budget", budget, "--corpus", str(corpus), "--output_dir", out])
-        recipe = yaml.safe_load((ROOT / "configs" / "quality" / f"{budget}_real.yaml").read_text())
+        recipe = yaml.safe_load((ROOT / "configs" / "quality" / "cpu_real.yaml").read_text())
         assert config == {**recipe, "output_dir": out}
         assert config["pretrain"] is False and config["finetune"]["label_space"] == "code_system"
     _, config = quality.parse_args(["--output_dir", out])  # no corpus: the synthetic preset
@@ -129,7 +129,7 @@ def test_fresh_deletes_what_the_stages_wrote_and_nothing_else(tmp_path):
         (out / folder / "file.txt").write_text("x")
     for name in (".tokenizer.done", "quality.json", "notes.txt"):
         (out / name).write_text("{}")
-    assert sorted(clear_stages(out)) == [".tokenizer.done", "model", "quality.json", "tokenizer"]
+    assert sorted(clear_stages(out, quality.REPORTS)) == [".tokenizer.done", "model", "quality.json", "tokenizer"]
     assert sorted(path.name for path in out.iterdir()) == ["mydata", "notes.txt"]
     assert (out / "mydata" / "file.txt").read_text() == "x"
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
 DESCRIPTIONS_FILE = "code_descriptions.tsv"  # a corpus's own texts of its codes, in its notes' language
-STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "baseline")
 RESULTS_FILES = {"validation": "eval_results.json", "test": "test_results.json"}  # what train.py writes per split
 
 
@@ -106,12 +105,13 @@ def run_stage(name: str, command: list[str], done: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def clear_stages(out: Path) -> list[str]:
-    """Delete what the stages wrote into `out` (each stage's output and stamp, the report files), nothing else; returns
-    the names deleted. A run's `--fresh` on a folder the user chose must not take the user's files with it."""
-    written = [*(f".{name}.done" for name in STAGES), "data", "tokenizer", "pretrained", "model",
-               "baseline_results.json", "quality.json", "quality.png"]  # fmt: skip
-    deleted = [name for name in written if (out / name).exists()]
+def clear_stages(out: Path, reports: tuple[str, ...] = ()) -> list[str]:
+    """Delete what the stages wrote into `out` (each stage's output and stamp) and the caller's `reports`, nothing
+    else; returns the names deleted. A run's `--fresh` on a folder the user chose must not take the user's files."""
+    commands = stage_commands(out)  # every stage: a corpus stage, pretraining
+    outputs = sorted({done.relative_to(out).parts[0] for _, done in commands.values()})
+    names = (*outputs, *(f".{stage}.done" for stage in commands), *reports)
+    deleted = [name for name in names if (out / name).exists()]
     for name in deleted:
         path = out / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -130,4 +130,14 @@ def run_stages(config: dict, corpus: Path | None = None) -> tuple[Path, dict[str
     return out, timings
 
 
-__all__ = ["DESCRIPTIONS_FILE", "RESULTS_FILES", "SPLITS", "STAGES", "as_flags", "clear_stages", "corpus_splits", "run_stage", "run_stages", "stage_commands"]
+__all__ = [
+    "DESCRIPTIONS_FILE",
+    "RESULTS_FILES",
+    "SPLITS",
+    "as_flags",
+    "clear_stages",
+    "corpus_splits",
+    "run_stage",
+    "run_stages",
+    "stage_commands",
+]
