@@ -40,7 +40,17 @@ def test_onnx_scores_notes_of_one_and_several_chunks_as_pytorch(untrained_coder:
             assert onnx_states.shape == states.shape
             assert (onnx_logits.sigmoid() - logits.sigmoid()).abs().max() < tolerance
     expected = untrained_coder(NOTES, top_k=2)
-    assert_same_coding(untrained_coder(NOTES, top_k=2, backend="onnx-fp32"), expected)
+    # Its own tensor work runs on one PyTorch thread; the user's setting is back afterwards, after a failure too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # not 1, which the pipeline sets meanwhile
+    try:
+        assert_same_coding(untrained_coder(NOTES, top_k=2, backend="onnx-fp32", batch_size=2), expected)
+        assert torch.get_num_threads() == threads + 1
+        with pytest.raises(ValueError, match="no such ONNX file"):
+            untrained_coder(NOTES, backend="onnx-fp32", onnx_dir=str(onnx_folder.parent))
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="backend must be one of"):
         untrained_coder(NOTES, backend="onnx")
 
