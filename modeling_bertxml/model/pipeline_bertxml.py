@@ -36,7 +36,8 @@ logger = logging.get_logger(__name__)
 # A word is part of the evidence when it gets at least this share of the most-attended word's attention.
 EVIDENCE_RATIO = 0.1
 REQUEST_PARAMETERS = {"threshold", "top_k", "num_evidence_spans", "batch_size"}
-# The ONNX Runtime backends and their file in a model folder's `onnx/`; "pytorch" runs the model itself.
+# The ONNX Runtime backends and their file in a model folder's `ONNX_DIR`; "pytorch" runs the model itself.
+ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model_int8.onnx"}
 BACKENDS = ("pytorch", *ONNX_FILES)
 SCORER_INPUTS, SCORER_OUTPUTS = ("input_ids", "attention_mask"), ("logits", "last_hidden_state")
@@ -281,7 +282,7 @@ class ICDCodingPipeline(Pipeline):
         folder = self.model.config._name_or_path
         if not os.path.isdir(folder):
             raise ValueError(f"An ONNX backend needs onnx_dir= or a model loaded from a local folder, not {folder!r}")
-        return os.path.join(folder, "onnx")
+        return os.path.join(folder, ONNX_DIR)
 
     def _onnx_session(self, path: str):
         """One ONNX Runtime session per file, made on first use (onnxruntime is needed only here)."""

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..model.pipeline_bertxml import ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, NoteScorer
+from ..model.pipeline_bertxml import ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, NoteScorer
 from ..training.atomic import swap_in
+from ..training.checkpointing import is_run_dir, record_output
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-3  # fp32 ONNX Runtime vs PyTorch logits: float noise only (1e-6 measured on the tiny model)
@@ -90,8 +91,12 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
 
     from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
-    onnx_dir = Path(onnx_dir) if onnx_dir is not None else Path(model_folder) / "onnx"
     model = BertXMLForMultiLabelCoding.from_pretrained(model_folder).eval()
+    if onnx_dir is None:
+        onnx_dir = Path(model_folder) / ONNX_DIR
+        if is_run_dir(Path(model_folder)):  # a run's output dir: recorded as bert-xml's (deletable, pushed)
+            record_output(model_folder, ONNX_DIR)
+    onnx_dir = Path(onnx_dir)
     onnx_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=onnx_dir.parent, prefix=f".{onnx_dir.name}.") as temporary:
         staging = Path(temporary) / "onnx"
