@@ -20,6 +20,7 @@ another folder); onnxruntime is imported only then. The graph is the model's own
 evidence is still computed by the model, for the predicted codes only.
 """
 
+import hashlib
 import os
 from array import array
 from contextlib import contextmanager, nullcontext
@@ -41,6 +42,7 @@ ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model_int8.onnx"}
 BACKENDS = ("pytorch", *ONNX_FILES)
 SCORER_INPUTS, SCORER_OUTPUTS = ("input_ids", "attention_mask"), ("logits", "last_hidden_state")
+WEIGHTS_DIGEST_KEY = "bertxml_weights_sha256"  # an ONNX export's metadata: `weights_digest` of what it was made from
 
 
 class NoteScorer(torch.nn.Module):
@@ -109,6 +111,20 @@ def _phrases(
         previous = word
     phrases.sort(key=lambda phrase: -phrase[2])
     return [{"start": s, "end": e, "text": text[s:e], "attention": w} for s, e, w in phrases[:num_spans]]
+
+
+def weights_digest(folder: str) -> str | None:
+    """sha256 over a model folder's safetensors files, by name order (None without any): the weights an ONNX export
+    was made from, recorded in it under `WEIGHTS_DIGEST_KEY`."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
+    if not names:
+        return None
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as file:
+            while block := file.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _int64(values) -> torch.Tensor:
@@ -295,7 +311,16 @@ class ICDCodingPipeline(Pipeline):
                 )
             import onnxruntime
 
-            sessions[path] = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            # An export of other weights (the model trained again in its folder since) would code with those, silently.
+            exported_from = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
+            folder = self.model.config._name_or_path
+            if exported_from and os.path.isdir(folder) and weights_digest(folder) not in (None, exported_from):
+                raise ValueError(
+                    f"{path} was exported from other weights than the model's in {folder} (trained again since?); "
+                    f"export it again: python -m modeling_bertxml.release.onnx_export {folder}"
+                )
+            sessions[path] = session
         return sessions[path]
 
     def runs_bf16(self, bf16: bool | None = None) -> bool:
