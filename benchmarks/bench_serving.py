@@ -4,7 +4,8 @@
 
 For each backend, through the `icd-coding` pipeline (tokenising, scoring, evidence: what a user runs):
 - `notes_per_s`: the notes coded in batches of `--batch_size`, longest first (as `bert-xml-predict` batches them);
-- `ms_per_note_p50`/`_p95`: one note per call, the latency a single request sees;
+- `ms_per_note_p50`/`_p95`: one note per call, the latency a single request sees (each backend timed in phases of
+  its own: `time_backends`);
 - `max_score_diff`: the largest |score| difference to PyTorch fp32 over every code of every note;
 - `map_change`: MAP (every code's score against the notes' `labels`) minus PyTorch fp32's;
 - `gflop_per_s` and `peak_share`: the model's forward FLOPs (encoder and label attention) per second of the batched
@@ -41,6 +42,7 @@ from modeling_bertxml.training.throughput import encoder_flops  # noqa: E402
 
 BACKENDS = {"pytorch-fp32": "pytorch", "onnx-fp32": "onnx-fp32", "onnx-int8": "onnx-int8"}  # row -> pipeline's
 BASE_NOTE_TOKENS = 4096
+ROUNDS = 2  # turns each backend takes (time_backends)
 PEAK_SIZE = 4096  # a 1,024-wide probe ran slower than the BERT-base note's own matmuls: no peak
 
 
@@ -111,29 +113,31 @@ def all_scores(coder: ICDCodingPipeline, texts: list[str], backend: str, onnx_di
 
 
 def time_backends(coder: ICDCodingPipeline, texts: list[str], onnx_dir: str, batch_size: int) -> dict[str, dict]:
-    """Per backend: latency per note (one per call) and notes/s in length-sorted batches. The backends take turns on
-    each note and each batch, so that other jobs on shared cores slow them alike, after an untimed warm-up."""
+    """Per backend: latency per note (one per call) and notes/s in length-sorted batches.
+
+    Each backend runs its calls in a phase of its own, after an untimed warm-up call, and the phases take turns over
+    `ROUNDS`, so that a shared machine's drift slows them alike. Calls of two backends interleaved one by one would
+    slow each other: ONNX Runtime's and PyTorch's thread pools spin on the same cores after each call (PyTorch's p50
+    on the demo model: 45 ms interleaved, 17 ms alone)."""
     calls = {name: partial(coder, backend=backend, onnx_dir=onnx_dir) for name, backend in BACKENDS.items()}
     latencies, seconds = {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
-    for call in calls.values():
-        call(texts[:batch_size], batch_size=batch_size)
-    for text in texts:
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call(text)
-            latencies[name].append(1e3 * (time.perf_counter() - start))
     ordered = sorted(texts, key=len, reverse=True)
-    for first in range(0, len(ordered), batch_size):
+    for _ in range(ROUNDS):
         for name, call in calls.items():
+            call(texts[:batch_size], batch_size=batch_size)
+            for text in texts:
+                start = time.perf_counter()
+                call(text)
+                latencies[name].append(1e3 * (time.perf_counter() - start))
             start = time.perf_counter()
-            call(ordered[first : first + batch_size], batch_size=batch_size)
+            call(ordered, batch_size=batch_size)
             seconds[name] += time.perf_counter() - start
     return {
         name: {
-            "notes_per_s": len(texts) / seconds[name],
+            "notes_per_s": ROUNDS * len(texts) / seconds[name],
             "ms_per_note_p50": float(np.percentile(latencies[name], 50)),
             "ms_per_note_p95": float(np.percentile(latencies[name], 95)),
-            "batched_seconds": seconds[name],
+            "batched_seconds": seconds[name] / ROUNDS,
         }
         for name in calls
     }

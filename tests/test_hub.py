@@ -376,3 +376,43 @@ def test_png_text_chunks_are_scanned_and_a_broken_png_is_refused(tmp_path: Path)
         Finding("broken.png", 1, "binary file that cannot be scanned"),
         Finding("figure.png", 1, "MRN"), Finding("figure.png", 2, "phone number"),
     ]
+
+
+def test_an_onnx_export_travels_with_the_model_scanned_and_a_users_onnx_folder_stays(
+    loopback_hub, tmp_path: Path, caplog
+) -> None:
+    """An Endpoint serves `BERTXML_BACKEND=onnx-int8` from the repo's `onnx/`: the export bert-xml wrote into a run's
+    folder is pushed, after its strings are scanned as any file; an onnx/ folder its user made there is theirs."""
+    onnx = pytest.importorskip("onnx")
+    from modeling_bertxml import BertXMLForMultiLabelCoding
+    from modeling_bertxml.release.onnx_export import export_onnx
+    from tests.conftest import tiny_config
+
+    folder = tmp_path / "run"
+    BertXMLForMultiLabelCoding(tiny_config()).save_pretrained(folder)
+    model_files = set(snapshot(folder))
+    Manifest(run=["run_args.json"], model=sorted(model_files)).write(folder)
+    (folder / "run_args.json").write_text("{}")
+    users = tmp_path / "users_run"
+    users.mkdir()
+    (users / "run_args.json").write_text("{}")
+    (users / "onnx").mkdir()
+    (users / "onnx" / "model.onnx").write_bytes((folder / "model.safetensors").read_bytes())
+
+    export_onnx(folder)
+    (folder / "onnx" / "notes.txt").write_text("MRN: 4829113")  # not the export's: stays local, so not scanned
+    assert scan_for_identifiers(folder) == []  # the real export's names and doc strings are clean
+    caplog.set_level(logging.INFO)
+    main([str(folder), "--hub_model_id", REPO_ID, "--hub_token", loopback_hub.token])
+    assert set(loopback_hub.repos[REPO_ID].files) == model_files | {"onnx/model.onnx", "onnx/model_int8.onnx"}
+    assert "onnx/notes.txt" in caplog.text.split("Not pushed")[1]
+    assert scan_for_identifiers(users) == []  # nothing of theirs is read, nor pushed
+
+    exported = onnx.load(str(folder / "onnx" / "model.onnx"))
+    exported.graph.node[3].doc_string = "traced on the note of MRN 4829113"
+    onnx.save(exported, str(folder / "onnx" / "model.onnx"))
+    (folder / "onnx" / "model_int8.onnx").write_bytes(b"\x08\x07 not a model")
+    findings = scan_for_identifiers(folder)  # an ONNX file's "line" is its n-th string
+    assert [(finding.file, finding.kind) for finding in findings] == [
+        ("onnx/model.onnx", "MRN"), ("onnx/model_int8.onnx", "binary file that cannot be scanned"),
+    ]

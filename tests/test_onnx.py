@@ -4,11 +4,13 @@
 
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import pipeline
 
 from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
 from modeling_bertxml.model.handler import EndpointHandler
@@ -40,7 +42,17 @@ def test_onnx_scores_notes_of_one_and_several_chunks_as_pytorch(untrained_coder:
             assert onnx_states.shape == states.shape
             assert (onnx_logits.sigmoid() - logits.sigmoid()).abs().max() < tolerance
     expected = untrained_coder(NOTES, top_k=2)
-    assert_same_coding(untrained_coder(NOTES, top_k=2, backend="onnx-fp32"), expected)
+    # Its own tensor work runs on one PyTorch thread; the user's setting is back afterwards, after a failure too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # not 1, which the pipeline sets meanwhile
+    try:
+        assert_same_coding(untrained_coder(NOTES, top_k=2, backend="onnx-fp32", batch_size=2), expected)
+        assert torch.get_num_threads() == threads + 1
+        with pytest.raises(ValueError, match="no such ONNX file"):
+            untrained_coder(NOTES, backend="onnx-fp32", onnx_dir=str(onnx_folder.parent))
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="backend must be one of"):
         untrained_coder(NOTES, backend="onnx")
 
@@ -99,3 +111,21 @@ def test_predict_exports_into_its_output_dir_when_the_model_folder_has_no_export
     assert (tmp_path / "fp32" / "onnx" / "model_int8.onnx").is_file()
     assert_same_coding([row["codes"] for row in read_output(tmp_path / "fp32")],
                        [row["codes"] for row in read_output(tmp_path / "torch")])  # fmt: skip
+
+
+def test_an_export_of_other_weights_is_refused_until_exported_again(untrained_coder_folder: Path,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    """The model trained again in its folder leaves the old export beside it: coding with it would be silently the
+    old model's."""
+    folder = tmp_path / "coder"
+    shutil.copytree(untrained_coder_folder, folder)
+    export_onnx(folder)
+    config = BertXMLForMultiLabelCoding.config_class.from_pretrained(folder)
+    torch.manual_seed(1)
+    BertXMLForMultiLabelCoding(config).save_pretrained(folder)  # retrained: other weights
+    coder = pipeline("icd-coding", model=str(folder), pipeline_class=ICDCodingPipeline, device=-1)
+    with pytest.raises(ValueError, match=f"exported from other weights .*onnx_export {folder}"):
+        coder(NOTES[0], backend="onnx-int8")
+    export_onnx(folder)
+    coder = pipeline("icd-coding", model=str(folder), pipeline_class=ICDCodingPipeline, device=-1)
+    assert_same_coding(coder(NOTES, top_k=2, backend="onnx-fp32"), coder(NOTES, top_k=2))

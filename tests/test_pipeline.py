@@ -15,7 +15,7 @@ from transformers.testing_utils import CaptureLogger
 
 from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
 from modeling_bertxml.model import pipeline_bertxml
-from modeling_bertxml.model.pipeline_bertxml import evidence_spans, select_codes
+from modeling_bertxml.model.pipeline_bertxml import evidence_spans, note_evidence, select_codes
 from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
 from tests.conftest import run_in_fresh_interpreter, shuffled_tokenizer, tiny_config, tiny_tokenizer
@@ -143,6 +143,11 @@ def test_evidence_spans_are_whole_words_merged_into_phrases(words: list, weights
     spans = evidence_spans(text, offsets, torch.tensor(words), torch.tensor(weights), num_spans=5)
     assert [(span["text"].lower(), round(span["attention"], 6)) for span in spans] == expected
     assert evidence_spans(text, offsets, torch.tensor(words), torch.tensor(weights), num_spans=1) == spans[:1]
+    # A note's codes at once (the pipeline's path) give each code's own spans.
+    several = torch.stack([torch.tensor(weights), torch.tensor(weights).flip(0), torch.zeros(len(weights))])
+    assert note_evidence(text, offsets, torch.tensor(words), several, num_spans=5) == [
+        evidence_spans(text, offsets, torch.tensor(words), code_weights, num_spans=5) for code_weights in several
+    ]
 
 
 def test_select_codes_applies_threshold_strictly_and_top_k() -> None:

@@ -20,7 +20,11 @@ another folder); onnxruntime is imported only then. The graph is the model's own
 evidence is still computed by the model, for the predicted codes only.
 """
 
+import hashlib
 import os
+from array import array
+from contextlib import contextmanager, nullcontext
+from itertools import chain
 
 import torch
 from transformers import Pipeline
@@ -33,10 +37,12 @@ logger = logging.get_logger(__name__)
 # A word is part of the evidence when it gets at least this share of the most-attended word's attention.
 EVIDENCE_RATIO = 0.1
 REQUEST_PARAMETERS = {"threshold", "top_k", "num_evidence_spans", "batch_size"}
-# The ONNX Runtime backends and their file in a model folder's `onnx/`; "pytorch" runs the model itself.
+# The ONNX Runtime backends and their file in a model folder's `ONNX_DIR`; "pytorch" runs the model itself.
+ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model_int8.onnx"}
 BACKENDS = ("pytorch", *ONNX_FILES)
 SCORER_INPUTS, SCORER_OUTPUTS = ("input_ids", "attention_mask"), ("logits", "last_hidden_state")
+WEIGHTS_DIGEST_KEY = "bertxml_weights_sha256"  # an ONNX export's metadata: `weights_digest` of what it was made from
 
 
 class NoteScorer(torch.nn.Module):
@@ -67,14 +73,30 @@ def evidence_spans(
         word_ids: (tokens,) word index of each token, -1 for special tokens.
         weights: (tokens,) the code's attention over the tokens.
     """
-    # Per word, in tensors (a note's thousands of tokens, read once for each code): first and last character, weight.
+    return note_evidence(text, offsets, word_ids, weights[None], num_spans)[0]
+
+
+def note_evidence(
+    text: str, offsets: torch.Tensor, word_ids: torch.Tensor, weights: torch.Tensor, num_spans: int
+) -> list[list[dict]]:
+    """`evidence_spans` of several codes of one note, `weights` (codes, tokens): the note's words are found once, not
+    once per code (a note's thousands of tokens, for each of its codes)."""
+    # Per word, in tensors: first and last character, and each code's weight.
     kept = (word_ids >= 0) & (offsets[:, 1] > offsets[:, 0])
     words, token_word = torch.unique(word_ids[kept], return_inverse=True)  # sorted word indices
     if len(words) == 0:
-        return []
+        return [[] for _ in weights]
     starts = torch.zeros_like(words).scatter_reduce(0, token_word, offsets[kept, 0], "amin", include_self=False)
     ends = torch.zeros_like(words).scatter_reduce(0, token_word, offsets[kept, 1], "amax", include_self=False)
-    totals = torch.zeros(len(words), dtype=torch.float64).index_add_(0, token_word, weights[kept].double())
+    totals = weights.new_zeros(len(weights), len(words), dtype=torch.float64)
+    totals.index_add_(1, token_word, weights[:, kept].double())
+    return [_phrases(text, words, starts, ends, code_totals, num_spans) for code_totals in totals]
+
+
+def _phrases(
+    text: str, words: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, totals: torch.Tensor, num_spans: int
+) -> list[dict]:
+    """One code's heaviest phrases from its per-word weights (`evidence_spans`)."""
     peak = totals.max().item()
     if peak <= 0:
         return []  # nothing of the note makes the case (a description-matched code that shares no word with it)
@@ -89,6 +111,27 @@ def evidence_spans(
         previous = word
     phrases.sort(key=lambda phrase: -phrase[2])
     return [{"start": s, "end": e, "text": text[s:e], "attention": w} for s, e, w in phrases[:num_spans]]
+
+
+def weights_digest(folder: str) -> str | None:
+    """sha256 over a model folder's safetensors files, by name order (None without any): the weights an ONNX export
+    was made from, recorded in it under `WEIGHTS_DIGEST_KEY`."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
+    if not names:
+        return None
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as file:
+            while block := file.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _int64(values) -> torch.Tensor:
+    """A 1-d int64 tensor of Python ints through a C array: `torch.tensor` converts a list element by element, a third
+    of a note's tokenising time."""
+    values = array("q", values)
+    return torch.frombuffer(values, dtype=torch.int64) if values else torch.zeros(0, dtype=torch.int64)
 
 
 def select_codes(
@@ -106,6 +149,19 @@ def select_codes(
     top_scores, top_codes = scores.topk(k, dim=-1)
     keep = top_scores > threshold if threshold is not None else torch.ones_like(top_scores, dtype=torch.bool)
     return top_codes.masked_fill(~keep, -1), top_scores
+
+
+@contextmanager
+def one_torch_thread():
+    """PyTorch on one thread inside the block: for an ONNX backend's own tensor work (the chosen codes' attention, a
+    note's evidence), whose ops are too small to share. PyTorch's idle threads spin on the cores after each op, where
+    ONNX Runtime's threads then run the next note: 10.5 against 6.2 ms a note on the demo model (2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class ICDCodingPipeline(Pipeline):
@@ -165,7 +221,7 @@ class ICDCodingPipeline(Pipeline):
         if backend is not None:
             if backend not in BACKENDS:
                 raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-            forward_params["backend"] = backend
+            forward_params["backend"] = postprocess_params["backend"] = backend
         if onnx_dir is not None:
             forward_params["onnx_dir"] = str(onnx_dir)
         if bf16 is not None:
@@ -188,23 +244,19 @@ class ICDCodingPipeline(Pipeline):
         if not isinstance(text, str):
             raise TypeError(f"icd-coding takes a note (str) or a list of notes, got {type(text).__name__}")
         encoded = self.tokenizer(
-            text,
-            truncation=True,
-            max_length=self.model.config.max_note_length,
-            return_offsets_mapping=True,
-            return_tensors="pt",
-        )
-        if encoded.encodings[0].overflowing:
+            text, truncation=True, max_length=self.model.config.max_note_length, return_offsets_mapping=True
+        ).encodings[0]
+        if encoded.overflowing:
             logger.warning(
                 f"A note of {len(text)} characters is longer than the {self.model.config.max_note_length} tokens the "
                 "model reads: only its beginning is coded."
             )
-        word_ids = [-1 if word is None else word for word in encoded.word_ids()]
+        input_ids = _int64(encoded.ids)[None]
         return {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            "offset_mapping": encoded["offset_mapping"],
-            "word_ids": torch.tensor([word_ids]),
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "offset_mapping": _int64(chain.from_iterable(encoded.offsets)).view(1, -1, 2),
+            "word_ids": _int64(-1 if word is None else word for word in encoded.word_ids)[None],
             "text": text,
         }
 
@@ -215,7 +267,8 @@ class ICDCodingPipeline(Pipeline):
         if threshold is None and top_k is None:
             threshold = self.model.config.threshold
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16)):
+        threads = nullcontext() if backend == "pytorch" else one_torch_thread()
+        with threads, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16)):
             logits, states = self.score(input_ids, attention_mask, backend, onnx_dir)
             codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
             # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
@@ -245,7 +298,7 @@ class ICDCodingPipeline(Pipeline):
         folder = self.model.config._name_or_path
         if not os.path.isdir(folder):
             raise ValueError(f"An ONNX backend needs onnx_dir= or a model loaded from a local folder, not {folder!r}")
-        return os.path.join(folder, "onnx")
+        return os.path.join(folder, ONNX_DIR)
 
     def _onnx_session(self, path: str):
         """One ONNX Runtime session per file, made on first use (onnxruntime is needed only here)."""
@@ -258,7 +311,16 @@ class ICDCodingPipeline(Pipeline):
                 )
             import onnxruntime
 
-            sessions[path] = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            # An export of other weights (the model trained again in its folder since) would code with those, silently.
+            exported_from = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
+            folder = self.model.config._name_or_path
+            if exported_from and os.path.isdir(folder) and weights_digest(folder) not in (None, exported_from):
+                raise ValueError(
+                    f"{path} was exported from other weights than the model's in {folder} (trained again since?); "
+                    f"export it again: python -m modeling_bertxml.release.onnx_export {folder}"
+                )
+            sessions[path] = session
         return sessions[path]
 
     def runs_bf16(self, bf16: bool | None = None) -> bool:
@@ -270,27 +332,31 @@ class ICDCodingPipeline(Pipeline):
             return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         return bf16
 
-    def postprocess(self, model_outputs: dict, num_evidence_spans: int = 3) -> list[dict]:
+    def postprocess(self, model_outputs: dict, num_evidence_spans: int = 3, backend: str = "pytorch") -> list[dict]:
         if not model_outputs["text"].strip():
             return []  # an empty note is coded as "no codes", whatever the bias alone would score
+        with nullcontext() if backend == "pytorch" else one_torch_thread():
+            return self._codes(model_outputs, num_evidence_spans)
+
+    def _codes(self, model_outputs: dict, num_evidence_spans: int) -> list[dict]:
+        """The note's codes, best first, with descriptions, scores and evidence spans."""
         config = self.model.config
         descriptions = getattr(config, "label_descriptions", None) or {}
-        offsets, word_ids = model_outputs["offset_mapping"][0], model_outputs["word_ids"][0]
-        results = []
-        for slot, code_id in enumerate(model_outputs["codes"][0].tolist()):
-            if code_id < 0:
-                break  # codes come best first; -1 pads notes with fewer codes than others in the batch
-            code = config.id2label[code_id]
-            weights = model_outputs["attentions"][0, slot]
-            results.append(
-                {
-                    "code": code,
-                    "description": descriptions.get(code),
-                    "score": float(model_outputs["scores"][0, slot]),
-                    "evidence": evidence_spans(model_outputs["text"], offsets, word_ids, weights, num_evidence_spans),
-                }
-            )
-        return results
+        # Codes come best first; -1 fills the slots after a note's last code (notes of a batch have different counts).
+        codes = [code_id for code_id in model_outputs["codes"][0].tolist() if code_id >= 0]
+        evidence = note_evidence(
+            model_outputs["text"], model_outputs["offset_mapping"][0], model_outputs["word_ids"][0],
+            model_outputs["attentions"][0, : len(codes)], num_evidence_spans,
+        )  # fmt: skip
+        return [
+            {
+                "code": config.id2label[code_id],
+                "description": descriptions.get(config.id2label[code_id]),
+                "score": float(model_outputs["scores"][0, slot]),
+                "evidence": spans,
+            }
+            for slot, (code_id, spans) in enumerate(zip(codes, evidence))
+        ]
 
     def handle_request(self, data: dict) -> list:
         """An Inference Endpoints request, `{"inputs": note or [notes], "parameters": {...}}` -> the pipeline output.

@@ -28,7 +28,8 @@ import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-from ..training.checkpointing import MANIFEST_FILE, RUN_ARGS_FILE, Manifest
+from ..model.pipeline_bertxml import ONNX_DIR, ONNX_FILES
+from ..training.checkpointing import Manifest, is_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -166,20 +167,29 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def files_to_upload(folder: str | Path) -> tuple[list[Path], list[str]]:
-    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`. In a run's
-    output dir (a manifest, or an older run's run_args.json), only the model files the run saved there: its user's
-    files stay local whatever their names (an analysis.py, a figure of theirs)."""
+    """(the files of `folder` a model repo holds, sorted; the names left local) by `MODEL_REPO_FILES`, and the ONNX
+    Runtime backends' export (`onnx/model.onnx`, `onnx/model_int8.onnx`: an Endpoint serves from it). In a run's
+    output dir (a manifest, or an older run's run_args.json), only what bert-xml wrote there: its user's files stay
+    local whatever their names (an analysis.py, a figure of theirs, an onnx/ folder of their own)."""
     folder = Path(folder)
-    is_run_dir = (folder / MANIFEST_FILE).is_file() or (folder / RUN_ARGS_FILE).is_file()
-    saved = set(Manifest.read(folder).model) if is_run_dir else None
+    manifest = Manifest.read(folder) if is_run_dir(folder) else None
+    owned, saved = (manifest.owned(), set(manifest.model)) if manifest else (None, None)
     kept, left = [], []
     for path in sorted(folder.iterdir()):
         repo_file = any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_REPO_FILES)
         if path.is_file() and not path.is_symlink() and repo_file and (saved is None or path.name in saved):
             kept.append(path)
+        elif path.name == ONNX_DIR and _is_real_dir(path) and (owned is None or ONNX_DIR in owned):
+            exported = [path / name for name in sorted(ONNX_FILES.values())]
+            kept.extend(file for file in exported if file.is_file() and not file.is_symlink())
+            left.extend(f"{ONNX_DIR}/{other.name}" for other in sorted(path.iterdir()) if other not in exported)
         else:
             left.append(path.name + ("/" if path.is_dir() else ""))
     return kept, left
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def _text_encoding(head: bytes) -> str | None:
@@ -226,9 +236,40 @@ def _png_text(data: bytes) -> str | None:
     return "\n".join(text.decode("utf-8", errors="replace") for text in texts)
 
 
+def _onnx_text(path: Path) -> str | None:
+    """Every string of an ONNX model (names, doc strings, metadata, string attributes and tensors), one per line; its
+    numeric tensors (`raw_data`, the weights) are numbers and not read. None without the `onnx` package
+    (bert-xml[serve]) or for a file it cannot parse."""
+    try:
+        import onnx
+        from google.protobuf.message import DecodeError
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError):
+        return None
+    return "\n".join(_protobuf_strings(model))
+
+
+def _protobuf_strings(message) -> Iterable[str]:
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.type == field.TYPE_MESSAGE:
+            for item in values:
+                yield from _protobuf_strings(item)
+        elif field.type == field.TYPE_STRING:
+            yield from values
+        elif field.type == field.TYPE_BYTES and field.name != "raw_data":
+            yield from (item.decode("utf-8", errors="replace") for item in values)
+
+
 def _scannable_text(path: Path) -> str | None:
     """What the scan reads of a file: its text in whatever Unicode encoding, a safetensors file's JSON header (which
-    may hold free-form metadata), a PNG's text chunks, or None when it cannot be read as text."""
+    may hold free-form metadata), a PNG's text chunks, an ONNX model's strings, or None when it cannot be read as
+    text."""
+    if path.suffix == ".onnx":
+        return _onnx_text(path)
     data = path.read_bytes()
     if path.suffix == ".png":
         return _png_text(data)

@@ -8,8 +8,10 @@ The graph is `NoteScorer` (the pipeline's scoring: the encoder, then the scores 
 the label blocks are in the graph; batch and length are dynamic axes. `optimum`'s exporters know stock architectures,
 not this custom model, so they do not fit here. The fp32 graph is checked against PyTorch on a note of several
 chunks and a short one before it is kept; int8 is `onnxruntime.quantization.quantize_dynamic` (int8 weights of the
-linear layers, activations quantized per batch at run time). Both files are written into a temporary folder that is
-renamed into place, so a kill leaves the previous folder or none.
+linear layers, activations quantized per batch at run time). Both record the sha256 of the model's safetensors files
+(`WEIGHTS_DIGEST_KEY`), so that the pipeline refuses an export of other weights than its model's (the model trained
+again in its folder). Both files are written into a temporary folder that is renamed into place, so a kill leaves the
+previous folder or none; in a run's output dir, `onnx/` is recorded in its manifest (`bert-xml-push` uploads it).
 """
 
 import argparse
@@ -20,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-from ..model.pipeline_bertxml import ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, NoteScorer
+from ..model.pipeline_bertxml import (
+    ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, weights_digest,
+)  # fmt: skip
 from ..training.atomic import swap_in
+from ..training.checkpointing import is_run_dir, record_output
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-3  # fp32 ONNX Runtime vs PyTorch logits: float noise only (1e-6 measured on the tiny model)
@@ -86,12 +91,17 @@ def check_export(model: torch.nn.Module, path: Path) -> float:
 
 def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) -> Path:
     """Write `ONNX_FILES` (fp32 and int8) for the model in `model_folder` into `onnx_dir` (default its `onnx/`)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
-    onnx_dir = Path(onnx_dir) if onnx_dir is not None else Path(model_folder) / "onnx"
     model = BertXMLForMultiLabelCoding.from_pretrained(model_folder).eval()
+    if onnx_dir is None:
+        onnx_dir = Path(model_folder) / ONNX_DIR
+        if is_run_dir(Path(model_folder)):  # a run's output dir: recorded as bert-xml's (deletable, pushed)
+            record_output(model_folder, ONNX_DIR)
+    onnx_dir = Path(onnx_dir)
     onnx_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=onnx_dir.parent, prefix=f".{onnx_dir.name}.") as temporary:
         staging = Path(temporary) / "onnx"
@@ -106,6 +116,11 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
             quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
         finally:
             logging.disable(logging.NOTSET)
+        digest = weights_digest(str(model_folder))
+        for path in (fp32, int8) if digest else ():  # the pipeline refuses an export of other weights than its model's
+            graph = onnx.load(str(path))
+            graph.metadata_props.add(key=WEIGHTS_DIGEST_KEY, value=digest)
+            onnx.save(graph, str(path))
         swap_in(staging, onnx_dir)
     return onnx_dir
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import pipeline
 
 from ..data.readers import NotesError, iter_notes
-from ..model.pipeline_bertxml import BACKENDS, ONNX_FILES, ICDCodingPipeline
+from ..model.pipeline_bertxml import BACKENDS, ONNX_DIR, ONNX_FILES, ICDCodingPipeline
 from ..training.arguments import run_args
 from ..training.atomic import OutputDirError, OutputWriteError, fsync_dir, write_json_atomic
 from ..training.checkpointing import RUN_ARGS_FILE, claim_output_dir, record_output
@@ -179,8 +179,8 @@ def onnx_dir(args: argparse.Namespace) -> str | None:
     """Where an ONNX backend's files are: the model folder's `onnx/`, else the run's own export."""
     if args.backend == "pytorch":
         return None
-    exported = Path(args.model) / "onnx" / ONNX_FILES[args.backend]
-    return str(exported.parent if exported.is_file() else args.output_dir / "onnx")
+    exported = Path(args.model) / ONNX_DIR / ONNX_FILES[args.backend]
+    return str(exported.parent if exported.is_file() else args.output_dir / ONNX_DIR)
 
 
 def export_if_needed(args: argparse.Namespace) -> None:
@@ -190,7 +190,7 @@ def export_if_needed(args: argparse.Namespace) -> None:
         return
     from .onnx_export import export_onnx
 
-    record_output(args.output_dir, "onnx")
+    record_output(args.output_dir, ONNX_DIR)
     logger.info(f"Exporting {args.model} to ONNX into {folder}")
     export_onnx(args.model, folder)
 

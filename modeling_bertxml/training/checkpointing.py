@@ -274,6 +274,11 @@ def is_run_output(name: str) -> bool:
     return name == RUN_ARGS_FILE or name in RUN_FOLDERS or MODEL_FILE.fullmatch(name) is not None
 
 
+def is_run_dir(folder: Path) -> bool:
+    """Whether bert-xml runs wrote `folder` (it keeps a manifest, or an older version's run_args.json)."""
+    return (folder / MANIFEST_FILE).is_file() or (folder / RUN_ARGS_FILE).is_file()
+
+
 def record_output(output_dir: str | os.PathLike, name: str) -> None:
     """Record in the manifest that a run is about to create `output_dir/name`, so that `--overwrite_output_dir` may
     delete it later. A name already there unrecorded is someone else's and stays unrecorded (never deleted)."""
