@@ -18,12 +18,13 @@ IMPLEMENTATIONS = ["sdpa", "blocks"]
 
 
 def random_head(
-    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES, implementation: str = "auto"
-) -> BertXMLLabelWiseHead:
+    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES, implementation: str = "auto",
+    queries_per_code: int = 1,
+) -> BertXMLLabelWiseHead:  # fmt: skip
     """A head with unit-scale weights, so that attention is peaked and a wrong mask or block visibly moves logits."""
     config = tiny_config(
         num_labels=codes, label_block_size=block, label_attention_dim=label_attention_dim,
-        label_attention_implementation=implementation,
+        label_attention_implementation=implementation, label_queries_per_code=queries_per_code,
     )  # fmt: skip
     head = BertXMLLabelWiseHead(config)
     with torch.no_grad():
@@ -44,8 +45,11 @@ def random_batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
 @pytest.mark.parametrize("block", [1, BLOCK, CODES, 64])
-def test_head_matches_naive_head_in_fp32(implementation: str, label_attention_dim: int | None, block: int) -> None:
-    head = random_head(label_attention_dim, block, implementation=implementation)
+@pytest.mark.parametrize("queries_per_code", [1, 3])
+def test_head_matches_naive_head_in_fp32(
+    implementation: str, label_attention_dim: int | None, block: int, queries_per_code: int
+) -> None:
+    head = random_head(label_attention_dim, block, implementation=implementation, queries_per_code=queries_per_code)
     states, mask = random_batch()
     with torch.no_grad():
         expected = naive_label_attention(head, states, mask)
