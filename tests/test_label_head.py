@@ -179,3 +179,14 @@ def test_half_precision_scores_beyond_fp16_range_stay_finite() -> None:
 def test_an_unknown_implementation_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="label_attention_implementation must be one of auto, blocks, sdpa"):
         tiny_config(label_attention_implementation="triton")
+
+
+def test_moving_codes_moves_all_their_queries_and_a_new_code_starts_fresh() -> None:
+    """A coder fine-tuned on another list of codes (`reindex_codes`): each code it knew keeps its queries, in order."""
+    head = random_head(codes=3, queries_per_code=3)
+    queries, weights = head.queries.detach().clone().unflatten(0, (3, 3)), head.output_weight.detach().clone()
+    head.reindex_codes([2, None, 0])
+    moved = head.queries.detach().unflatten(0, (3, 3))
+    torch.testing.assert_close(moved[[0, 2]], queries[[2, 0]])
+    torch.testing.assert_close(head.output_weight.detach()[[0, 2]], weights[[2, 0]])
+    torch.testing.assert_close(head.output_weight.detach()[1], moved[1, 0])  # a fresh code's weight: its first query
