@@ -218,7 +218,11 @@ class BertXMLLabelWiseHead(nn.Module):
 
     @torch.no_grad()
     def set_rows_from_vectors(
-        self, rows: torch.Tensor, vectors: torch.Tensor, output_norm: float | None, query_vectors: torch.Tensor | None = None
+        self,
+        rows: torch.Tensor,
+        vectors: torch.Tensor,
+        output_norm: float | None,
+        query_vectors: torch.Tensor | None = None,
     ) -> None:
         """Start the codes of `rows` attending to text like `vectors` (one hidden-size vector per row, e.g. the
         encoder's embedding of the code's description), or each of a code's queries like its own vector of
@@ -242,15 +246,14 @@ class BertXMLLabelWiseHead(nn.Module):
         """Answer for another list of codes: code i keeps this head's row `rows[i]` (query, output weight and bias),
         or starts a fresh row (`init_code_rows`) where `rows[i]` is None. Not-per-code weights (the LAAT projection)
         stay."""
-        parameters = (self.queries.unflatten(0, (-1, self.queries_per_code)), self.output_weight, self.output_bias)
-        fresh = [parameter.new_empty(len(rows), *parameter.shape[1:]) for parameter in parameters]
-        fresh[0] = fresh[0].flatten(0, 1)
+        parameters = (self.queries, self.output_weight, self.output_bias)
+        sizes = (len(rows) * self.queries_per_code, len(rows), len(rows))
+        fresh = [parameter.new_empty(size, *parameter.shape[1:]) for parameter, size in zip(parameters, sizes)]
         self.init_code_rows(*fresh)
-        fresh[0] = fresh[0].unflatten(0, (-1, self.queries_per_code))
         kept = [i for i, row in enumerate(rows) if row is not None]
-        for new, old in zip(fresh, parameters):
-            new[kept] = old[[rows[i] for i in kept]]
-        fresh[0] = fresh[0].flatten(0, 1)
+        sources = [rows[i] for i in kept]
+        for new, old in zip(fresh, parameters):  # grouped by code: a code's queries move together
+            new.unflatten(0, (len(rows), -1))[kept] = old.unflatten(0, (len(self.output_bias), -1))[sources]
         self.queries, self.output_weight, self.output_bias = (nn.Parameter(values) for values in fresh)
 
     @property
