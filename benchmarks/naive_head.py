@@ -20,5 +20,7 @@ def naive_label_attention(
     keys = torch.tanh(head.projection(states)) if head.projection is not None else states
     scores = (keys @ head.queries.T).float()  # (batch, tokens, codes): every code against every token at once
     weights = scores.masked_fill(~keep, torch.finfo(torch.float32).min).softmax(dim=1)
-    documents = weights.transpose(1, 2).to(states.dtype) @ states  # (batch, codes, hidden)
-    return head.output_weight.mul(documents).sum(dim=2).add(head.output_bias)
+    documents = weights.transpose(1, 2).to(states.dtype) @ states  # (batch, queries, hidden)
+    # A code's queries are consecutive rows; its score is the best of theirs (one query per code: that one's).
+    documents = documents.unflatten(1, (-1, head.queries_per_code))  # (batch, codes, queries per code, hidden)
+    return documents.mul(head.output_weight[:, None]).sum(dim=3).amax(dim=2).add(head.output_bias)

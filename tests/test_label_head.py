@@ -18,12 +18,13 @@ IMPLEMENTATIONS = ["sdpa", "blocks"]
 
 
 def random_head(
-    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES, implementation: str = "auto"
-) -> BertXMLLabelWiseHead:
+    label_attention_dim: int | None = None, block: int = BLOCK, codes: int = CODES, implementation: str = "auto",
+    queries_per_code: int = 1,
+) -> BertXMLLabelWiseHead:  # fmt: skip
     """A head with unit-scale weights, so that attention is peaked and a wrong mask or block visibly moves logits."""
     config = tiny_config(
         num_labels=codes, label_block_size=block, label_attention_dim=label_attention_dim,
-        label_attention_implementation=implementation,
+        label_attention_implementation=implementation, label_queries_per_code=queries_per_code,
     )  # fmt: skip
     head = BertXMLLabelWiseHead(config)
     with torch.no_grad():
@@ -44,8 +45,11 @@ def random_batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("label_attention_dim", [None, 8])
 @pytest.mark.parametrize("block", [1, BLOCK, CODES, 64])
-def test_head_matches_naive_head_in_fp32(implementation: str, label_attention_dim: int | None, block: int) -> None:
-    head = random_head(label_attention_dim, block, implementation=implementation)
+@pytest.mark.parametrize("queries_per_code", [1, 3])
+def test_head_matches_naive_head_in_fp32(
+    implementation: str, label_attention_dim: int | None, block: int, queries_per_code: int
+) -> None:
+    head = random_head(label_attention_dim, block, implementation=implementation, queries_per_code=queries_per_code)
     states, mask = random_batch()
     with torch.no_grad():
         expected = naive_label_attention(head, states, mask)
@@ -175,3 +179,14 @@ def test_half_precision_scores_beyond_fp16_range_stay_finite() -> None:
 def test_an_unknown_implementation_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="label_attention_implementation must be one of auto, blocks, sdpa"):
         tiny_config(label_attention_implementation="triton")
+
+
+def test_moving_codes_moves_all_their_queries_and_a_new_code_starts_fresh() -> None:
+    """A coder fine-tuned on another list of codes (`reindex_codes`): each code it knew keeps its queries, in order."""
+    head = random_head(codes=3, queries_per_code=3)
+    queries, weights = head.queries.detach().clone().unflatten(0, (3, 3)), head.output_weight.detach().clone()
+    head.reindex_codes([2, None, 0])
+    moved = head.queries.detach().unflatten(0, (3, 3))
+    torch.testing.assert_close(moved[[0, 2]], queries[[2, 0]])
+    torch.testing.assert_close(head.output_weight.detach()[[0, 2]], weights[[2, 0]])
+    torch.testing.assert_close(head.output_weight.detach()[1], moved[1, 0])  # a fresh code's weight: its first query

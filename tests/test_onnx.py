@@ -129,3 +129,9 @@ def test_an_export_of_other_weights_is_refused_until_exported_again(untrained_co
     export_onnx(folder)
     coder = pipeline("icd-coding", model=str(folder), pipeline_class=ICDCodingPipeline, device=-1)
     assert_same_coding(coder(NOTES, top_k=2, backend="onnx-fp32"), coder(NOTES, top_k=2))
+
+
+def test_a_coder_of_several_queries_per_code_exports_scoring_as_pytorch(tmp_path: Path) -> None:
+    """Each code's best query is chosen in the graph too: `check_export` refuses logits that differ from PyTorch's."""
+    BertXMLForMultiLabelCoding(tiny_config(label_queries_per_code=3)).save_pretrained(tmp_path / "model")
+    assert sorted(path.name for path in export_onnx(tmp_path / "model").iterdir()) == ["model.onnx", "model_int8.onnx"]

@@ -161,9 +161,13 @@ def test_select_codes_applies_threshold_strictly_and_top_k() -> None:
     assert codes.tolist() == [[0], [1]]
 
 
-@pytest.mark.parametrize("label_attention_dim", [None, 8])
-def test_attention_of_selected_codes_equals_the_model_label_attentions(label_attention_dim: int | None) -> None:
-    model = BertXMLForMultiLabelCoding(tiny_config(num_labels=9, label_attention_dim=label_attention_dim)).eval()
+@pytest.mark.parametrize("label_attention_dim, queries_per_code", [(None, 1), (8, 1), (None, 3)])
+def test_attention_of_selected_codes_equals_the_model_label_attentions(
+    label_attention_dim: int | None, queries_per_code: int
+) -> None:
+    """The evidence of a code is the attention of its query that scores best on the note, as the model returns it."""
+    config = tiny_config(num_labels=9, label_attention_dim=label_attention_dim, label_queries_per_code=queries_per_code)
+    model = BertXMLForMultiLabelCoding(config).eval()
     ids = torch.randint(5, model.config.vocab_size, (2, 40))
     mask = torch.ones_like(ids)
     mask[1, 23:] = 0

@@ -22,6 +22,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 
 from modeling_bertxml import BertXMLForMaskedLM, BertXMLForMultiLabelCoding
 from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
+from modeling_bertxml.training.arguments import SYNONYM_QUERIES
 from modeling_bertxml.training.label_init import note_keywords
 from modeling_bertxml.training.models import build_coding_model, load_coding_model
 from modeling_bertxml.evaluation.metrics import METRIC_KEYS, TRAINING_COUNT_KEY, compute_metrics, tune_threshold
@@ -745,6 +746,16 @@ def test_init_label_queries_from_descriptions_starts_known_codes_from_their_text
     assert not torch.allclose(queries[:2], random_queries[:2])
     torch.testing.assert_close(queries[2], random_queries[2])  # no description: keeps its random query
 
+    # Several queries per code (MSMN's synonym queries): each starts from one of the code's texts, in turn.
+    texts = {"E11.9": ["type 2 diabetes", "diabetes mellitus without complication"], "I10": ["hypertension"]}
+    queries = build_coding_model(labels, tokenizer, data / "pretrained", init_from_descriptions=True, code_texts=texts,
+                                 queries_per_code=3).label_head.queries.unflatten(0, (3, 3))  # fmt: skip
+    diabetes, hypertension, local = queries
+    torch.testing.assert_close(diabetes[2], diabetes[0])  # two texts for three queries: the first again
+    assert not torch.allclose(diabetes[0], diabetes[1])
+    torch.testing.assert_close(hypertension, hypertension[:1].expand(3, -1))  # one text: one query, three times
+    assert not torch.allclose(local[0], local[1])  # no text: random queries
+
 
 @pytest.mark.parametrize(
     ("start", "flag", "described"),
@@ -767,6 +778,9 @@ def test_label_queries_start_from_descriptions_by_default_only_for_an_encoder_tr
         args[index : index + 2] = ["--config_name", pretrained, "--tokenizer_name", pretrained]
     lines = run_train(args)
     assert any("new label queries start from their official descriptions" in line for line in lines) == described
+    # Queries started from texts are several per code, one per text (SYNONYM_QUERIES); random ones stay one.
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["label_queries_per_code"] == (SYNONYM_QUERIES if described else 1)
 
 
 def test_a_coder_builds_trains_saves_and_reloads_from_python_without_argparse(data: Path, tmp_path: Path) -> None:

@@ -102,6 +102,10 @@ class BertXMLConfig(BertConfig):
         num_attention_labels (`int`, *optional*):
             How many codes, the first of `id2label`, have label-attention rows. The others (e.g. every code of the
             code system that no training note carries) are scored by the description match alone. `None`: all.
+        label_queries_per_code (`int`, defaults to 1):
+            Label-attention queries of each attention code; its score is the best of theirs (MSMN's synonym queries,
+            Yuan et al. 2022). `train.py` starts them from the code's texts, one each (its description, index terms,
+            words of its notes), so that a note may name the code in any of those ways.
         description_terms (`int`, defaults to 0):
             Above 0 the coding model adds a description match to every code's logit: the cosine between the note's
             TF-IDF vector over the vocabulary and the code's TF-IDF vector over its official texts, of which the
@@ -135,6 +139,7 @@ class BertXMLConfig(BertConfig):
     code_system: str = "icd10"
     vocab_fingerprint: str | None = None
     num_attention_labels: int | None = None
+    label_queries_per_code: int = 1
     description_terms: int = 0
     description_scale: float = 20.0
     mlm_loss_weight: float = 0.0
@@ -186,8 +191,8 @@ class BertXMLConfig(BertConfig):
                 f"label_attention_implementation must be one of {', '.join(LABEL_ATTENTION_IMPLEMENTATIONS)}, got "
                 f"{self.label_attention_implementation!r}"
             )
-        if self.max_chunks < 1 or self.label_block_size < 1:
-            raise ValueError("max_chunks and label_block_size must be positive")
+        if self.max_chunks < 1 or self.label_block_size < 1 or self.label_queries_per_code < 1:
+            raise ValueError("max_chunks, label_block_size and label_queries_per_code must be positive")
         if self.num_attention_labels is not None and not 0 < self.num_attention_labels <= self.num_labels:
             raise ValueError(
                 f"num_attention_labels must be between 1 and num_labels ({self.num_labels}), got "

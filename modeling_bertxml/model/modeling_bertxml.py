@@ -145,9 +145,10 @@ class BertXMLLabelWiseHead(nn.Module):
       overflow past 65,504 (bf16 cannot), so float16 keeps SDPA.
     `attention` gives the explicit path's weights for chosen codes only (the pipeline's evidence).
 
-    Every code owns one row of `queries`, `output_weight` and `output_bias`. The head starts, moves and counts those
-    rows itself (`init_code_rows`, `set_prior_bias`, `set_rows_from_vectors`, `reindex_codes`, `flops_per_token`), so
-    that training code never names its parameters.
+    Every code owns one row of `output_weight` and `output_bias` and `config.label_queries_per_code` consecutive rows
+    of `queries` (MSMN's synonym queries: the code's score is the best of its queries', each query attending on its
+    own). The head starts, moves and counts those rows itself (`init_code_rows`, `set_prior_bias`,
+    `set_rows_from_vectors`, `reindex_codes`, `flops_per_token`), so that training code never names its parameters.
     """
 
     def __init__(self, config: BertXMLConfig):
@@ -156,7 +157,8 @@ class BertXMLLabelWiseHead(nn.Module):
         self.implementation = config.label_attention_implementation
         query_size = config.label_attention_dim or config.hidden_size
         self.projection = nn.Linear(config.hidden_size, query_size) if config.label_attention_dim else None
-        self.queries = nn.Parameter(torch.empty(config.attention_labels, query_size))
+        self.queries_per_code = config.label_queries_per_code
+        self.queries = nn.Parameter(torch.empty(config.attention_labels * self.queries_per_code, query_size))
         self.output_weight = nn.Parameter(torch.empty(config.attention_labels, config.hidden_size))
         self.output_bias = nn.Parameter(torch.empty(config.attention_labels))
 
@@ -172,17 +174,25 @@ class BertXMLLabelWiseHead(nn.Module):
         for queries, output_weight, output_bias in self._blocks():
             # Batched queries, so that the scores come out (batch, block, tokens) without a transposing copy.
             weights = self._weights(queries.expand(keys.shape[0], -1, -1), keys, keep)
-            documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block, hidden)
-            logits.append((documents * output_weight).sum(-1) + output_bias)
+            documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, block queries, hidden)
+            scores, best = self._best_queries(documents, output_weight)
+            logits.append(scores + output_bias)
             if output_attentions:
-                attentions.append(weights)
+                attentions.append(self._rows_of(weights, best))
         return torch.cat(logits, dim=-1), torch.cat(attentions, dim=1) if output_attentions else None
 
     def attention(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The label attention of `codes` (batch, k) over the tokens, (batch, k, tokens) in float32: the rows that
         `forward(..., output_attentions=True)` returns for those codes, without a (batch, all codes, tokens) tensor."""
         hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
-        return self._weights(self.queries[codes], self._keys(hidden_states), keep)
+        per_code = self.queries_per_code
+        rows = (codes[..., None] * per_code + torch.arange(per_code, device=codes.device)).flatten(1)
+        weights = self._weights(self.queries[rows], self._keys(hidden_states), keep)
+        if per_code == 1:
+            return weights
+        documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, k * per_code, hidden)
+        _, best = self._best_queries(documents, self.output_weight[codes])  # the attention of its best-scoring query
+        return self._rows_of(weights, best)
 
     def init_code_rows(self, queries: torch.Tensor, output_weight: torch.Tensor, output_bias: torch.Tensor) -> None:
         """Start per-code rows (this head's parameters, or new rows of the same widths) where the head can leave the
@@ -194,7 +204,7 @@ class BertXMLLabelWiseHead(nn.Module):
         prior. Weights loaded from a checkpoint are left as they are (transformers' `initialization` helpers)."""
         init.normal_(queries, mean=0.0, std=queries.shape[1] ** -0.5)
         if self.projection is None:
-            init.copy_(output_weight, queries)
+            init.copy_(output_weight, queries.unflatten(0, (-1, self.queries_per_code))[:, 0])  # a code's first query
         else:
             init.normal_(output_weight, mean=0.0, std=output_weight.shape[1] ** -0.5)
         init.zeros_(output_bias)
@@ -207,14 +217,26 @@ class BertXMLLabelWiseHead(nn.Module):
         self.output_bias[rows] = torch.logit(priors.float().clamp(1e-6, 1 - 1e-6)).to(self.output_bias.dtype)
 
     @torch.no_grad()
-    def set_rows_from_vectors(self, rows: torch.Tensor, vectors: torch.Tensor, output_norm: float | None) -> None:
+    def set_rows_from_vectors(
+        self,
+        rows: torch.Tensor,
+        vectors: torch.Tensor,
+        output_norm: float | None,
+        query_vectors: torch.Tensor | None = None,
+    ) -> None:
         """Start the codes of `rows` attending to text like `vectors` (one hidden-size vector per row, e.g. the
-        encoder's embedding of the code's description). The query is the vector (through the LAAT projection
+        encoder's embedding of the code's description), or each of a code's queries like its own vector of
+        `query_vectors` (rows, queries per code, hidden). A query is its vector (through the LAAT projection
         `tanh(W v)` when there is one, so that it lives where the keys live) at unit norm: scores are then |key| x
         cosine, the temperature of scaled dot-product attention. With `output_norm`, the output weight takes the
         vector's direction at that norm, so a note that reads like the text starts with a higher score."""
-        queries = vectors if self.projection is None else torch.tanh(self.projection(vectors.to(self.queries.dtype)))
-        self.queries[rows] = nn.functional.normalize(queries.float(), dim=-1).to(self.queries.dtype)
+        per_code = self.queries_per_code
+        if query_vectors is None:
+            query_vectors = vectors[:, None].expand(-1, per_code, -1)
+        queries = query_vectors.flatten(0, 1).to(self.queries.dtype)
+        queries = queries if self.projection is None else torch.tanh(self.projection(queries))
+        query_rows = (rows[:, None] * per_code + torch.arange(per_code, device=rows.device)).flatten()
+        self.queries[query_rows] = nn.functional.normalize(queries.float(), dim=-1).to(self.queries.dtype)
         if output_norm is not None:
             weights = nn.functional.normalize(vectors.float(), dim=-1) * output_norm
             self.output_weight[rows] = weights.to(self.output_weight.dtype)
@@ -225,20 +247,22 @@ class BertXMLLabelWiseHead(nn.Module):
         or starts a fresh row (`init_code_rows`) where `rows[i]` is None. Not-per-code weights (the LAAT projection)
         stay."""
         parameters = (self.queries, self.output_weight, self.output_bias)
-        fresh = [parameter.new_empty(len(rows), *parameter.shape[1:]) for parameter in parameters]
+        sizes = (len(rows) * self.queries_per_code, len(rows), len(rows))
+        fresh = [parameter.new_empty(size, *parameter.shape[1:]) for parameter, size in zip(parameters, sizes)]
         self.init_code_rows(*fresh)
         kept = [i for i, row in enumerate(rows) if row is not None]
-        for new, old in zip(fresh, parameters):
-            new[kept] = old[[rows[i] for i in kept]]
+        sources = [rows[i] for i in kept]
+        for new, old in zip(fresh, parameters):  # grouped by code: a code's queries move together
+            new.unflatten(0, (len(rows), -1))[kept] = old.unflatten(0, (len(self.output_bias), -1))[sources]
         self.queries, self.output_weight, self.output_bias = (nn.Parameter(values) for values in fresh)
 
     @property
     def flops_per_token(self) -> int:
-        """Forward FLOPs per note token: each code's score (query . key) and weighted state (codes x hidden), plus the
-        LAAT projection. The work is fixed by the math, whichever path runs it."""
-        codes, query_size = self.queries.shape
+        """Forward FLOPs per note token: each query's score (query . key) and weighted state (queries x hidden), plus
+        the LAAT projection. The work is fixed by the math, whichever path runs it."""
+        queries, query_size = self.queries.shape
         projection = 2 * self.projection.weight.numel() if self.projection is not None else 0
-        return 2 * codes * (query_size + self.output_weight.shape[1]) + projection
+        return 2 * queries * (query_size + self.output_weight.shape[1]) + projection
 
     @staticmethod
     def _zero_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,14 +304,26 @@ class BertXMLLabelWiseHead(nn.Module):
             documents = nn.functional.scaled_dot_product_attention(
                 queries.expand(states.shape[0], 1, -1, -1), states, states, attn_mask=keep[:, None, None, :], scale=1.0
             )
-            logits.append((documents[:, 0] * output_weight).sum(-1) + output_bias)
+            logits.append(self._best_queries(documents[:, 0], output_weight)[0] + output_bias)
         return torch.cat(logits, dim=-1)
+
+    def _best_queries(self, documents: torch.Tensor, output_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Documents (batch, codes x queries per code, hidden) and output weights (..., codes, hidden) -> each code's
+        score, the best of its queries' (batch, codes), and which query it is. `amax`: queries that tie (a code with
+        one text starts all its queries from it) share the gradient and stay one query."""
+        scores = (documents.unflatten(1, (-1, self.queries_per_code)) * output_weight.unsqueeze(-2)).sum(-1)
+        return scores.amax(-1), scores.argmax(-1)
+
+    def _rows_of(self, weights: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+        """(batch, codes x queries per code, tokens) attention -> (batch, codes, tokens): each code's `best` query's."""
+        weights = weights.unflatten(1, (-1, self.queries_per_code))
+        return weights.gather(2, best[..., None, None].expand(-1, -1, 1, weights.shape[-1])).squeeze(2)
 
     def _blocks(self) -> zip:
         """(queries, output weight, output bias) per block of codes. `split`, not indexing: the backward pass then
         assembles each parameter's gradient once, instead of zero-filling a full-size gradient for every block."""
-        parameters = (self.queries, self.output_weight, self.output_bias)
-        return zip(*(parameter.split(self.block_size) for parameter in parameters))
+        queries = self.queries.split(self.block_size * self.queries_per_code)
+        return zip(queries, self.output_weight.split(self.block_size), self.output_bias.split(self.block_size))
 
 
 class BertXMLDescriptionMatch(nn.Module):

@@ -22,6 +22,7 @@ from transformers import SchedulerType
 from ..data.code_systems import CODE_SYSTEMS
 
 NOTE_KEYWORDS = 16  # train.py --note_keywords: measured on CodiEsp (docs/learning.md, "Real notes")
+SYNONYM_QUERIES = 4  # train.py --label_queries_per_code for queries started from texts: measured on CodiEsp (same)
 from ..data.readers import DatasetSource
 from ..release.hub import add_hub_args
 from ..release.model_card import DEFAULT_LICENSE
@@ -246,6 +247,12 @@ def add_coding_args(parser: argparse.ArgumentParser) -> None:
         help="Words of its training notes added to the texts of each code of 6 training notes or more, where they "
         "start its query and its description match (the N most particular to the notes that carry it; any language): "
         "what lets codes start well when their texts are in another language than the notes. Never saved. 0: off.",
+    )
+    coding.add_argument(
+        "--label_queries_per_code", type=positive_int, default=None,
+        help="Label-attention queries of each code, its score the best of theirs, each started from one of its texts "
+        "(MSMN's synonym queries). Default: 4 when queries start from the codes' texts, else 1. A coder given as "
+        "--model_name_or_path keeps its own.",
     )
     coding.add_argument("--strict_codes", action="store_true", help="Malformed/unknown codes are errors, not counts.")
     coding.add_argument("--allow_non_billable", action="store_true", help="Do not report non-billable codes.")

@@ -60,11 +60,13 @@ def init_label_queries_from_descriptions(
     init_output_weights: bool = True,
     batch_size: int = 64,
 ) -> list[str]:
-    """Set each attention code's query (and output weight) from the model's own embedding of its description(s).
+    """Set each attention code's queries (and output weight) from the model's own embedding of its description(s).
 
     A code's vector is the mean over its texts of `embed_texts`; the head starts the code's row from it
     (`BertXMLLabelWiseHead.set_rows_from_vectors`), with `init_output_weights` the output weight too, at the norm of
-    BERT's random initialisation. Codes without a description keep their random query (a warning counts them).
+    BERT's random initialisation. With several queries per code (`config.label_queries_per_code`), each starts from
+    one of the code's texts, in turn (a code of fewer texts than queries repeats them). Codes without a description
+    keep their random queries (a warning counts them).
 
     Returns the codes that were initialised.
     """
@@ -87,11 +89,18 @@ def init_label_queries_from_descriptions(
     embeddings = embed_texts(model, tokenizer, texts, batch_size)
     model.train(was_training)
     owners = torch.tensor(owners, device=embeddings.device)
+    counts = torch.bincount(owners, minlength=len(known))
     vectors = torch.zeros(len(known), embeddings.shape[1], device=embeddings.device).index_add_(0, owners, embeddings)
-    vectors /= torch.bincount(owners, minlength=len(known)).unsqueeze(-1)
+    vectors /= counts.unsqueeze(-1)
+    # Query j of a code starts from its text j modulo its count (a code's texts are consecutive in `embeddings`).
+    per_code = model.label_head.queries_per_code
+    first = counts.cumsum(0) - counts
+    texts_of_queries = first[:, None] + torch.arange(per_code, device=counts.device) % counts[:, None]
+    query_vectors = embeddings[texts_of_queries] if per_code > 1 else None
 
     norm = model.config.initializer_range * math.sqrt(model.config.hidden_size) if init_output_weights else None
-    model.label_head.set_rows_from_vectors(torch.tensor(known, device=embeddings.device), vectors, output_norm=norm)
+    rows = torch.tensor(known, device=embeddings.device)
+    model.label_head.set_rows_from_vectors(rows, vectors, output_norm=norm, query_vectors=query_vectors)
     return [codes[i] for i in known]
 
 

@@ -190,6 +190,7 @@ def build_coding_model(
     allow_random_encoder: bool = False,
     mlm_loss_weight: float = 0.0,
     code_texts: dict[str, list[str]] | None = None,
+    queries_per_code: int = 1,
 ) -> BertXMLForMultiLabelCoding:
     """The encoder of `model_name_or_path` (a pretrain.py output, a coder, any BERT checkpoint, or a checkpoint of
     another transformers encoder, which becomes the backbone) with a head for `labels`.
@@ -204,16 +205,18 @@ def build_coding_model(
     another model than its config.json says) is refused with `EncoderMismatchError` unless `allow_random_encoder`:
     fine-tuning would silently start from random weights. `mlm_loss_weight` keeps the masked-LM loss (and the
     checkpoint's MLM head, `cls`) while coding: `BertXMLConfig.mlm_loss_weight`. `code_texts` (a user's texts of
-    codes) replace the official ones of the codes they list.
+    codes) replace the official ones of the codes they list. `queries_per_code`: `BertXMLConfig.label_queries_per_code`
+    of a new head (a coder keeps its own).
     """
     checkpoint = Checkpoint.read(model_name_or_path) if model_name_or_path is not None else None
     # A coder is built with its own codes, so that every head row loads where it was saved; set_codes moves them.
     source_codes = checkpoint.codes if checkpoint is not None else []
     codes = source_codes or labels
+    head = {} if source_codes else {"label_queries_per_code": queries_per_code}
     config = load_config(
         config_name or checkpoint, config_overrides, tokenizer,
         id2label=dict(enumerate(codes)), label2id={code: i for i, code in enumerate(codes)}, code_system=code_system,
-        mlm_loss_weight=mlm_loss_weight,
+        mlm_loss_weight=mlm_loss_weight, **head,
     )  # fmt: skip
     if checkpoint is None:
         logger.warning("No --model_name_or_path: the encoder starts from random weights (no pretraining)")

@@ -61,7 +61,7 @@ from ..release.hub import HubPushError, IdentifiersFoundError, check_push_from_a
 from ..release.model_card import hub_id, render_model_card
 from ..release.pipeline_folder import add_pipeline_to_config, save_pipeline_code
 from ..release.space import save_space_app
-from .arguments import accelerator_settings, data_source, run_args
+from .arguments import SYNONYM_QUERIES, accelerator_settings, data_source, run_args
 from .arguments import parse_train_args as parse_args
 from .checkpointing import (
     CheckpointManager,
@@ -495,11 +495,14 @@ def run(args: argparse.Namespace) -> None:
     learning_texts = code_texts
     if args.note_keywords and (init_from_descriptions or uses_description_match(args)):
         learning_texts = with_note_keywords(args, splits, tokenizer, code_texts)
+    queries_per_code = args.label_queries_per_code
+    if queries_per_code is None:
+        queries_per_code = SYNONYM_QUERIES if init_from_descriptions else 1
     model = build_coding_model(
         splits.labels[: splits.attention_labels], tokenizer, args.model_name_or_path, args.config_name,
         args.config_overrides, init_from_descriptions=init_from_descriptions, label_frequencies=frequencies,
         code_system=args.code_system, allow_random_encoder=args.allow_random_encoder,
-        mlm_loss_weight=args.mlm_loss_weight, code_texts=learning_texts,
+        mlm_loss_weight=args.mlm_loss_weight, code_texts=learning_texts, queries_per_code=queries_per_code,
     )  # fmt: skip
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(model.config.hidden_size, LEARNING_RATE_AT_256)
