@@ -15,6 +15,7 @@ from transformers import pipeline
 from modeling_bertxml import BertXMLForMultiLabelCoding, ICDCodingPipeline
 from modeling_bertxml.model.handler import EndpointHandler
 from modeling_bertxml.release.onnx_export import export_onnx
+from modeling_bertxml.release.onnx_export import main as export_main
 from modeling_bertxml.release.predict import main as predict_main
 from tests.conftest import run_in_fresh_interpreter, tiny_config
 from tests.test_pipeline import assert_same_coding
@@ -135,3 +136,9 @@ def test_a_coder_of_several_queries_per_code_exports_scoring_as_pytorch(tmp_path
     """Each code's best query is chosen in the graph too: `check_export` refuses logits that differ from PyTorch's."""
     BertXMLForMultiLabelCoding(tiny_config(label_queries_per_code=3)).save_pretrained(tmp_path / "model")
     assert sorted(path.name for path in export_onnx(tmp_path / "model").iterdir()) == ["model.onnx", "model_int8.onnx"]
+
+
+def test_the_export_cli_names_a_folder_that_holds_no_model(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "no_such_folder")])
+    assert "no_such_folder: not a model folder (no config.json)" in capsys.readouterr().err

@@ -164,6 +164,11 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
+def torch_threads_for(backend: str):
+    """PyTorch's own threads for the PyTorch backend; one thread beside ONNX Runtime (`one_torch_thread`)."""
+    return nullcontext() if backend == "pytorch" else one_torch_thread()
+
+
 class ICDCodingPipeline(Pipeline):
     """ICD-10 codes for clinical notes, with descriptions and evidence spans.
 
@@ -267,8 +272,7 @@ class ICDCodingPipeline(Pipeline):
         if threshold is None and top_k is None:
             threshold = self.model.config.threshold
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        threads = nullcontext() if backend == "pytorch" else one_torch_thread()
-        with threads, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16)):
+        with torch_threads_for(backend), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16)):
             logits, states = self.score(input_ids, attention_mask, backend, onnx_dir)
             codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
             # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
@@ -335,7 +339,7 @@ class ICDCodingPipeline(Pipeline):
     def postprocess(self, model_outputs: dict, num_evidence_spans: int = 3, backend: str = "pytorch") -> list[dict]:
         if not model_outputs["text"].strip():
             return []  # an empty note is coded as "no codes", whatever the bias alone would score
-        with nullcontext() if backend == "pytorch" else one_torch_thread():
+        with torch_threads_for(backend):
             return self._codes(model_outputs, num_evidence_spans)
 
     def _codes(self, model_outputs: dict, num_evidence_spans: int) -> list[dict]:

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_folder", help="A folder saved by train.py.")
     parser.add_argument("--onnx_dir", default=None, help="Where to write the files (default: MODEL_FOLDER/onnx).")
     args = parser.parse_args(argv)
+    if not Path(args.model_folder, "config.json").is_file():  # else transformers' "Repo id must be..." traceback
+        parser.error(f"{args.model_folder}: not a model folder (no config.json); give a folder saved by train.py")
     print(f"Wrote {', '.join(ONNX_FILES.values())} -> {export_onnx(args.model_folder, args.onnx_dir)}")
 
 
