@@ -185,10 +185,8 @@ class BertXMLLabelWiseHead(nn.Module):
         """The label attention of `codes` (batch, k) over the tokens, (batch, k, tokens) in float32: the rows that
         `forward(..., output_attentions=True)` returns for those codes, without a (batch, all codes, tokens) tensor."""
         hidden_states, keep = self._zero_padding(hidden_states, attention_mask)
-        per_code = self.queries_per_code
-        rows = (codes[..., None] * per_code + torch.arange(per_code, device=codes.device)).flatten(1)
-        weights = self._weights(self.queries[rows], self._keys(hidden_states), keep)
-        if per_code == 1:
+        weights = self._weights(self.queries[self._query_rows(codes)], self._keys(hidden_states), keep)
+        if self.queries_per_code == 1:
             return weights
         documents = torch.matmul(weights.to(hidden_states.dtype), hidden_states)  # (batch, k * per_code, hidden)
         _, best = self._best_queries(documents, self.output_weight[codes])  # the attention of its best-scoring query
@@ -230,13 +228,11 @@ class BertXMLLabelWiseHead(nn.Module):
         `tanh(W v)` when there is one, so that it lives where the keys live) at unit norm: scores are then |key| x
         cosine, the temperature of scaled dot-product attention. With `output_norm`, the output weight takes the
         vector's direction at that norm, so a note that reads like the text starts with a higher score."""
-        per_code = self.queries_per_code
         if query_vectors is None:
-            query_vectors = vectors[:, None].expand(-1, per_code, -1)
+            query_vectors = vectors[:, None].expand(-1, self.queries_per_code, -1)
         queries = query_vectors.flatten(0, 1).to(self.queries.dtype)
         queries = queries if self.projection is None else torch.tanh(self.projection(queries))
-        query_rows = (rows[:, None] * per_code + torch.arange(per_code, device=rows.device)).flatten()
-        self.queries[query_rows] = nn.functional.normalize(queries.float(), dim=-1).to(self.queries.dtype)
+        self.queries[self._query_rows(rows)] = nn.functional.normalize(queries.float(), dim=-1).to(self.queries.dtype)
         if output_norm is not None:
             weights = nn.functional.normalize(vectors.float(), dim=-1) * output_norm
             self.output_weight[rows] = weights.to(self.output_weight.dtype)
@@ -313,6 +309,11 @@ class BertXMLLabelWiseHead(nn.Module):
         one text starts all its queries from it) share the gradient and stay one query."""
         scores = (documents.unflatten(1, (-1, self.queries_per_code)) * output_weight.unsqueeze(-2)).sum(-1)
         return scores.amax(-1), scores.argmax(-1)
+
+    def _query_rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code ids (..., k) -> their rows of `queries` (..., k x queries per code), a code's consecutive."""
+        per_code = self.queries_per_code
+        return (codes[..., None] * per_code + torch.arange(per_code, device=codes.device)).flatten(-2)
 
     def _rows_of(self, weights: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
         """(batch, codes x queries per code, tokens) attention -> (batch, codes, tokens): each code's `best` query's."""

@@ -272,7 +272,8 @@ class ICDCodingPipeline(Pipeline):
         if threshold is None and top_k is None:
             threshold = self.model.config.threshold
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        with torch_threads_for(backend), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16)):
+        bf16_autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16))
+        with torch_threads_for(backend), bf16_autocast:
             logits, states = self.score(input_ids, attention_mask, backend, onnx_dir)
             codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
             # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
