@@ -132,6 +132,25 @@ def test_an_export_of_other_weights_is_refused_until_exported_again(untrained_co
     assert_same_coding(coder(NOTES, top_k=2, backend="onnx-fp32"), coder(NOTES, top_k=2))
 
 
+def test_a_failed_export_keeps_the_previous_one_and_a_killed_ones_files_go(untrained_coder_folder: Path,
+                                                                          tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    folder = tmp_path / "coder"
+    shutil.copytree(untrained_coder_folder, folder)
+    before = {path.name: path.read_bytes() for path in export_onnx(folder).iterdir()}
+    leftover = folder / ".onnx.tmp"  # what an export killed while writing leaves
+    leftover.mkdir()
+    (leftover / "model.onnx").write_bytes(b"half a graph")
+
+    def wrong_export(model: torch.nn.Module, path: Path) -> float:
+        raise RuntimeError(f"{path}: the export is wrong")
+
+    monkeypatch.setattr("modeling_bertxml.release.onnx_export.check_export", wrong_export)
+    with pytest.raises(RuntimeError, match="the export is wrong"):
+        export_onnx(folder)
+    assert {path.name: path.read_bytes() for path in (folder / "onnx").iterdir()} == before
+    assert not leftover.exists()
+
+
 def test_a_coder_of_several_queries_per_code_exports_scoring_as_pytorch(tmp_path: Path) -> None:
     """Each code's best query is chosen in the graph too: `check_export` refuses logits that differ from PyTorch's."""
     BertXMLForMultiLabelCoding(tiny_config(label_queries_per_code=3)).save_pretrained(tmp_path / "model")

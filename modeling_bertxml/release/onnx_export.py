@@ -10,13 +10,13 @@ not this custom model, so they do not fit here. The fp32 graph is checked agains
 chunks and a short one before it is kept; int8 is `onnxruntime.quantization.quantize_dynamic` (int8 weights of the
 linear layers, activations quantized per batch at run time). Both record the sha256 of the model's safetensors files
 (`WEIGHTS_DIGEST_KEY`), so that the pipeline refuses an export of other weights than its model's (the model trained
-again in its folder). Both files are written into a temporary folder that is renamed into place, so a kill leaves the
-previous folder or none; in a run's output dir, `onnx/` is recorded in its manifest (`bert-xml-push` uploads it).
+again in its folder). Both files are written into a hidden folder beside it that is renamed into place, so a kill or a
+failure leaves the previous folder or none (the next export removes what a killed one left); in a run's output dir, `onnx/` is recorded in its manifest (`bert-xml-push` uploads it).
 """
 
 import argparse
 import logging
-import tempfile
+import shutil
 import warnings
 from pathlib import Path
 
@@ -89,11 +89,30 @@ def check_export(model: torch.nn.Module, path: Path) -> float:
     return worst
 
 
-def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) -> Path:
-    """Write `ONNX_FILES` (fp32 and int8) for the model in `model_folder` into `onnx_dir` (default its `onnx/`)."""
+def write_exports(model: torch.nn.Module, model_folder: str | Path, folder: Path) -> None:
+    """Write `ONNX_FILES` into `folder`: fp32 checked against PyTorch, then int8 quantized from it."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fp32, int8 = folder / ONNX_FILES["onnx-fp32"], folder / ONNX_FILES["onnx-int8"]
+    export_fp32(model, fp32)
+    check_export(model, fp32)
+    # quantize_dynamic warns on the root logger, with whole protobuf dumps, about every tensor it leaves in fp32
+    # (the chunk-selection indices): expected, and pages of noise in a predict log.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    digest = weights_digest(str(model_folder))
+    for path in (fp32, int8) if digest else ():  # the pipeline refuses an export of other weights than its model's
+        graph = onnx.load(str(path))
+        graph.metadata_props.add(key=WEIGHTS_DIGEST_KEY, value=digest)
+        onnx.save(graph, str(path))
+
+
+def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) -> Path:
+    """Write `ONNX_FILES` (fp32 and int8) for the model in `model_folder` into `onnx_dir` (default its `onnx/`)."""
     from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
     model = BertXMLForMultiLabelCoding.from_pretrained(model_folder).eval()
@@ -103,25 +122,14 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
             record_output(model_folder, ONNX_DIR)
     onnx_dir = Path(onnx_dir)
     onnx_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=onnx_dir.parent, prefix=f".{onnx_dir.name}.") as temporary:
-        staging = Path(temporary) / "onnx"
-        staging.mkdir()
-        fp32, int8 = staging / ONNX_FILES["onnx-fp32"], staging / ONNX_FILES["onnx-int8"]
-        export_fp32(model, fp32)
-        check_export(model, fp32)
-        # quantize_dynamic warns on the root logger, with whole protobuf dumps, about every tensor it leaves in fp32
-        # (the chunk-selection indices): expected, and pages of noise in a predict log.
-        logging.disable(logging.WARNING)
-        try:
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-        finally:
-            logging.disable(logging.NOTSET)
-        digest = weights_digest(str(model_folder))
-        for path in (fp32, int8) if digest else ():  # the pipeline refuses an export of other weights than its model's
-            graph = onnx.load(str(path))
-            graph.metadata_props.add(key=WEIGHTS_DIGEST_KEY, value=digest)
-            onnx.save(graph, str(path))
+    staging = onnx_dir.with_name(f".{onnx_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
+    staging.mkdir()
+    try:
+        write_exports(model, model_folder, staging)
         swap_in(staging, onnx_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return onnx_dir
 
 
