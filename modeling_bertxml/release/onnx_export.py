@@ -56,6 +56,9 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
         # The indices it warns may be negative are a boolean mask's (which chunks to encode).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+        # The TorchScript exporter is chosen (`dynamo=False`): the dynamo one's int8 graph ran slower on the demo model
+        # (docs/benchmarks.md). Its deprecation notice is for us, not for whoever exports a model.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
         scorer = NoteScorer(model).eval()  # traced in the wrapper's own mode, which it sets on the model: dropout off
         # Eager attention adds the padding mask to the scores; SDPA's export selects them with Where and IsNaN over
         # every score of every head, 13 % of ONNX Runtime's time on an int8 BERT-base note (same logits).
