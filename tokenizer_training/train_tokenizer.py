@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from modeling_bertxml.data.readers import iter_texts
-from modeling_bertxml.training.atomic import OutputDirError, OutputWriteError, check_writable, swap_in, writing
+from modeling_bertxml.training.atomic import (
+    OutputDirError, OutputWriteError, check_writable, staging_dir, swap_in, writing,
+)  # fmt: skip
 from tokenizer_training.names import NameMask, collect_names
 
 logger = logging.getLogger(__name__)
@@ -161,11 +163,6 @@ def evaluate_tokenizer(tokenizer: Tokenizer, texts: Iterable[str], batch_size: i
         notes += len(batch)
     return {"eval_notes": notes, "eval_words": words, "eval_tokens": tokens,
             "unk_rate": round(unknown / max(tokens, 1), 6), "fertility": round(tokens / max(words, 1), 4)}
-
-
-def staging_dir(output: Path) -> Path:
-    """The hidden folder beside `output` where the tokenizer is written before it replaces `output`."""
-    return output.with_name(f".{output.name}.tmp")
 
 
 def prepare_output_dir(output_dir: str) -> Path:

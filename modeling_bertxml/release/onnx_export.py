@@ -11,7 +11,8 @@ chunks and a short one before it is kept; int8 is `onnxruntime.quantization.quan
 linear layers, activations quantized per batch at run time). Both record the sha256 of the model's safetensors files
 (`WEIGHTS_DIGEST_KEY`), so that the pipeline refuses an export of other weights than its model's (the model trained
 again in its folder). Both files are written into a hidden folder beside it that is renamed into place, so a kill or a
-failure leaves the previous folder or none (the next export removes what a killed one left); in a run's output dir, `onnx/` is recorded in its manifest (`bert-xml-push` uploads it).
+failure leaves the previous folder or none (the next export removes what a killed one left); in a run's output dir,
+`onnx/` is recorded in its manifest (`bert-xml-push` uploads it).
 """
 
 import argparse
@@ -25,7 +26,7 @@ import torch
 from ..model.pipeline_bertxml import (
     ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, weights_digest,
 )  # fmt: skip
-from ..training.atomic import swap_in
+from ..training.atomic import fresh_staging, swap_in
 from ..training.checkpointing import is_run_dir, record_output
 
 OPSET = 17
@@ -125,9 +126,7 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
             record_output(model_folder, ONNX_DIR)
     onnx_dir = Path(onnx_dir)
     onnx_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = onnx_dir.with_name(f".{onnx_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
-    staging.mkdir()
+    staging = fresh_staging(onnx_dir)
     try:
         write_exports(model, model_folder, staging)
         swap_in(staging, onnx_dir)

@@ -91,6 +91,18 @@ def fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+def staging_dir(final: Path) -> Path:
+    """The hidden folder beside `final` where it is written whole before `swap_in` puts it in place."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def fresh_staging(final: Path) -> Path:
+    """`staging_dir(final)`, empty: what a writer killed there left is removed (the name is ours alone)."""
+    staging = staging_dir(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
 def _aside(final: Path) -> Path:
     return final.with_name(f".{final.name}.old")
 
@@ -121,9 +133,11 @@ __all__ = [
     "OutputDirError",
     "OutputWriteError",
     "check_writable",
+    "fresh_staging",
     "fsync_dir",
     "recover",
     "set_default_modes",
+    "staging_dir",
     "swap_in",
     "write_json_atomic",
     "writing",

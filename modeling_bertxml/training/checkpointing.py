@@ -29,9 +29,11 @@ from .atomic import (
     OutputDirError,
     OutputWriteError,
     check_writable,
+    fresh_staging,
     fsync_dir,
     recover,
     set_default_modes,
+    staging_dir,
     swap_in,
     write_json_atomic,
     writing,
@@ -458,11 +460,10 @@ class CheckpointManager:
         self, accelerator: Accelerator, final: Path, write: Callable[[Path], None], state: dict | None = None
     ) -> None:
         """All ranks `write` into a temporary folder; the main process adds `state` as the marker and swaps it in."""
-        temporary = final.with_name(f".{final.name}.tmp")
+        temporary = staging_dir(final)
         if accelerator.is_main_process:
             record_output(self.root.parent, self.root.name)
-            shutil.rmtree(temporary, ignore_errors=True)  # left by a save that was killed
-            temporary.mkdir(parents=True)
+            fresh_staging(final)
         accelerator.wait_for_everyone()
         with writing(final, temporary):
             write(temporary)
