@@ -1,6 +1,7 @@
 """benchmarks/quality.py end to end on a tiny corpus folder (--corpus), with and without test split and pretraining."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,15 @@ def test_fresh_deletes_what_the_stages_wrote_and_nothing_else(tmp_path):
     assert sorted(clear_stages(out, quality.REPORTS)) == [".tokenizer.done", "model", "quality.json", "tokenizer"]
     assert sorted(path.name for path in out.iterdir()) == ["mydata", "notes.txt"]
     assert (out / "mydata" / "file.txt").read_text() == "x"
+
+
+def test_a_failed_stage_is_named_without_a_traceback_and_is_not_marked_done(tmp_path):
+    from modeling_bertxml.training.stages import run_stage
+
+    failing = [sys.executable, "-c", "raise SystemExit('error: notes.jsonl:3: no text')"]
+    with pytest.raises(SystemExit, match="== finetune failed: see its error above"):
+        run_stage("finetune", failing, tmp_path / "model", tmp_path)
+    assert not (tmp_path / ".finetune.done").exists()
 
 
 def test_list_values_become_one_flag_with_several_values():

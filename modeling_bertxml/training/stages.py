@@ -92,7 +92,8 @@ def as_flags(options: dict | None) -> list[str]:
 def run_stage(name: str, command: list[str], done: Path, out: Path) -> float:
     """Run one stage unless its output exists from a run with the same command; returns seconds spent.
 
-    A stage that did not finish (or whose settings changed) starts over: its scripts get --overwrite_output_dir.
+    A stage that did not finish (or whose settings changed) starts over: its scripts get --overwrite_output_dir. One
+    that fails exits with a line that names it (its script printed why), not a traceback of the subprocess call.
     """
     stamp = out / f".{name}.done"
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == command:
@@ -100,7 +101,9 @@ def run_stage(name: str, command: list[str], done: Path, out: Path) -> float:
         return 0.0
     print(f"== {name}: {shlex.join(command)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    if subprocess.run(command).returncode:
+        raise SystemExit(f"== {name} failed: see its error above. The stages before it are kept, and a rerun starts "
+                         "from this one.")
     stamp.write_text(json.dumps(command))
     return time.perf_counter() - start
 
