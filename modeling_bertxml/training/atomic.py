@@ -103,6 +103,7 @@ def fresh_staging(final: Path) -> Path:
     staging.mkdir(parents=True)
     return staging
 
+
 def _aside(final: Path) -> Path:
     return final.with_name(f".{final.name}.old")
 
