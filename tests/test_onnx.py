@@ -17,7 +17,7 @@ from modeling_bertxml.model.handler import EndpointHandler
 from modeling_bertxml.release.onnx_export import export_onnx
 from modeling_bertxml.release.onnx_export import main as export_main
 from modeling_bertxml.release.predict import main as predict_main
-from tests.conftest import run_in_fresh_interpreter, tiny_config
+from tests.conftest import folder_state, run_in_fresh_interpreter, tiny_config
 from tests.test_pipeline import assert_same_coding
 from tests.test_predict import predict_command, read_output, write_notes
 
@@ -149,6 +149,18 @@ def test_a_failed_export_keeps_the_previous_one_and_a_killed_ones_files_go(untra
         export_onnx(folder)
     assert {path.name: path.read_bytes() for path in (folder / "onnx").iterdir()} == before
     assert not leftover.exists()
+
+
+def test_an_export_never_replaces_a_folder_that_holds_other_files(untrained_coder_folder: Path, tmp_path: Path,
+                                                                   capsys) -> None:  # fmt: skip
+    """It replaces its folder whole: `--onnx_dir` naming the model's own folder would have deleted the model."""
+    folder = tmp_path / "coder"
+    shutil.copytree(untrained_coder_folder, folder)
+    before = folder_state(folder)
+    with pytest.raises(SystemExit):
+        export_main([str(folder), "--onnx_dir", str(folder)])
+    assert "holds files that are not an ONNX export's (e.g. config.json)" in capsys.readouterr().err
+    assert folder_state(folder) == before
 
 
 def test_a_coder_of_several_queries_per_code_exports_scoring_as_pytorch(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ chunks and a short one before it is kept; int8 is `onnxruntime.quantization.quan
 linear layers, activations quantized per batch at run time). Both record the sha256 of the model's safetensors files
 (`WEIGHTS_DIGEST_KEY`), so that the pipeline refuses an export of other weights than its model's (the model trained
 again in its folder). Both files are written into a hidden folder beside it that is renamed into place, so a kill or a
-failure leaves the previous folder or none (the next export removes what a killed one left); in a run's output dir,
-`onnx/` is recorded in its manifest (`bert-xml-push` uploads it).
+failure leaves the previous folder or none (the next export removes what a killed one left). Since the folder is
+replaced whole, one that holds other files than an export's is refused. In a run's output dir, `onnx/` is recorded in
+its manifest (`bert-xml-push` uploads it).
 """
 
 import argparse
@@ -26,7 +27,7 @@ import torch
 from ..model.pipeline_bertxml import (
     ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, weights_digest,
 )  # fmt: skip
-from ..training.atomic import fresh_staging, swap_in
+from ..training.atomic import OutputDirError, fresh_staging, swap_in
 from ..training.checkpointing import is_run_dir, record_output
 
 OPSET = 17
@@ -119,13 +120,19 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
     """Write `ONNX_FILES` (fp32 and int8) for the model in `model_folder` into `onnx_dir` (default its `onnx/`)."""
     from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
-    model = BertXMLForMultiLabelCoding.from_pretrained(model_folder).eval()
-    if onnx_dir is None:
-        onnx_dir = Path(model_folder) / ONNX_DIR
-        if is_run_dir(Path(model_folder)):  # a run's output dir: recorded as bert-xml's (deletable, pushed)
-            record_output(model_folder, ONNX_DIR)
-    onnx_dir = Path(onnx_dir)
+    default = onnx_dir is None
+    onnx_dir = Path(model_folder) / ONNX_DIR if default else Path(onnx_dir)
+    # The export replaces the folder whole: one holding anything else (the model's own folder, a user's) is refused.
+    exported = set(ONNX_FILES.values())
+    if onnx_dir.is_dir() and (others := sorted(path.name for path in onnx_dir.iterdir() if path.name not in exported)):
+        raise OutputDirError(
+            f"{onnx_dir} holds files that are not an ONNX export's (e.g. {others[0]}), and an export replaces the "
+            "folder whole: choose an empty or new folder"
+        )
+    if default and is_run_dir(Path(model_folder)):  # a run's output dir: recorded as bert-xml's (deletable, pushed)
+        record_output(model_folder, ONNX_DIR)
     onnx_dir.parent.mkdir(parents=True, exist_ok=True)
+    model = BertXMLForMultiLabelCoding.from_pretrained(model_folder).eval()
     staging = fresh_staging(onnx_dir)
     try:
         write_exports(model, model_folder, staging)
@@ -142,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not Path(args.model_folder, "config.json").is_file():  # else transformers' "Repo id must be..." traceback
         parser.error(f"{args.model_folder}: not a model folder (no config.json); give a folder saved by train.py")
-    print(f"Wrote {', '.join(ONNX_FILES.values())} -> {export_onnx(args.model_folder, args.onnx_dir)}")
+    try:
+        print(f"Wrote {', '.join(ONNX_FILES.values())} -> {export_onnx(args.model_folder, args.onnx_dir)}")
+    except OutputDirError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":
