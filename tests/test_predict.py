@@ -147,7 +147,7 @@ def test_two_cpu_processes_write_the_output_of_one_note_for_note(untrained_coder
                          env={**subprocess_env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
                          timeout=SUBPROCESS_TIMEOUT_S)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "Num processes: 2" in two.stderr and "process 1 of 2" in two.stderr
+    assert "Num processes: 2" in two.stderr and "2 processes x 1 thread" in two.stderr
     predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "one"))
     one, both = read_output(tmp_path / "one"), read_output(tmp_path / "two")
     assert [row["id"] for row in both] == [row["id"] for row in one]
