@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -43,12 +42,12 @@ from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodin
 from modeling_bertxml.data.readers import iter_notes  # noqa: E402
 from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
 from modeling_bertxml.release.onnx_export import OPSET, export_onnx  # noqa: E402
+from modeling_bertxml.release.predict import RESULTS_FILE  # noqa: E402
 from benchmarks.measure import Meter, matmul_peak  # noqa: E402
 from modeling_bertxml.training.throughput import encoder_flops  # noqa: E402
 
 BACKENDS = {"pytorch-fp32": "pytorch", "onnx-fp32": "onnx-fp32", "onnx-int8": "onnx-int8"}  # row -> pipeline's
 BACKLOG_BACKENDS = ("pytorch-fp32", "onnx-int8")  # today's path and the fastest (onnx-fp32 runs as PyTorch does)
-CODED = re.compile(r"Coded ([\d,]+) notes in [\d.]+ s: ([\d,.]+) notes/s")  # bert-xml-predict's report
 BASE_NOTE_TOKENS = 4096
 ROUNDS = 2  # turns each backend takes (time_backends)
 PEAK_SIZE = 4096  # a 1,024-wide probe ran slower than the BERT-base note's own matmuls: no peak
@@ -210,13 +209,13 @@ def backlog_rows(args: argparse.Namespace, workdir: Path, onnx_dir: str, rows: l
                        str(args.batch_size), "--backend", BACKENDS[name]]  # fmt: skip
             env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
             done = subprocess.run(command, env=env, capture_output=True, text=True)
-            coded = CODED.search(done.stderr)
-            if done.returncode or not coded:
+            if done.returncode:
                 raise SystemExit(f"bert-xml-predict on {processes} processes failed:\n{done.stderr[-3000:]}")
-            notes_per_s = float(coded.group(2).replace(",", ""))
+            coded = json.loads((output_dir / RESULTS_FILE).read_text())
+            notes_per_s = coded["notes_per_s"]
             results.append({
-                "backend": name, "model": args.model.name, "notes": int(coded.group(1).replace(",", "")),
-                "processes": processes, "threads_per_process": threads, "notes_per_s": notes_per_s,
+                "backend": name, "model": args.model.name, "notes": coded["notes_coded"], "processes": processes,
+                "threads_per_process": coded["threads_per_process"], "notes_per_s": notes_per_s,
                 "ms_per_note_p50": None, "ms_per_note_p95": None, "max_score_diff": None, "map_change": None,
                 "gflop_per_s": flops_per_note * notes_per_s / 1e9, "peak_gflop_per_s": peaks[name] / 1e9,
                 "peak_share": flops_per_note * notes_per_s / peaks[name],

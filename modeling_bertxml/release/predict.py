@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
 SHARDS_DIR, FINISHED_FILE = "shards", "finished.json"
+RESULTS_FILE = "predict_results.json"  # what the run coded, how fast and on what: read by the benchmarks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,18 +238,27 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace, state, coder: ICDCodingPipeline, total: int, coded: int, seconds: float) -> None:
-    """Check that the finished shards hold every note once, and say how fast the launch's processes coded them."""
+    """Check that the finished shards hold every note once, and say how fast the launch's processes coded them (on
+    stderr and in `RESULTS_FILE`)."""
     finished = read_finished(args.output_dir / SHARDS_DIR)
     if sum(finished.values()) != total:
         raise OutputWriteError(f"{args.output_dir}: the shards hold {sum(finished.values())} notes, the input {total}")
-    precision = "bf16" if coder.runs_bf16(PRECISIONS[args.precision]) else "fp32"
+    results = {
+        "notes": total, "notes_coded": coded, "seconds": seconds, "notes_per_s": coded / max(seconds, 1e-9),
+        "device": str(coder.device), "processes": state.num_processes,
+        "threads_per_process": torch.get_num_threads() if coder.device.type == "cpu" else None,
+        "backend": args.backend, "precision": "bf16" if coder.runs_bf16(PRECISIONS[args.precision]) else "fp32",
+        "batch_size": args.batch_size,
+    }  # fmt: skip
+    record_output(args.output_dir, RESULTS_FILE)
+    write_json_atomic(args.output_dir / RESULTS_FILE, results)
     processes = f"{state.num_processes} process" + ("es" if state.num_processes > 1 else "")
-    if coder.device.type == "cpu":
-        threads = torch.get_num_threads()
+    if results["threads_per_process"]:
+        threads = results["threads_per_process"]
         processes += f" x {threads} thread" + ("s" if threads > 1 else "")
     print(
-        f"Coded {coded:,} notes in {seconds:.1f} s: {coded / max(seconds, 1e-9):,.1f} notes/s on {coder.device}, "
-        f"{processes} ({args.backend}, {precision}, batch size {args.batch_size}); {total:,} notes in "
+        f"Coded {coded:,} notes in {seconds:.1f} s: {results['notes_per_s']:,.1f} notes/s on {coder.device}, "
+        f"{processes} ({args.backend}, {results['precision']}, batch size {args.batch_size}); {total:,} notes in "
         f"{len(finished)} shards -> {args.output_dir / SHARDS_DIR}",
         file=sys.stderr,
     )
