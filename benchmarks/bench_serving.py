@@ -39,7 +39,7 @@ from transformers import pipeline
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodingPipeline  # noqa: E402
-from modeling_bertxml.data.readers import iter_notes  # noqa: E402
+from modeling_bertxml.data.readers import NotesError, iter_notes  # noqa: E402
 from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
 from modeling_bertxml.release.onnx_export import OPSET, export_onnx  # noqa: E402
 from modeling_bertxml.release.predict import RESULTS_FILE  # noqa: E402
@@ -156,8 +156,8 @@ def time_backends(coder: ICDCodingPipeline, texts: list[str], onnx_dir: str, bat
     }
 
 
-def serving_rows(args: argparse.Namespace, onnx_dir: str, peaks: dict[str, float]) -> list[dict]:
-    texts, labels = read_notes(args.notes, args.max_notes)
+def serving_rows(args: argparse.Namespace, texts: list[str], labels: list[list[str]], onnx_dir: str,
+                 peaks: dict[str, float]) -> list[dict]:  # fmt: skip
     coder = pipeline("icd-coding", model=str(args.model), pipeline_class=ICDCodingPipeline, device=-1)
     label2id = {code: i for i, code in coder.model.config.id2label.items()}
     targets = np.zeros((len(texts), len(label2id)))
@@ -181,7 +181,7 @@ def serving_rows(args: argparse.Namespace, onnx_dir: str, peaks: dict[str, float
     return rows
 
 
-def backlog_rows(args: argparse.Namespace, workdir: Path, onnx_dir: str, rows: list[dict],
+def backlog_rows(args: argparse.Namespace, texts: list[str], workdir: Path, onnx_dir: str, rows: list[dict],
                  peaks: dict[str, float]) -> list[dict]:  # fmt: skip
     """notes/s of `bert-xml-predict` coding a backlog into shards (each process gets at least two), per backend and
     number of CPU processes, each process given `--threads` / processes threads."""
@@ -191,7 +191,6 @@ def backlog_rows(args: argparse.Namespace, workdir: Path, onnx_dir: str, rows: l
         if item.name != "onnx":
             (model / item.name).symlink_to(item.resolve())
     (model / "onnx").symlink_to(Path(onnx_dir).resolve())
-    texts, _ = read_notes(args.notes, args.max_notes)
     backlog = workdir / "backlog.jsonl"
     backlog.write_text("".join(json.dumps({"text": texts[i % len(texts)]}) + "\n" for i in range(args.backlog_notes)))
     shard_size = -(-args.backlog_notes // (2 * max(args.processes)))
@@ -285,14 +284,18 @@ def print_table(rows: list[dict], backlog: list[dict], base: list[dict], peaks: 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:  # before the minutes of measuring: a wrong file or a bad row, named by file and line
+        texts, labels = read_notes(args.notes, args.max_notes)
+    except NotesError as error:
+        raise SystemExit(f"error: {error}") from None
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         meter = Meter(torch.device("cpu"), budget_s=10)
         peaks = {"pytorch-fp32": matmul_peak(meter, torch.float32, args.peak_size),
                  **onnx_matmul_peaks(meter, Path(tmp), args.peak_size)}  # fmt: skip
         onnx_dir = str(export_onnx(args.model, Path(tmp) / "onnx"))
-        rows = serving_rows(args, onnx_dir, peaks)
-        backlog = backlog_rows(args, Path(tmp), onnx_dir, rows, peaks) if args.processes else []
+        rows = serving_rows(args, texts, labels, onnx_dir, peaks)
+        backlog = backlog_rows(args, texts, Path(tmp), onnx_dir, rows, peaks) if args.processes else []
         base = bert_base_rows(args, Path(tmp), peaks) if args.bert_base else []
     print_table(rows, backlog, base, peaks)
     args.output.write_text(json.dumps(rows + backlog + base, indent=2) + "\n")
