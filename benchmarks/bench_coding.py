@@ -27,6 +27,7 @@ from benchmarks.bench_model import CONFIGS  # noqa: E402
 from benchmarks.bench_pretrain import WORDS  # noqa: E402
 from modeling_bertxml import BertXMLConfig, BertXMLForMaskedLM  # noqa: E402
 from modeling_bertxml.data import icd10  # noqa: E402
+from modeling_bertxml.release.predict import RESULTS_FILE  # noqa: E402
 from tokenizer_training.train_tokenizer import train_tokenizer  # noqa: E402
 
 
@@ -97,10 +98,9 @@ def predict(args: argparse.Namespace, workdir: Path, precision: str) -> dict:
         "--input", str(workdir / "predict.jsonl"), "--output_dir", str(workdir / f"codes_{precision}"),
         "--precision", precision, "--batch_size", str(args.batch_size),
     ]  # fmt: skip
-    log = run(command, workdir, args.quiet)
-    found = re.search(r"Coded (\S+) notes in \S+ s: (\S+) notes/s on (\S+) \((\w+),", log)
-    return {"precision": found.group(4), "notes_per_second": float(found.group(2).replace(",", "")),
-            "device": found.group(3)}  # fmt: skip
+    run(command, workdir, args.quiet)
+    results = json.loads((workdir / f"codes_{precision}" / RESULTS_FILE).read_text())
+    return {"precision": results["precision"], "notes_per_second": results["notes_per_s"], "device": results["device"]}
 
 
 def main() -> None:

@@ -12,6 +12,9 @@ For each backend, through the `icd-coding` pipeline (tokenising, scoring, eviden
   run, and their share of that backend's matmul peak on this machine (`peak_gflop_per_s`: one large square matmul,
   in PyTorch fp32, in ONNX Runtime fp32, and in ONNX Runtime dynamically quantized to int8, whose kernels run several
   times faster).
+`--processes 1 2` adds the backlog rows: `bert-xml-predict` coding the notes, repeated to `--backlog_notes`, into
+shards, for PyTorch fp32 and ONNX Runtime int8 on each number of CPU processes (`accelerate launch`, the `--threads`
+shared out: 2 processes of one thread each here), `notes_per_s` as it reports (every process, from a common start).
 `--bert_base` adds the time of one 4,096-token note on a randomly initialised BERT-base-sized coder (12 x 768,
 512-token chunks, `--base_codes` codes) for each backend. Threads: `--threads` for PyTorch; ONNX Runtime uses one per
 physical core (2 here). The model folder is only read: the ONNX files are exported into a temporary folder.
@@ -20,7 +23,9 @@ physical core (2 here). The model folder is only read: the ONNX files are export
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +39,15 @@ from transformers import pipeline
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodingPipeline  # noqa: E402
-from modeling_bertxml.data.readers import iter_notes  # noqa: E402
+from modeling_bertxml.data.readers import NotesError, iter_notes  # noqa: E402
 from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
 from modeling_bertxml.release.onnx_export import OPSET, export_onnx  # noqa: E402
+from modeling_bertxml.release.predict import RESULTS_FILE  # noqa: E402
 from benchmarks.measure import Meter, matmul_peak  # noqa: E402
 from modeling_bertxml.training.throughput import encoder_flops  # noqa: E402
 
 BACKENDS = {"pytorch-fp32": "pytorch", "onnx-fp32": "onnx-fp32", "onnx-int8": "onnx-int8"}  # row -> pipeline's
+BACKLOG_BACKENDS = ("pytorch-fp32", "onnx-int8")  # today's path and the fastest (onnx-fp32 runs as PyTorch does)
 BASE_NOTE_TOKENS = 4096
 ROUNDS = 2  # turns each backend takes (time_backends)
 PEAK_SIZE = 4096  # a 1,024-wide probe ran slower than the BERT-base note's own matmuls: no peak
@@ -56,11 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads (the cores a hospital CPU gives).")
     parser.add_argument("--peak_size", type=int, default=PEAK_SIZE,
                         help="Side of the square matmul that measures each backend's peak.")
+    parser.add_argument("--processes", type=int, nargs="*", default=[],
+                        help="Also time bert-xml-predict coding a backlog on each of these numbers of processes.")
+    parser.add_argument("--backlog_notes", type=int, default=1000, help="The backlog: the notes, repeated to this many.")
     parser.add_argument("--bert_base", action="store_true", help="Also time a 4,096-token note on a BERT-base coder.")
     parser.add_argument("--base_codes", type=int, default=8922, help="Codes of that coder (MIMIC-III full: 8,922).")
     parser.add_argument("--base_overrides", default=None,
                         help='Changes to that coder\'s config, e.g. "hidden_size=32,num_hidden_layers=1" (tests).')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if any(processes < 1 for processes in args.processes):
+        parser.error("--processes takes numbers of processes, each at least 1")
+    return args
 
 
 def read_notes(path: Path, max_notes: int | None) -> tuple[list[str], list[list[str]]]:
@@ -143,8 +156,8 @@ def time_backends(coder: ICDCodingPipeline, texts: list[str], onnx_dir: str, bat
     }
 
 
-def serving_rows(args: argparse.Namespace, onnx_dir: str, peaks: dict[str, float]) -> list[dict]:
-    texts, labels = read_notes(args.notes, args.max_notes)
+def serving_rows(args: argparse.Namespace, texts: list[str], labels: list[list[str]], onnx_dir: str,
+                 peaks: dict[str, float]) -> list[dict]:  # fmt: skip
     coder = pipeline("icd-coding", model=str(args.model), pipeline_class=ICDCodingPipeline, device=-1)
     label2id = {code: i for i, code in coder.model.config.id2label.items()}
     targets = np.zeros((len(texts), len(label2id)))
@@ -166,6 +179,47 @@ def serving_rows(args: argparse.Namespace, onnx_dir: str, peaks: dict[str, float
         })  # fmt: skip
         rows[-1].update(peak_gflop_per_s=peaks[name] / 1e9, peak_share=rows[-1]["gflop_per_s"] * 1e9 / peaks[name])
     return rows
+
+
+def backlog_rows(args: argparse.Namespace, texts: list[str], workdir: Path, onnx_dir: str, rows: list[dict],
+                 peaks: dict[str, float]) -> list[dict]:  # fmt: skip
+    """notes/s of `bert-xml-predict` coding a backlog into shards (each process gets at least two), per backend and
+    number of CPU processes, each process given `--threads` / processes threads."""
+    model = workdir / "backlog-model"  # the model read through links, beside this run's export
+    model.mkdir()
+    for item in args.model.iterdir():
+        if item.name != "onnx":
+            (model / item.name).symlink_to(item.resolve())
+    (model / "onnx").symlink_to(Path(onnx_dir).resolve())
+    backlog = workdir / "backlog.jsonl"
+    backlog.write_text("".join(json.dumps({"text": texts[i % len(texts)]}) + "\n" for i in range(args.backlog_notes)))
+    shard_size = -(-args.backlog_notes // (2 * max(args.processes)))
+    flops_per_note = rows[0]["gflop_per_s"] / rows[0]["notes_per_s"] * 1e9  # the in-process rows' notes, on average
+    results = []
+    for processes in args.processes:
+        threads = max(1, args.threads // processes)
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                  "--num_cpu_threads_per_process", str(threads), "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no", *(["--multi_gpu"] if processes > 1 else [])]  # fmt: skip
+        for name in BACKLOG_BACKENDS:
+            output_dir = workdir / f"backlog-{name}-{processes}"
+            command = [*launch, "-m", "modeling_bertxml.release.predict", "--model", str(model), "--input",
+                       str(backlog), "--output_dir", str(output_dir), "--shard_size", str(shard_size), "--batch_size",
+                       str(args.batch_size), "--backend", BACKENDS[name]]  # fmt: skip
+            env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"bert-xml-predict on {processes} processes failed:\n{done.stderr[-3000:]}")
+            coded = json.loads((output_dir / RESULTS_FILE).read_text())
+            notes_per_s = coded["notes_per_s"]
+            results.append({
+                "backend": name, "model": args.model.name, "notes": coded["notes_coded"], "processes": processes,
+                "threads_per_process": coded["threads_per_process"], "notes_per_s": notes_per_s,
+                "ms_per_note_p50": None, "ms_per_note_p95": None, "max_score_diff": None, "map_change": None,
+                "gflop_per_s": flops_per_note * notes_per_s / 1e9, "peak_gflop_per_s": peaks[name] / 1e9,
+                "peak_share": flops_per_note * notes_per_s / peaks[name],
+            })  # fmt: skip
+    return results
 
 
 def bert_base_rows(args: argparse.Namespace, workdir: Path, peaks: dict[str, float]) -> list[dict]:
@@ -204,7 +258,7 @@ def bert_base_rows(args: argparse.Namespace, workdir: Path, peaks: dict[str, flo
     return rows
 
 
-def print_table(rows: list[dict], base: list[dict], peaks: dict[str, float]) -> None:
+def print_table(rows: list[dict], backlog: list[dict], base: list[dict], peaks: dict[str, float]) -> None:
     print(f"\nMatmul peaks of this machine ({torch.get_num_threads()} PyTorch threads), GFLOP/s: "
           + ", ".join(f"{name} {peak / 1e9:,.1f}" for name, peak in peaks.items()) + "\n")
     print("| backend | notes/s | ms/note p50 | ms/note p95 | max score diff | MAP change | GFLOP/s | of peak |")
@@ -213,6 +267,13 @@ def print_table(rows: list[dict], base: list[dict], peaks: dict[str, float]) -> 
         print(f"| {row['backend']} | {row['notes_per_s']:.1f} | {row['ms_per_note_p50']:.1f} | "
               f"{row['ms_per_note_p95']:.1f} | {row['max_score_diff']:.4f} | {row['map_change']:+.4f} | "
               f"{row['gflop_per_s']:.1f} | {row['peak_share']:.0%} |")  # fmt: skip
+    if backlog:
+        print(f"\nA backlog of {backlog[0]['notes']:,} notes coded by bert-xml-predict (from every process's model "
+              "loaded to the last shard written):\n")
+        print("| backend | processes x threads | notes/s | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
+        for row in backlog:
+            print(f"| {row['backend']} | {row['processes']} x {row['threads_per_process']} | {row['notes_per_s']:.1f} | "
+                  f"{row['gflop_per_s']:.1f} | {row['peak_share']:.0%} |")  # fmt: skip
     if base:
         print(f"\nOne {BASE_NOTE_TOKENS:,}-token note, BERT-base-sized coder ({base[0]['codes']:,} codes):\n")
         print("| backend | s/note (median of 3) | max score diff | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
@@ -223,16 +284,21 @@ def print_table(rows: list[dict], base: list[dict], peaks: dict[str, float]) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:  # before the minutes of measuring: a wrong file or a bad row, named by file and line
+        texts, labels = read_notes(args.notes, args.max_notes)
+    except NotesError as error:
+        raise SystemExit(f"error: {error}") from None
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         meter = Meter(torch.device("cpu"), budget_s=10)
         peaks = {"pytorch-fp32": matmul_peak(meter, torch.float32, args.peak_size),
                  **onnx_matmul_peaks(meter, Path(tmp), args.peak_size)}  # fmt: skip
         onnx_dir = str(export_onnx(args.model, Path(tmp) / "onnx"))
-        rows = serving_rows(args, onnx_dir, peaks)
+        rows = serving_rows(args, texts, labels, onnx_dir, peaks)
+        backlog = backlog_rows(args, texts, Path(tmp), onnx_dir, rows, peaks) if args.processes else []
         base = bert_base_rows(args, Path(tmp), peaks) if args.bert_base else []
-    print_table(rows, base, peaks)
-    args.output.write_text(json.dumps(rows + base, indent=2) + "\n")
+    print_table(rows, backlog, base, peaks)
+    args.output.write_text(json.dumps(rows + backlog + base, indent=2) + "\n")
 
 
 if __name__ == "__main__":

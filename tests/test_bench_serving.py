@@ -1,4 +1,5 @@
-"""The serving benchmark runs as documented on a tiny model and writes its rows' keys; it never measures speed here."""
+"""The serving benchmark runs as documented on a tiny model (in-process, a backlog on 2 CPU processes, a long note) and
+writes its rows' keys; it never measures speed here."""
 
 import json
 import subprocess
@@ -26,13 +27,17 @@ def test_bench_serving_prints_the_table_and_writes_every_backend(untrained_coder
     tiny += ",max_position_embeddings=64,max_chunks=64"  # 4,096 tokens
     command = [sys.executable, "benchmarks/bench_serving.py", "--model", str(untrained_coder_folder), "--notes",
                str(notes), "--output", str(output), "--bert_base", "--base_codes", "10", "--base_overrides", tiny,
-               "--peak_size", "64"]
+               "--peak_size", "64", "--processes", "2", "--backlog_notes", "8"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| backend | notes/s | ms/note p50" in done.stdout and "4,096-token note" in done.stdout
     results = json.loads(output.read_text())
-    assert [row["backend"] for row in results] == ["pytorch-fp32", "onnx-fp32", "onnx-int8"] * 2
+    assert "A backlog of 8 notes" in done.stdout
+    backends = ["pytorch-fp32", "onnx-fp32", "onnx-int8"]
+    assert [row["backend"] for row in results] == [*backends, "pytorch-fp32", "onnx-int8", *backends]
     assert all(KEYS <= set(row) for row in results)
+    backlog = results[3:5]  # bert-xml-predict on 2 CPU processes of one thread, every note of the backlog coded
+    assert all(row["processes"] == 2 and row["threads_per_process"] == 1 and row["notes"] == 8 for row in backlog)
     reference = results[0]
     assert reference["max_score_diff"] == 0 and reference["map_change"] == 0
     assert results[1]["max_score_diff"] < 1e-4  # fp32 ONNX Runtime: float noise

@@ -78,6 +78,21 @@ FRESH_INTERPRETER = textwrap.dedent(
 )
 
 
+def test_onnx_runtime_takes_the_threads_pytorch_is_given(untrained_coder_folder: Path, onnx_folder: Path) -> None:
+    """`accelerate launch --num_processes N` on a CPU gives each process its share of the cores (OMP_NUM_THREADS, so
+    PyTorch's threads); with ONNX Runtime's own default of a thread per core in every process, two int8 processes on
+    2 cores coded fewer notes/s than one."""
+    coder = pipeline("icd-coding", model=str(untrained_coder_folder), pipeline_class=ICDCodingPipeline, device=-1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        coder(NOTES[:2], backend="onnx-int8")
+    finally:
+        torch.set_num_threads(threads)
+    (session,) = coder._onnx_sessions.values()
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
 def test_int8_codes_from_the_saved_folder_without_the_package_and_in_the_handler(
     untrained_coder: ICDCodingPipeline, untrained_coder_folder: Path, onnx_folder: Path, monkeypatch
 ) -> None:

@@ -273,11 +273,12 @@ class ICDCodingPipeline(Pipeline):
             threshold = self.model.config.threshold
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
         bf16_autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(bf16))
-        with torch_threads_for(backend), bf16_autocast:
+        with bf16_autocast:
             logits, states = self.score(input_ids, attention_mask, backend, onnx_dir)
-            codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
-            # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
-            attentions = self.model.code_evidence(states, input_ids, attention_mask, codes.clamp(min=0))
+            with torch_threads_for(backend):  # after scoring: a session made on first use takes PyTorch's threads
+                codes, scores = select_codes(logits.float().sigmoid(), threshold, top_k)
+                # -1 (no code in that slot) takes code 0's row, which postprocess never reads.
+                attentions = self.model.code_evidence(states, input_ids, attention_mask, codes.clamp(min=0))
         return {
             "codes": codes,
             "scores": scores,
@@ -306,7 +307,9 @@ class ICDCodingPipeline(Pipeline):
         return os.path.join(folder, ONNX_DIR)
 
     def _onnx_session(self, path: str):
-        """One ONNX Runtime session per file, made on first use (onnxruntime is needed only here)."""
+        """One ONNX Runtime session per file, made on first use (onnxruntime is needed only here), on as many threads
+        as PyTorch has: a process's share of the cores under `accelerate launch --num_processes N` (OMP_NUM_THREADS),
+        where ONNX Runtime's default, a thread per core in every process, oversubscribes them."""
         sessions = self.__dict__.setdefault("_onnx_sessions", {})
         if path not in sessions:
             if not os.path.isfile(path):
@@ -316,7 +319,9 @@ class ICDCodingPipeline(Pipeline):
                 )
             import onnxruntime
 
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             # An export of other weights (the model trained again in its folder since) would code with those, silently.
             exported_from = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
             folder = self.model.config._name_or_path

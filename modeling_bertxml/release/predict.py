@@ -9,12 +9,17 @@ counts and checks the rows (a bad row fails with its file and line before the mo
 Each output row keeps the input's other fields (an `id`, gold `labels`, ...) and adds `codes`: the `icd-coding`
 pipeline's answer (codes with descriptions, scores and, unless `--num_evidence_spans 0`, evidence spans).
 
-Shards: rows [i * S, (i + 1) * S) of the input (S = `--shard_size`) are shard i. Process r of N codes the shards
-i = r (mod N), each sorted by note length so that a batch pads little, and writes it whole, in input order, to
-`shards/codes-0000i.jsonl` (or `.parquet`) through a temporary file and a rename, then records it in
-`shards/finished.json`. Started again with the same arguments, a killed run skips the finished shards; a shard
-written but not yet recorded is coded again and replaced by the same rows. So the output is the same, note for note,
-whatever the number of processes and of kills, and no note is coded twice or skipped.
+Shards: rows [i * S, (i + 1) * S) of the input (S = `--shard_size`) are shard i. Of the shards not yet finished,
+process r of N codes the r-th, the (r + N)-th, ..., each sorted by note length so that a batch pads little, and
+writes it whole, in input order, to `shards/codes-0000i.jsonl` (or `.parquet`) through a temporary file and a rename,
+then records it in `shards/finished.json`. Started again with the same arguments (or another number of processes), a
+killed run skips the finished shards and shares out the rest; a shard written but not yet recorded is coded again and
+replaced by the same rows. So the output is the same, note for note, whatever the number of processes and of kills,
+and no note is coded twice or skipped.
+
+On a CPU, small models code more notes/s as N processes of one thread each than as one process of N threads (each
+op is too small to share out): `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` gives each
+process cores / N threads, and the ONNX backends take as many (`benchmarks/bench_serving.py --processes`).
 
 The output dir is claimed as `train.py`'s is (`claim_output_dir`): one run at a time, another run's folder refused,
 `--overwrite_output_dir` deletes only what runs wrote there. The model's own code is used, never the folder's remote
@@ -47,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "bf16": True, "fp32": False}  # -> the pipeline's bf16 parameter
 SHARDS_DIR, FINISHED_FILE = "shards", "finished.json"
+RESULTS_FILE = "predict_results.json"  # what the run coded, how fast and on what: read by the benchmarks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -209,13 +215,14 @@ def predict(args: argparse.Namespace) -> None:
             leftover.unlink()
         export_if_needed(args)
     state.wait_for_everyone()
-    num_shards = -(-total // args.shard_size)
     finished = read_finished(shards)
-    mine = {s for s in range(state.process_index, num_shards, state.num_processes)
-            if shard_name(s, args.format) not in finished}  # fmt: skip
-    todo = sum(min(args.shard_size, total - s * args.shard_size) for s in mine)
+    todo = [s for s in range(-(-total // args.shard_size)) if shard_name(s, args.format) not in finished]
+    mine = set(todo[state.process_index :: state.num_processes])
+    notes = {s: min(args.shard_size, total - s * args.shard_size) for s in todo}
     coder, parameters = make_coder(args, state.device)
-    progress = tqdm(total=todo, desc="Coding notes", unit="note", disable=not state.is_local_main_process)
+    progress = tqdm(total=sum(notes[s] for s in mine), desc="Coding notes", unit="note",
+                    disable=not state.is_local_main_process)  # fmt: skip
+    state.wait_for_everyone()  # every process starts coding together: the rate reported is the launch's
     start = time.perf_counter()
     for shard, rows in iter_shards(args):
         if shard in mine:
@@ -225,21 +232,33 @@ def predict(args: argparse.Namespace) -> None:
             fsync_dir(shards)
             record_finished(shards, name, len(rows))
     progress.close()
-    seconds = time.perf_counter() - start
     state.wait_for_everyone()
     if state.is_main_process:
-        report(args, state, coder, total, todo, seconds)
+        report(args, state, coder, total, sum(notes.values()), time.perf_counter() - start)
 
 
 def report(args: argparse.Namespace, state, coder: ICDCodingPipeline, total: int, coded: int, seconds: float) -> None:
-    """Check that the finished shards hold every note once, and say how fast this process coded."""
+    """Check that the finished shards hold every note once, and say how fast the launch's processes coded them (on
+    stderr and in `RESULTS_FILE`)."""
     finished = read_finished(args.output_dir / SHARDS_DIR)
     if sum(finished.values()) != total:
         raise OutputWriteError(f"{args.output_dir}: the shards hold {sum(finished.values())} notes, the input {total}")
-    precision = "bf16" if coder.runs_bf16(PRECISIONS[args.precision]) else "fp32"
+    results = {
+        "notes": total, "notes_coded": coded, "seconds": seconds, "notes_per_s": coded / max(seconds, 1e-9),
+        "device": str(coder.device), "processes": state.num_processes,
+        "threads_per_process": torch.get_num_threads() if coder.device.type == "cpu" else None,
+        "backend": args.backend, "precision": "bf16" if coder.runs_bf16(PRECISIONS[args.precision]) else "fp32",
+        "batch_size": args.batch_size,
+    }  # fmt: skip
+    record_output(args.output_dir, RESULTS_FILE)
+    write_json_atomic(args.output_dir / RESULTS_FILE, results)
+    processes = f"{state.num_processes} process" + ("es" if state.num_processes > 1 else "")
+    if results["threads_per_process"]:
+        threads = results["threads_per_process"]
+        processes += f" x {threads} thread" + ("s" if threads > 1 else "")
     print(
-        f"Coded {coded:,} notes in {seconds:.1f} s: {coded / max(seconds, 1e-9):,.1f} notes/s on {coder.device} "
-        f"({precision}, batch size {args.batch_size}, process 1 of {state.num_processes}); {total:,} notes in "
+        f"Coded {coded:,} notes in {seconds:.1f} s: {results['notes_per_s']:,.1f} notes/s on {coder.device}, "
+        f"{processes} ({args.backend}, {results['precision']}, batch size {args.batch_size}); {total:,} notes in "
         f"{len(finished)} shards -> {args.output_dir / SHARDS_DIR}",
         file=sys.stderr,
     )
