@@ -16,8 +16,9 @@ For each backend, through the `icd-coding` pipeline (tokenising, scoring, eviden
 shards, for PyTorch fp32 and ONNX Runtime int8 on each number of CPU processes (`accelerate launch`, the `--threads`
 shared out: 2 processes of one thread each here), `notes_per_s` as it reports (every process, from a common start).
 `--bert_base` adds the time of one 4,096-token note on a randomly initialised BERT-base-sized coder (12 x 768,
-512-token chunks, `--base_codes` codes) for each backend. Threads: `--threads` for PyTorch; ONNX Runtime uses one per
-physical core (2 here). The model folder is only read: the ONNX files are exported into a temporary folder.
+512-token chunks, `--base_codes` codes) for each backend. Threads: `--threads`, for PyTorch and for ONNX Runtime (the
+pipeline's sessions take PyTorch's count). The model folder is only read: the ONNX files are exported into a temporary
+folder.
 """
 
 import argparse
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_bertxml import BertXMLConfig, BertXMLForMultiLabelCoding, ICDCodingPipeline  # noqa: E402
 from modeling_bertxml.data.readers import NotesError, iter_notes  # noqa: E402
 from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
+from modeling_bertxml.model.pipeline_bertxml import onnx_cpu_session  # noqa: E402
 from modeling_bertxml.release.onnx_export import OPSET, export_onnx  # noqa: E402
 from modeling_bertxml.release.predict import RESULTS_FILE  # noqa: E402
 from benchmarks.measure import Meter, matmul_peak  # noqa: E402
@@ -85,7 +87,6 @@ def onnx_matmul_peaks(meter: Meter, workdir: Path, size: int) -> dict[str, float
     """FLOP/s of one (size x size) @ (size x size) matmul in ONNX Runtime, in fp32 and quantized as the int8 backend
     is (`quantize_dynamic`): the peaks the ONNX rows are shares of (`meter`'s median after its warm-up)."""
     import onnx
-    import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -104,7 +105,7 @@ def onnx_matmul_peaks(meter: Meter, workdir: Path, size: int) -> dict[str, float
     feed = {"x": rng.standard_normal((size, size), dtype=np.float32)}
     peaks = {}
     for backend, path in (("onnx-fp32", fp32), ("onnx-int8", int8)):
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnx_cpu_session(str(path))  # on the threads the pipeline's sessions get
         # Wall time: ONNX Runtime's threads spin while they wait, which CPU time would count as work.
         peaks[backend] = 2 * size**3 / meter.measure(lambda: session.run(None, feed)).wall_seconds
     return peaks

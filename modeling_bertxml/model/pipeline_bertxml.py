@@ -151,6 +151,17 @@ def select_codes(
     return top_codes.masked_fill(~keep, -1), top_scores
 
 
+def onnx_cpu_session(path: str):
+    """An ONNX Runtime session of a CPU on as many threads as PyTorch has: a process's share of the cores under
+    `accelerate launch --num_processes N` (OMP_NUM_THREADS), where ONNX Runtime's default, a thread per core in every
+    process, oversubscribes them."""
+    import onnxruntime  # needed by the ONNX backends only
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 @contextmanager
 def one_torch_thread():
     """PyTorch on one thread inside the block: for an ONNX backend's own tensor work (the chosen codes' attention, a
@@ -307,9 +318,7 @@ class ICDCodingPipeline(Pipeline):
         return os.path.join(folder, ONNX_DIR)
 
     def _onnx_session(self, path: str):
-        """One ONNX Runtime session per file, made on first use (onnxruntime is needed only here), on as many threads
-        as PyTorch has: a process's share of the cores under `accelerate launch --num_processes N` (OMP_NUM_THREADS),
-        where ONNX Runtime's default, a thread per core in every process, oversubscribes them."""
+        """One ONNX Runtime session per file, made on first use (`onnx_cpu_session`)."""
         sessions = self.__dict__.setdefault("_onnx_sessions", {})
         if path not in sessions:
             if not os.path.isfile(path):
@@ -317,11 +326,7 @@ class ICDCodingPipeline(Pipeline):
                     f"{path}: no such ONNX file; write it with `python -m modeling_bertxml.release.onnx_export "
                     "MODEL_FOLDER` (bert-xml[serve])"
                 )
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            session = onnx_cpu_session(path)
             # An export of other weights (the model trained again in its folder since) would code with those, silently.
             exported_from = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
             folder = self.model.config._name_or_path

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..model.pipeline_bertxml import (
-    ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, weights_digest,
+    ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, onnx_cpu_session,
+    weights_digest,
 )  # fmt: skip
 from ..training.atomic import OutputDirError, fresh_staging, swap_in
 from ..training.checkpointing import is_run_dir, record_output
@@ -79,9 +80,7 @@ def export_fp32(model: torch.nn.Module, path: Path) -> None:
 def check_export(model: torch.nn.Module, path: Path) -> float:
     """The largest |logit| difference between ONNX Runtime and PyTorch on a long and a short batch; raises above
     `CHECK_TOLERANCE`."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_cpu_session(str(path))
     worst = 0.0
     for length in (trace_length(model.config) + model.config.max_position_embeddings // 2, 5):
         input_ids, attention_mask = example_inputs(model.config, min(length, model.config.max_note_length))
