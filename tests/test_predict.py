@@ -94,6 +94,7 @@ def test_a_finished_run_started_again_codes_nothing_and_another_run_is_refused(
     with pytest.raises(SystemExit, match="is inside --output_dir"):
         predict_main(predict_command(untrained_coder_folder, theirs / "mine.txt", theirs, "--overwrite_output_dir"))
     assert (theirs / "mine.txt").read_text() == "a user's file"
+    assert [path.name for path in theirs.iterdir()] == ["mine.txt"]  # a refused run leaves nothing, not even its lock
 
 
 @pytest.mark.parametrize("content, message", [
