@@ -1,6 +1,7 @@
 """`bert-xml-predict` on a backlog: shards that hold every note once, in input order, the same after a `kill -9` and
 a restart and on 2 processes as on one; its output dir claimed like train.py's; bad input named by file and line."""
 
+import errno
 import json
 import os
 import signal
@@ -137,6 +138,27 @@ def test_kill_9_then_restart_codes_each_note_once_as_an_uninterrupted_run(untrai
     assert [row["id"] for row in resumed] == [row["id"] for row in rows]
     assert_same_coding([row["codes"] for row in resumed], [row["codes"] for row in whole])
     assert not list((killed_dir / "shards").glob(".*.tmp"))
+
+
+def test_a_full_disk_names_the_shard_and_the_run_started_again_finishes(untrained_coder_folder: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:  # fmt: skip
+    notes = tmp_path / "notes.jsonl"
+    rows = write_notes(notes, 10)
+    fsync = os.fsync
+
+    def disk_fills(descriptor: int) -> None:  # the second shard's file is the first write that does not fit
+        if "codes-00001" in os.readlink(f"/proc/self/fd/{descriptor}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", disk_fills)
+    shard = tmp_path / "codes" / "shards" / "codes-00001.jsonl"
+    with pytest.raises(SystemExit, match=rf"error: {shard}: could not be written \(No space left on device; "):
+        predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "codes"))
+    monkeypatch.undo()
+    assert [path.name for path in shard.parent.glob("*codes-*")] == ["codes-00000.jsonl"]  # no temporary file left
+    predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "codes"))
+    assert [row["id"] for row in read_output(tmp_path / "codes")] == [row["id"] for row in rows]
 
 
 def test_two_cpu_processes_write_the_output_of_one_note_for_note(untrained_coder_folder: Path, tmp_path: Path) -> None:

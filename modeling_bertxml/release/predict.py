@@ -45,7 +45,7 @@ from transformers import pipeline
 from ..data.readers import NotesError, iter_notes
 from ..model.pipeline_bertxml import BACKENDS, ONNX_DIR, ONNX_FILES, ICDCodingPipeline
 from ..training.arguments import run_args
-from ..training.atomic import OutputDirError, OutputWriteError, fsync_dir, write_json_atomic
+from ..training.atomic import OutputDirError, OutputWriteError, fsync_dir, write_json_atomic, writing
 from ..training.checkpointing import RUN_ARGS_FILE, claim_output_dir, record_output
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def write_shard(path: Path, fields: list[dict], codes: list[list[dict]], file_fo
     """Write a shard into a temporary file beside `path` (mode 0600: codes of patients), renamed into place whole."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with writing(path, Path(temporary)), os.fdopen(handle, "wb") as file:
             if file_format == "parquet":
                 import pyarrow as pa
                 import pyarrow.parquet as pq
