@@ -4,6 +4,7 @@ a restart and on 2 processes as on one; its output dir claimed like train.py's; 
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,23 @@ def test_bad_input_is_one_line_naming_file_and_line_before_anything_is_coded(
         predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "out"))
     assert "John" not in str(error.value)
     assert not list((tmp_path / "out").glob("shards/codes-*"))
+
+
+def test_a_run_stopped_before_coding_starts_again_with_other_arguments(untrained_coder_folder: Path, tmp_path: Path,
+                                                                        capsys) -> None:  # fmt: skip
+    """A typo in a flag, or a model that does not load, must not leave a run that only --overwrite_output_dir clears."""
+    notes, output_dir = tmp_path / "notes.jsonl", tmp_path / "codes"
+    write_notes(notes, 3)
+    with pytest.raises(SystemExit):
+        predict_main(predict_command(untrained_coder_folder, notes, output_dir, "--batch_size", "0"))
+    assert "--batch_size: expected a positive whole number, got '0'" in capsys.readouterr().err
+    assert not output_dir.exists()  # found before the output dir is touched
+    broken = tmp_path / "broken"
+    shutil.copytree(untrained_coder_folder, broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(SystemExit, match="error: .*model.safetensors"):
+        predict_main(predict_command(broken, notes, output_dir))
+    predict_main(predict_command(untrained_coder_folder, notes, output_dir))  # no flag needed: nothing was coded
+    assert len(read_output(output_dir)) == 3
 
 
 def test_kill_9_then_restart_codes_each_note_once_as_an_uninterrupted_run(untrained_coder_folder: Path, tmp_path: Path) -> None:
