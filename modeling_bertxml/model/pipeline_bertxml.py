@@ -163,6 +163,17 @@ def onnx_cpu_session(path: str):
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def check_trained_coder(config, folder: str) -> None:
+    """Refuse a folder saved as another model (a pretrained encoder, `BertXMLForMaskedLM`): loaded as a coder, its code
+    head is randomly initialised, and it would code every note with LABEL_0, LABEL_1... (transformers only warns)."""
+    saved_as = getattr(config, "architectures", None) or []
+    if saved_as and "BertXMLForMultiLabelCoding" not in saved_as:
+        raise ValueError(
+            f"{folder or 'the model'} holds a {saved_as[0]}, not a coder: its code scores would come "
+            "from a randomly initialised head. Fine-tune it into a coder with train.py (--model_name_or_path) first"
+        )
+
+
 @contextmanager
 def one_torch_thread():
     """PyTorch on one thread inside the block: for an ONNX backend's own tensor work (the chosen codes' attention, a
@@ -210,6 +221,7 @@ class ICDCodingPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        check_trained_coder(self.model.config, self.model.config._name_or_path)
         # A token id past the embedding table would fail deep in torch as a bare IndexError, on the first note.
         if self.tokenizer is not None and len(self.tokenizer) > self.model.config.vocab_size:
             raise ValueError(
