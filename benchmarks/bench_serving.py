@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any(processes < 1 for processes in args.processes):
         parser.error("--processes takes numbers of processes, each at least 1")
+    # Found now, not after minutes of measuring.
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a model folder (no config.json); give a folder saved by train.py")
+    if not args.output.parent.is_dir():
+        parser.error(f"--output {args.output}: its folder {args.output.parent} does not exist")
     return args
 
 

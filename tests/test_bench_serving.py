@@ -41,3 +41,17 @@ def test_bench_serving_prints_the_table_and_writes_every_backend(untrained_coder
     reference = results[0]
     assert reference["max_score_diff"] == 0 and reference["map_change"] == 0
     assert results[1]["max_score_diff"] < 1e-4  # fp32 ONNX Runtime: float noise
+
+
+@pytest.mark.parametrize("case", ["model", "output", "notes"])
+def test_a_wrong_path_stops_the_benchmark_in_one_line_before_it_measures(untrained_coder_folder: Path, tmp_path: Path,
+                                                                        case: str) -> None:  # fmt: skip
+    notes = tmp_path / "notes.jsonl"
+    write_notes(notes, 2)
+    paths = {"model": untrained_coder_folder, "notes": notes, "output": tmp_path / "results.json"}
+    paths[case] = {"model": tmp_path, "output": tmp_path / "no" / "results.json", "notes": tmp_path / "no.jsonl"}[case]
+    command = [sys.executable, "benchmarks/bench_serving.py",
+               *(arg for name, path in paths.items() for arg in (f"--{name}", str(path)))]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=REPO)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert str(paths[case]) in done.stderr.strip().splitlines()[-1]

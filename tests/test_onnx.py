@@ -147,6 +147,22 @@ def test_an_export_of_other_weights_is_refused_until_exported_again(untrained_co
     assert_same_coding(coder(NOTES, top_k=2, backend="onnx-fp32"), coder(NOTES, top_k=2))
 
 
+def test_a_cut_short_export_is_one_error_naming_it_and_the_command_to_export_again(onnx_folder: Path,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    """A file cut short (a full disk, a copy interrupted) is ONNX Runtime's InvalidProtobuf traceback otherwise."""
+    folder = tmp_path / "coder"
+    shutil.copytree(onnx_folder.parent, folder)
+    int8 = folder / "onnx" / "model_int8.onnx"
+    int8.write_bytes(int8.read_bytes()[: int8.stat().st_size // 2])
+    notes = tmp_path / "notes.jsonl"
+    write_notes(notes, 3)
+    with pytest.raises(SystemExit, match=rf"{int8}: ONNX Runtime cannot load it .*onnx_export {folder}$"):
+        predict_main(predict_command(folder, notes, tmp_path / "codes", "--backend", "onnx-int8"))
+    export_onnx(folder)
+    predict_main(predict_command(folder, notes, tmp_path / "codes", "--backend", "onnx-int8"))  # the same run, resumed
+    assert len(read_output(tmp_path / "codes")) == 3
+
+
 def test_a_failed_export_keeps_the_previous_one_and_a_killed_ones_files_go(untrained_coder_folder: Path,
                                                                           tmp_path: Path, monkeypatch) -> None:  # fmt: skip
     folder = tmp_path / "coder"

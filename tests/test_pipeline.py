@@ -18,7 +18,7 @@ from modeling_bertxml.model import pipeline_bertxml
 from modeling_bertxml.model.pipeline_bertxml import evidence_spans, note_evidence, select_codes
 from modeling_bertxml.release.pipeline_folder import make_pipeline_ready
 from modeling_bertxml.model.configuration_bertxml import vocab_fingerprint
-from tests.conftest import run_in_fresh_interpreter, shuffled_tokenizer, tiny_config, tiny_tokenizer
+from tests.conftest import folder_state, run_in_fresh_interpreter, shuffled_tokenizer, tiny_config, tiny_tokenizer
 from tests.synthetic_coding import CODES, DESCRIPTIONS, synthetic_note, trained_coder
 
 
@@ -284,6 +284,23 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_at_load(tmp_pat
     model = BertXMLForMultiLabelCoding(tiny_config(vocab_size=8))
     with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model only 8"):
         pipeline("icd-coding", model=model, tokenizer=tiny_tokenizer(), pipeline_class=ICDCodingPipeline)
+
+
+def test_a_pretrained_encoder_is_refused_as_a_coder_by_the_pipeline_and_the_export(tmp_path: Path) -> None:
+    """A BertXMLForMaskedLM folder loads as a coder with a random code head, which coded every note with LABEL_0..."""
+    from modeling_bertxml import BertXMLForMaskedLM
+    from modeling_bertxml.release.onnx_export import export_onnx
+
+    tokenizer = tiny_tokenizer()
+    BertXMLForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    before = folder_state(tmp_path / "mlm")
+    refused = rf"{tmp_path / 'mlm'} holds a BertXMLForMaskedLM, not a coder: .* train.py"
+    with pytest.raises(ValueError, match=refused):
+        pipeline("icd-coding", model=str(tmp_path / "mlm"), pipeline_class=ICDCodingPipeline)
+    with pytest.raises(ValueError, match=refused):
+        export_onnx(tmp_path / "mlm")
+    assert folder_state(tmp_path / "mlm") == before  # the export wrote nothing
 
 
 def test_another_runs_tokenizer_of_the_same_size_is_refused_at_load() -> None:

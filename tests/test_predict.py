@@ -1,8 +1,10 @@
 """`bert-xml-predict` on a backlog: shards that hold every note once, in input order, the same after a `kill -9` and
 a restart and on 2 processes as on one; its output dir claimed like train.py's; bad input named by file and line."""
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +96,7 @@ def test_a_finished_run_started_again_codes_nothing_and_another_run_is_refused(
     with pytest.raises(SystemExit, match="is inside --output_dir"):
         predict_main(predict_command(untrained_coder_folder, theirs / "mine.txt", theirs, "--overwrite_output_dir"))
     assert (theirs / "mine.txt").read_text() == "a user's file"
+    assert [path.name for path in theirs.iterdir()] == ["mine.txt"]  # a refused run leaves nothing, not even its lock
 
 
 @pytest.mark.parametrize("content, message", [
@@ -111,6 +114,23 @@ def test_bad_input_is_one_line_naming_file_and_line_before_anything_is_coded(
         predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "out"))
     assert "John" not in str(error.value)
     assert not list((tmp_path / "out").glob("shards/codes-*"))
+
+
+def test_a_run_stopped_before_coding_starts_again_with_other_arguments(untrained_coder_folder: Path, tmp_path: Path,
+                                                                        capsys) -> None:  # fmt: skip
+    """A typo in a flag, or a model that does not load, must not leave a run that only --overwrite_output_dir clears."""
+    notes, output_dir = tmp_path / "notes.jsonl", tmp_path / "codes"
+    write_notes(notes, 3)
+    with pytest.raises(SystemExit):
+        predict_main(predict_command(untrained_coder_folder, notes, output_dir, "--batch_size", "0"))
+    assert "--batch_size: expected a positive whole number, got '0'" in capsys.readouterr().err
+    assert not output_dir.exists()  # found before the output dir is touched
+    broken = tmp_path / "broken"
+    shutil.copytree(untrained_coder_folder, broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(SystemExit, match="error: .*model.safetensors"):
+        predict_main(predict_command(broken, notes, output_dir))
+    predict_main(predict_command(untrained_coder_folder, notes, output_dir))  # no flag needed: nothing was coded
+    assert len(read_output(output_dir)) == 3
 
 
 def test_kill_9_then_restart_codes_each_note_once_as_an_uninterrupted_run(untrained_coder_folder: Path, tmp_path: Path) -> None:
@@ -136,6 +156,27 @@ def test_kill_9_then_restart_codes_each_note_once_as_an_uninterrupted_run(untrai
     assert [row["id"] for row in resumed] == [row["id"] for row in rows]
     assert_same_coding([row["codes"] for row in resumed], [row["codes"] for row in whole])
     assert not list((killed_dir / "shards").glob(".*.tmp"))
+
+
+def test_a_full_disk_names_the_shard_and_the_run_started_again_finishes(untrained_coder_folder: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:  # fmt: skip
+    notes = tmp_path / "notes.jsonl"
+    rows = write_notes(notes, 10)
+    fsync = os.fsync
+
+    def disk_fills(descriptor: int) -> None:  # the second shard's file is the first write that does not fit
+        if "codes-00001" in os.readlink(f"/proc/self/fd/{descriptor}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", disk_fills)
+    shard = tmp_path / "codes" / "shards" / "codes-00001.jsonl"
+    with pytest.raises(SystemExit, match=rf"error: {shard}: could not be written \(No space left on device; "):
+        predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "codes"))
+    monkeypatch.undo()
+    assert [path.name for path in shard.parent.glob("*codes-*")] == ["codes-00000.jsonl"]  # no temporary file left
+    predict_main(predict_command(untrained_coder_folder, notes, tmp_path / "codes"))
+    assert [row["id"] for row in read_output(tmp_path / "codes")] == [row["id"] for row in rows]
 
 
 def test_two_cpu_processes_write_the_output_of_one_note_for_note(untrained_coder_folder: Path, tmp_path: Path) -> None:

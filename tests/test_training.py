@@ -267,6 +267,7 @@ def test_overwrite_never_deletes_files_that_no_run_wrote(tmp_path):
     with pytest.raises(OutputDirError, match=r"holds files that no bert-xml run wrote .*empty or new --output_dir"):
         prepare_output_dir(parse("--output_dir", str(tmp_path), "--overwrite_output_dir"))
     assert (tmp_path / "notes.jsonl").read_text() == "{}"
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.jsonl"]  # nor its lock file
 
 
 def test_overwrite_deletes_what_the_run_wrote_and_keeps_the_users_files(trained, tmp_path):

@@ -15,7 +15,8 @@ A single note gets a single list; an empty note gets no codes.
 
 On a CPU endpoint, the environment variable `BERTXML_BACKEND=onnx-int8` (or `onnx-fp32`) scores with ONNX Runtime from
 the folder's `onnx/` files (`python -m modeling_bertxml.release.onnx_export FOLDER`; add `onnxruntime` to
-requirements.txt), several times faster than PyTorch there.
+requirements.txt): on 2 cores int8 scored a BERT-base-sized model's long note 2.3x as fast as PyTorch, a small
+model's notes 1.2-1.5x.
 """
 
 import os

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from ..model.pipeline_bertxml import (
-    ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, onnx_cpu_session,
-    weights_digest,
+    ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, check_trained_coder,
+    onnx_cpu_session, weights_digest,
 )  # fmt: skip
 from ..training.atomic import OutputDirError, fresh_staging, swap_in
 from ..training.checkpointing import is_run_dir, record_output
@@ -119,6 +119,7 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
     """Write `ONNX_FILES` (fp32 and int8) for the model in `model_folder` into `onnx_dir` (default its `onnx/`)."""
     from ..model.modeling_bertxml import BertXMLForMultiLabelCoding
 
+    check_trained_coder(BertXMLForMultiLabelCoding.config_class.from_pretrained(model_folder), str(model_folder))
     default = onnx_dir is None
     onnx_dir = Path(model_folder) / ONNX_DIR if default else Path(onnx_dir)
     # The export replaces the folder whole: one holding anything else (the model's own folder, a user's) is refused.
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.model_folder}: not a model folder (no config.json); give a folder saved by train.py")
     try:
         print(f"Wrote {', '.join(ONNX_FILES.values())} -> {export_onnx(args.model_folder, args.onnx_dir)}")
-    except OutputDirError as error:
+    except (OutputDirError, ValueError, OSError) as error:  # another model's folder, one without weights
         parser.error(str(error))
 
 

@@ -44,12 +44,17 @@ def check_writable(folder: Path, name: str | None = None) -> None:
 
 @contextmanager
 def writing(target: Path, temporary: Path) -> Iterator[None]:
-    """Turn any failure to write `temporary` (meant to become `target`) into one clear `OutputWriteError`, with the
-    temporary files removed."""
+    """Turn any failure to write `temporary` (a file or folder meant to become `target`) into one clear
+    `OutputWriteError`, with the temporary files removed."""
     try:
         yield
     except WRITE_ERRORS as error:
-        shutil.rmtree(temporary, ignore_errors=True)
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OutputWriteError):
+            raise  # a file inside `temporary`, already named
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
         free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
         raise OutputWriteError(
@@ -62,7 +67,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Write then rename, so a reader (or a crash) never sees half a file."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "w") as f:
+        with writing(path, temporary), open(temporary, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()

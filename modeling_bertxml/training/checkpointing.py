@@ -118,12 +118,16 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
     # Every rank's write probe is gone before the main process reads (or clears) the dir: a probe seen there would
     # be "files no bert-xml run wrote", and one cleared there would fail its rank's probe.
     state.wait_for_everyone()
-    lock = _lock(output_dir) if state.is_main_process else None
+    lock = _Lock(output_dir) if state.is_main_process else None
     try:
         if state.is_main_process:
             recover_model_files(output_dir)
-            manifest, in_place = Manifest.read(output_dir), is_in_place(output_dir, run_args)
-            _check_contents(output_dir, manifest, run_args, resume, overwrite, in_place)
+            try:
+                manifest, in_place = Manifest.read(output_dir), is_in_place(output_dir, run_args)
+                _check_contents(output_dir, manifest, run_args, resume, overwrite, in_place)
+            except OutputDirError:
+                lock.refused()
+                raise
             if overwrite and not resume:
                 _clear(output_dir, manifest, keep_model=in_place)
             if RUN_ARGS_FILE not in manifest.run:
@@ -134,7 +138,7 @@ def claim_output_dir(output_dir: str | os.PathLike, run_args: dict, resume: bool
         yield
     finally:
         if lock is not None:
-            lock.close()  # closing the descriptor releases the lock; the file stays (another run may hold it)
+            lock.close()
         gc.collect()  # a model in a reference cycle is freed now, while the group lives
         state.destroy_process_group()
 
@@ -197,22 +201,49 @@ def _check_writable(output_dir: Path) -> None:
             check_writable(Path(folder), f"{folder}, a folder of --output_dir {output_dir} that runs write into,")
 
 
-def _lock(output_dir: Path):
-    handle = open(output_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
-        raise OutputDirError(
-            f"--output_dir {output_dir} is in use by another run (process {owner}); wait for it to end or choose "
-            "another --output_dir"
-        ) from None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+class _Lock:
+    """The exclusive lock (flock) on `output_dir/LOCK_FILE` the run's main process holds while it writes the dir.
+
+    A run refused before it wrote anything (the dir holds a user's files, another run's) removes the lock file if it
+    made it: no `.bertxml.lock` is left in a user's folder. Removing it is safe since every run checks, once it holds
+    the lock, that the file it locked is still the one at the path (else a run that opened it before the removal and a
+    run that made a new one would both hold "the" lock)."""
+
+    def __init__(self, output_dir: Path):
+        self.path = output_dir / LOCK_FILE
+        while True:
+            self.made = not self.path.exists()
+            self.handle = open(self.path, "a+")
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.handle.seek(0)
+                owner = self.handle.read().strip() or "unknown"
+                self.handle.close()
+                raise OutputDirError(
+                    f"--output_dir {output_dir} is in use by another run (process {owner}); wait for it to end or "
+                    "choose another --output_dir"
+                ) from None
+            if self._still_at_path():
+                break
+            self.handle.close()  # a refused run removed it after we opened it: lock the one at the path now
+        self.handle.truncate(0)
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def _still_at_path(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
+    def refused(self) -> None:
+        """The run is refused: remove the lock file if this run made it (the dir is left as it was found)."""
+        if self.made:
+            self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.handle.close()  # closing the descriptor releases the lock; the file stays (another run may hold it)
 
 
 @dataclass
