@@ -65,12 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="Delete the results of an earlier run in --output_dir (only what runs wrote) first.")
     parser.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="The shards' file format.")
-    parser.add_argument("--shard_size", type=positive_int, default=10_000, help="Notes per shard: the unit of resumption.")
+    parser.add_argument("--shard_size", type=positive_int, default=10_000,
+                        help="Notes per shard: the unit of resumption.")
     parser.add_argument("--text_column", default="text", help="The field that holds the note.")
     parser.add_argument("--batch_size", type=positive_int, default=8)
     parser.add_argument("--threshold", type=float, default=None, help="Defaults to the model's tuned threshold.")
     parser.add_argument("--top_k", type=positive_int, default=None, help="Keep at most this many codes per note.")
-    parser.add_argument("--num_evidence_spans", type=non_negative_int, default=3, help="0 writes codes and scores only.")
+    parser.add_argument("--num_evidence_spans", type=non_negative_int, default=3,
+                        help="0 writes codes and scores only.")
     parser.add_argument("--device", default=None,
                         help='e.g. "cpu", "cuda:1"; defaults to the process\'s device (the first GPU, or its own).')
     parser.add_argument(
