@@ -45,6 +45,7 @@ from modeling_bertxml.evaluation.metrics import compute_metrics  # noqa: E402
 from modeling_bertxml.model.pipeline_bertxml import onnx_cpu_session  # noqa: E402
 from modeling_bertxml.release.onnx_export import OPSET, export_onnx  # noqa: E402
 from modeling_bertxml.release.predict import RESULTS_FILE  # noqa: E402
+from modeling_bertxml.training.arguments import model_folder  # noqa: E402
 from benchmarks.measure import Meter, matmul_peak  # noqa: E402
 from modeling_bertxml.training.throughput import encoder_flops  # noqa: E402
 
@@ -57,7 +58,7 @@ PEAK_SIZE = 4096  # a 1,024-wide probe ran slower than the BERT-base note's own 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="A coding model folder (read only).")
+    parser.add_argument("--model", required=True, type=model_folder, help="A coding model folder (read only).")
     parser.add_argument("--notes", required=True, type=Path, help="Notes with `text` and gold `labels`.")
     parser.add_argument("--output", required=True, type=Path, help="The rows, as a JSON list.")
     parser.add_argument("--max_notes", type=int, default=None)
@@ -75,10 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if any(processes < 1 for processes in args.processes):
         parser.error("--processes takes numbers of processes, each at least 1")
-    # Found now, not after minutes of measuring.
-    if not (args.model / "config.json").is_file():
-        parser.error(f"--model {args.model}: not a model folder (no config.json); give a folder saved by train.py")
-    if not args.output.parent.is_dir():
+    if not args.output.parent.is_dir():  # found now, not after minutes of measuring
         parser.error(f"--output {args.output}: its folder {args.output.parent} does not exist")
     return args
 

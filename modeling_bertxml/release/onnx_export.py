@@ -28,6 +28,7 @@ from ..model.pipeline_bertxml import (
     ONNX_DIR, ONNX_FILES, SCORER_INPUTS, SCORER_OUTPUTS, WEIGHTS_DIGEST_KEY, NoteScorer, check_trained_coder,
     onnx_cpu_session, weights_digest,
 )  # fmt: skip
+from ..training.arguments import model_folder
 from ..training.atomic import OutputDirError, fresh_staging, swap_in
 from ..training.checkpointing import is_run_dir, record_output
 
@@ -144,11 +145,9 @@ def export_onnx(model_folder: str | Path, onnx_dir: str | Path | None = None) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a coding model to ONNX (fp32 and int8) for CPU serving.")
-    parser.add_argument("model_folder", help="A folder saved by train.py.")
+    parser.add_argument("model_folder", type=model_folder, help="A folder saved by train.py.")
     parser.add_argument("--onnx_dir", default=None, help="Where to write the files (default: MODEL_FOLDER/onnx).")
     args = parser.parse_args(argv)
-    if not Path(args.model_folder, "config.json").is_file():  # else transformers' "Repo id must be..." traceback
-        parser.error(f"{args.model_folder}: not a model folder (no config.json); give a folder saved by train.py")
     try:
         print(f"Wrote {', '.join(ONNX_FILES.values())} -> {export_onnx(args.model_folder, args.onnx_dir)}")
     except (OutputDirError, ValueError, OSError) as error:  # another model's folder, one without weights

@@ -44,7 +44,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 from ..data.readers import NotesError, iter_notes
 from ..model.pipeline_bertxml import BACKENDS, ONNX_DIR, ONNX_FILES, ICDCodingPipeline
-from ..training.arguments import non_negative_int, positive_int, run_args
+from ..training.arguments import model_folder_or_hub_id, non_negative_int, positive_int, run_args
 from ..training.atomic import OutputDirError, OutputWriteError, fsync_dir, write_json_atomic, writing
 from ..training.checkpointing import RUN_ARGS_FILE, claim_output_dir, record_output
 
@@ -57,7 +57,7 @@ RESULTS_FILE = "predict_results.json"  # what the run coded, how fast and on wha
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Predict ICD-10 codes, with evidence, for any number of notes.")
-    parser.add_argument("--model", required=True, help="A folder saved by train.py, or a Hub model id.")
+    parser.add_argument("--model", required=True, type=model_folder_or_hub_id, help="A folder saved by train.py, or a Hub model id.")
     parser.add_argument("--input", required=True, type=Path,
                         help="Notes: JSON Lines, CSV, Parquet, .txt, a folder of .txt files or a saved dataset.")
     parser.add_argument("--output_dir", required=True, type=Path,
@@ -88,8 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Found here, not once the model has loaded and the output dir holds this run's arguments.
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         parser.error(f"--threshold: expected a score from 0 to 1, got {args.threshold}")
-    if os.path.exists(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
-        parser.error(f"--model {args.model}: not a model folder (no config.json); give a folder saved by train.py")
     return args
 
 

@@ -11,6 +11,8 @@ Below the parsers: what the flags mean for the plain functions of the loop (`acc
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 import torch
 from accelerate import DataLoaderConfiguration
@@ -55,6 +57,20 @@ def positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
     return int(value)
+
+
+def model_folder(value: str) -> Path:
+    """argparse type: a folder saved by train.py (found now, not as transformers' "Repo id must be..." later)."""
+    if not (Path(value) / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{value}: not a model folder (no config.json); give a folder saved by train.py")
+    return Path(value)
+
+
+def model_folder_or_hub_id(value: str) -> str:
+    """argparse type: a Hub id, or a path that must then be a `model_folder`."""
+    if os.path.exists(value):
+        model_folder(value)
+    return value
 
 
 def repo_id_argument(value: str) -> str:
